@@ -1,0 +1,113 @@
+"""Where things live: the environment chooses the parts, the embedded defaults need no setup.
+
+Every embedded default sits under one directory, ``MLOPS_HOME`` (``.mlops`` in the working
+directory unless set). Production parts are chosen by standard settings:
+
+* ``MLOPS_DATABASE_URL``: the source database (SQLAlchemy URL); default a SQLite file.
+* ``MLOPS_STORE_URI``: ``s3://bucket/prefix`` or a local path; default ``$MLOPS_HOME/store``.
+* ``MLFLOW_TRACKING_URI``: the MLflow tracking server; default a SQLite file.
+* ``AWS_ENDPOINT_URL`` / ``AWS_PROFILE`` / ``AWS_DEFAULT_REGION``: read by boto3 itself.
+* ``MLOPS_KMS_KEY_ID``: ask S3 for SSE-KMS with this key instead of SSE-S3.
+* ``PREFECT_API_URL``: a Prefect server; without it Prefect runs an ephemeral API whose
+  database lives under ``$MLOPS_HOME/prefect`` (set by :func:`prepare_environment`).
+
+Nothing here runs at import time: call :func:`load_settings` when you need the values.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""The checkout (or installed tree) that holds ``configs/``."""
+
+
+class Settings(BaseSettings):
+    """Endpoints and locations, read from the environment once per call of :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(env_prefix="MLOPS_", extra="ignore", frozen=True)
+
+    home: Path = Field(
+        default=Path(".mlops"), description="Directory holding every embedded default's state."
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the source database; default SQLite in home."
+    )
+    store_uri: str | None = Field(
+        default=None, description="Model and snapshot store: s3://bucket/prefix or a local path."
+    )
+    config_dir: Path = Field(
+        default=PROJECT_ROOT / "configs", description="Directory with models/*.yaml."
+    )
+    kms_key_id: str | None = Field(
+        default=None, description="KMS key for S3 server-side encryption; SSE-S3 when unset."
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "MLOPS_MLFLOW_TRACKING_URI"),
+        description="MLflow tracking URI; default a SQLite file in home.",
+    )
+    aws_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AWS_ENDPOINT_URL", "MLOPS_AWS_ENDPOINT_URL"),
+        description="AWS API endpoint (moto server in tests); boto3 also reads it itself.",
+    )
+    export_chunk_rows: int = Field(
+        default=50_000, ge=100, le=5_000_000, description="Rows fetched per chunk on export."
+    )
+    part_rows: int = Field(
+        default=1_000_000, ge=1_000, le=50_000_000, description="Rows per Parquet part file."
+    )
+
+    @property
+    def home_dir(self) -> Path:
+        """Absolute path of the state directory."""
+        return self.home.expanduser().resolve()
+
+    @property
+    def source_url(self) -> str:
+        """SQLAlchemy URL of the source database."""
+        return self.database_url or f"sqlite:///{self.home_dir / 'source.db'}"
+
+    @property
+    def store(self) -> str:
+        """Store URI: ``s3://...`` or an absolute local path."""
+        if self.store_uri:
+            if self.store_uri.startswith("s3://"):
+                return self.store_uri
+            return str(Path(self.store_uri).expanduser().resolve())
+        return str(self.home_dir / "store")
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow tracking URI."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> str:
+        """Artifact root for experiments created against the embedded SQLite store."""
+        return (self.home_dir / "mlartifacts").as_uri()
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment (and nothing else)."""
+    return Settings()
+
+
+def prepare_environment() -> Settings:
+    """Point Prefect's embedded state at ``$MLOPS_HOME/prefect`` unless a server is configured.
+
+    Must run before ``prefect`` is imported (the CLI and the tests call it first). It only fills
+    variables that are unset, so an explicit ``PREFECT_HOME`` or ``PREFECT_API_URL`` wins.
+    """
+    settings = load_settings()
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_HOME", str(settings.home_dir / "prefect"))
+    # Great Expectations otherwise phones home on every context it creates.
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
+    return settings

@@ -1,0 +1,283 @@
+"""The model and snapshot store: a local directory or S3, with one key layout.
+
+Keys are ``/``-separated paths relative to the store root, for example
+``models/abuse_detector/v3/manifest.json``. Both backends offer the same small interface,
+including a conditional create (``if_none_match=True``, S3's ``If-None-Match: *``) that fails
+with :class:`PreconditionFailed` when the key exists, which is what makes version claims atomic.
+
+Clients are built here from arguments, never at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+CHUNK = 1 << 20
+
+
+class StoreError(RuntimeError):
+    """The store could not do what was asked."""
+
+
+class KeyNotFound(StoreError, KeyError):
+    """The key does not exist."""
+
+
+class PreconditionFailed(StoreError):
+    """A conditional create lost: the key already exists."""
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Store(Protocol):
+    """What the pipeline needs from a store."""
+
+    uri: str
+
+    def url(self, key: str) -> str:
+        """Full URI of ``key`` (``s3://bucket/prefix/key`` or an absolute path)."""
+        ...
+
+    def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
+        """Write ``data`` at ``key`` atomically; with ``if_none_match`` only if it is new."""
+        ...
+
+    def put_file(self, key: str, path: Path, *, if_none_match: bool = False) -> None:
+        """Upload a local file to ``key`` atomically."""
+        ...
+
+    def get_bytes(self, key: str) -> bytes:
+        """Read ``key``; raises :class:`KeyNotFound`."""
+        ...
+
+    def get_file(self, key: str, dest: Path) -> Path:
+        """Download ``key`` to ``dest``; raises :class:`KeyNotFound`."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` exists."""
+        ...
+
+    def list(self, prefix: str) -> list[str]:
+        """Every key under ``prefix``, sorted."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Delete ``key``; deleting a missing key is not an error."""
+        ...
+
+
+def _clean(key: str) -> str:
+    key = key.strip("/")
+    if not key or any(part in ("", ".", "..") for part in key.split("/")):
+        raise StoreError(f"invalid store key {key!r}")
+    return key
+
+
+class LocalStore:
+    """A directory with the S3 key layout; writes go through a temp file and a rename."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / _clean(key)
+
+    def url(self, key: str) -> str:
+        return str(self._path(key))
+
+    def _write(self, key: str, writer: Any, if_none_match: bool) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                writer(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if if_none_match:
+                # link() fails if dest exists: an atomic create-if-absent, like If-None-Match.
+                try:
+                    os.link(tmp, dest)
+                except FileExistsError as exc:
+                    raise PreconditionFailed(f"{key} already exists") from exc
+            else:
+                os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
+        self._write(key, lambda fh: fh.write(data), if_none_match)
+
+    def put_file(self, key: str, path: Path, *, if_none_match: bool = False) -> None:
+        def copy(fh: Any) -> None:
+            with Path(path).open("rb") as src:
+                shutil.copyfileobj(src, fh, CHUNK)
+
+        self._write(key, copy, if_none_match)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise KeyNotFound(key) from exc
+
+    def get_file(self, key: str, dest: Path) -> Path:
+        src = self._path(key)
+        if not src.is_file():
+            raise KeyNotFound(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+        return dest
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self.root / prefix.strip("/") if prefix.strip("/") else self.root
+        if not base.exists():
+            return []
+        keys = [
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        ]
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        # Drop directories the delete left empty, up to the root.
+        parent = path.parent
+        while parent != self.root and parent.exists() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+
+
+class S3Store:
+    """S3 (or anything speaking its API, such as moto server) under ``s3://bucket/prefix``.
+
+    Every write asks for server-side encryption: SSE-KMS with ``kms_key_id`` when given,
+    SSE-S3 (AES256) otherwise.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        kms_key_id: str | None = None,
+        endpoint_url: str | None = None,
+        client: Any = None,
+    ) -> None:
+        if not uri.startswith("s3://"):
+            raise StoreError(f"not an s3:// URI: {uri!r}")
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
+        if not bucket:
+            raise StoreError(f"no bucket in {uri!r}")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.kms_key_id = kms_key_id
+        if client is None:
+            import boto3  # local: keep the local store free of boto3's import cost
+
+            client = boto3.client("s3", endpoint_url=endpoint_url)
+        self.client = client
+
+    def _key(self, key: str) -> str:
+        key = _clean(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def _sse(self) -> dict[str, str]:
+        if self.kms_key_id:
+            return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
+        return {"ServerSideEncryption": "AES256"}
+
+    @staticmethod
+    def _code(exc: Exception) -> str:
+        response = getattr(exc, "response", None) or {}
+        return str(response.get("Error", {}).get("Code", ""))
+
+    def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
+        extra: dict[str, Any] = dict(self._sse())
+        if if_none_match:
+            extra["IfNoneMatch"] = "*"
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+        except Exception as exc:
+            if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise PreconditionFailed(f"{self.url(key)} already exists") from exc
+            raise
+
+    def put_file(self, key: str, path: Path, *, if_none_match: bool = False) -> None:
+        if if_none_match:
+            # Conditional writes need a single PUT; claims and pointers are small anyway.
+            self.put_bytes(key, Path(path).read_bytes(), if_none_match=True)
+            return
+        self.client.upload_file(str(path), self.bucket, self._key(key), ExtraArgs=self._sse())
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as exc:
+            if self._code(exc) in ("NoSuchKey", "404"):
+                raise KeyNotFound(self.url(key)) from exc
+            raise
+        return bytes(response["Body"].read())
+
+    def get_file(self, key: str, dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(dest))
+        except Exception as exc:
+            if self._code(exc) in ("NoSuchKey", "404"):
+                raise KeyNotFound(self.url(key)) from exc
+            raise
+        return dest
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as exc:
+            if self._code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise
+        return True
+
+    def list(self, prefix: str) -> list[str]:
+        full = self._key(prefix) + "/" if prefix.strip("/") else (f"{self.prefix}/" if self.prefix else "")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        keys: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+def open_store(
+    uri: str, *, kms_key_id: str | None = None, endpoint_url: str | None = None
+) -> LocalStore | S3Store:
+    """Open the store at ``uri``: ``s3://bucket/prefix`` or a local path."""
+    if uri.startswith("s3://"):
+        return S3Store(uri, kms_key_id=kms_key_id, endpoint_url=endpoint_url)
+    return LocalStore(uri)

@@ -1,0 +1,131 @@
+"""Model families behind one interface, so flows and the gate never branch on the family.
+
+A family is a module ``tasks/train/<family>.py`` that defines ``FAMILY``, an instance of a
+:class:`Family` subclass. Adding a fourth model takes that module and one
+``configs/models/<name>.yaml``. Families import no Prefect: the serving app and notebooks use
+them directly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pandas as pd
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+@dataclass
+class Evaluation:
+    """What evaluating one model on one holdout produced.
+
+    Attributes:
+        metrics: metric name -> value; the gate reads these by name.
+        figures: file name (``*.png``) -> matplotlib figure, logged to MLflow.
+    """
+
+    metrics: dict[str, float]
+    figures: dict[str, Figure] = field(default_factory=dict)
+
+
+class Family(ABC):
+    """One model family: how to train, evaluate, save, load and predict.
+
+    Every method is a plain function of its arguments: no I/O beyond the directory given,
+    no global state, deterministic for a given seed.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[BaseModel]]
+    """Strict pydantic model of the family's hyperparameters (``params:`` in the config)."""
+
+    @abstractmethod
+    def train(self, frame: pd.DataFrame, params: Any, seed: int) -> Any:
+        """Fit a model on ``frame`` (the training window) and return it."""
+
+    @abstractmethod
+    def evaluate(self, model: Any, holdout: pd.DataFrame, history: pd.DataFrame) -> Evaluation:
+        """Score ``model`` on ``holdout``; ``history`` is the data before it (for baselines).
+
+        The champion and the challenger are both scored with this on the same holdout.
+        """
+
+    def backtest(self, frame: pd.DataFrame, params: Any, seed: int) -> dict[str, float]:
+        """Optional extra diagnostics on the training window (logged, not gated)."""
+        return {}
+
+    @abstractmethod
+    def save(self, model: Any, directory: Path) -> None:
+        """Write the model's files into ``directory`` (which exists and is empty)."""
+
+    @abstractmethod
+    def load(self, directory: Path) -> Any:
+        """Load a model written by :meth:`save`."""
+
+    @abstractmethod
+    def predict(self, model: Any, records: pd.DataFrame) -> pd.DataFrame:
+        """Predict for ``records`` (columns as in :meth:`input_columns`).
+
+        Raises:
+            ValueError: a required column is missing or has the wrong type; the message
+                names it (the serving app turns this into a 400).
+        """
+
+    @abstractmethod
+    def input_columns(self) -> dict[str, str]:
+        """Request columns and their types (``float64``, ``int64``, ``string``, ``timestamp``)."""
+
+    @abstractmethod
+    def example_request(self, holdout: pd.DataFrame) -> list[dict[str, Any]]:
+        """A few JSON-ready request records taken from ``holdout`` (the smoke-test payload)."""
+
+    @abstractmethod
+    def log_model(self, model: Any, name: str, input_example: pd.DataFrame) -> str:
+        """Log ``model`` to the active MLflow run with its flavour; return the model URI."""
+
+
+def get_family(name: str) -> Family:
+    """Return the ``FAMILY`` object of ``tasks/train/<name>.py``.
+
+    Raises:
+        ImportError: no such family module, or it defines no ``FAMILY``.
+    """
+    module = importlib.import_module(f"tasks.train.{name}")
+    family = getattr(module, "FAMILY", None)
+    if not isinstance(family, Family):
+        raise ImportError(f"tasks.train.{name} defines no FAMILY of type Family")
+    return family
+
+
+def check_columns(records: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """Return ``records`` restricted to ``columns`` and coerced to their types.
+
+    Raises:
+        ValueError: a column is missing or a value cannot be coerced; names the column.
+    """
+    missing = [c for c in columns if c not in records.columns]
+    if missing:
+        raise ValueError(f"missing column(s): {', '.join(missing)}")
+    out = {}
+    for col, kind in columns.items():
+        series = records[col]
+        try:
+            if kind == "float64":
+                out[col] = pd.to_numeric(series, errors="raise").astype("float64")
+            elif kind == "int64":
+                out[col] = pd.to_numeric(series, errors="raise").astype("int64")
+            elif kind == "timestamp":
+                out[col] = pd.to_datetime(series, errors="raise")
+            else:
+                out[col] = series.astype("string")
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"column {col!r} must be {kind}: {exc}") from exc
+        if out[col].isna().any():
+            raise ValueError(f"column {col!r} has null values")
+    return pd.DataFrame(out, index=records.index)
