@@ -1,0 +1,140 @@
+"""Gate, publish, register, promote: the side effects that follow a decision.
+
+:func:`tasks.gate.decide` decides; the tasks here record the decision, publish the version
+to the store, register it in MLflow and move the pointer and the alias. Each task is named for
+its effect and returns identifiers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import gate, registry
+from tasks.config import ModelConfig
+from tasks.publish import PublishedVersion, make_tarball, move_latest, publish_version
+from tasks.report import publish_markdown
+from tasks.settings import Settings
+from tasks.training import Challenger, ChampionScore, metrics_json, store_of, workdir
+
+
+@dataclass(frozen=True)
+class Registered:
+    """The MLflow model version created for a published store version."""
+
+    model: str
+    version: str
+    store_version: str
+
+
+def gate_markdown(cfg: ModelConfig, decision: gate.Decision, champion: ChampionScore) -> str:
+    """A table of the challenger against the champion, with the verdict."""
+    lines = [
+        f"# Gate: `{cfg.name}` -> **{decision.verdict}**",
+        "",
+        f"{champion.note}. Mode: `{decision.mode}`.",
+        "",
+        "| metric | rule | challenger | champion | threshold | passed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in decision.checks:
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        lines.append(
+            f"| {c.metric} | {c.rule} | {fmt(c.challenger)} | {fmt(c.champion)} "
+            f"| {fmt(c.threshold)} | {'yes' if c.passed else '**no**'} |"
+        )
+    lines += ["", *[f"- {r}" for r in decision.reasons], *[f"- warning: {w}" for w in decision.warnings]]
+    return "\n".join(lines)
+
+
+@task(name="decide-promotion", cache_policy=NO_CACHE)
+def decide_promotion(
+    settings: Settings, cfg: ModelConfig, challenger: Challenger, champion: ChampionScore
+) -> gate.Decision:
+    """Apply the gate and record the decision on the challenger's MLflow run and in Prefect."""
+    decision = gate.decide(challenger.metrics, champion.metrics, cfg.gate)
+    record = {**decision.to_dict(), "champion_version": champion.version, "champion_note": champion.note}
+    registry.log_dict(challenger.run_id, settings.tracking_uri, record, "gate.json")
+    tags = {"gate.verdict": decision.verdict, "gate.champion_version": str(champion.version)}
+    registry.set_run_tags(challenger.run_id, settings.tracking_uri, tags)
+    if champion.metrics:
+        registry.log_metrics_to_run(
+            challenger.run_id, settings.tracking_uri, {f"champion.{k}": v for k, v in champion.metrics.items()}
+        )
+    publish_markdown(f"gate-{cfg.name}", gate_markdown(cfg, decision, champion), f"Gate decision for {cfg.name}")
+    return decision
+
+
+@task(name="publish-model-version", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def publish_model(
+    settings: Settings,
+    cfg: ModelConfig,
+    challenger: Challenger,
+    champion: ChampionScore,
+    decision: gate.Decision,
+    lineage: dict[str, str],
+) -> PublishedVersion:
+    """Claim ``v{N}`` and write model.tar.gz, metrics.json, schema.json, then the manifest."""
+    staging = workdir(settings, f"{cfg.name}-publish-")
+    try:
+        make_tarball(challenger.model_dir, staging / "model.tar.gz")
+        (staging / "metrics.json").write_text(metrics_json(challenger, champion, decision.to_dict()))
+        (staging / "schema.json").write_text(json.dumps(challenger.schema, indent=2, default=str))
+        files = {name: staging / name for name in ("model.tar.gz", "metrics.json", "schema.json")}
+        full_lineage = {
+            **lineage,
+            "mlflow_run_id": challenger.run_id,
+            "mlflow_experiment_id": challenger.experiment_id,
+            "mlflow_model_uri": challenger.model_uri,
+        }
+        return publish_version(
+            store_of(settings), cfg.name, files, full_lineage, claimed_by={"flow_run_id": lineage.get("flow_run_id")}
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@task(name="register-model-version", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def register_model(
+    settings: Settings, cfg: ModelConfig, challenger: Challenger, published: PublishedVersion
+) -> Registered:
+    """Register the published version in MLflow with lineage tags; alias it ``challenger``."""
+    lineage = published.manifest.get("lineage", {})
+    tags = {
+        "store_version": published.version,
+        "store_uri": published.uri,
+        "manifest_sha256": published.manifest_sha256,
+        **{k: str(v) for k, v in lineage.items() if k in LINEAGE_TAGS},
+    }
+    version = registry.register_version(
+        settings.tracking_uri, cfg.name, challenger.model_uri, challenger.run_id, tags,
+        description=f"{cfg.name} {published.version}: {cfg.description}",
+    )
+    registry.set_alias(settings.tracking_uri, cfg.name, registry.CHALLENGER, version)
+    return Registered(cfg.name, version, published.version)
+
+
+LINEAGE_TAGS = (
+    "snapshot_id", "data_sha256", "config_hash", "code_version", "flow_run_id", "reason",
+)
+
+
+@task(name="promote-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def promote(
+    settings: Settings, cfg: ModelConfig, published: PublishedVersion, registered: Registered, reason: str
+) -> dict[str, Any]:
+    """Move ``latest.json`` (with an append-only history record) and the ``champion`` alias."""
+    latest = move_latest(
+        store_of(settings),
+        cfg.name,
+        published.version,
+        reason=reason,
+        extra={"mlflow_version": registered.version, "uri": published.uri},
+    )
+    registry.set_alias(settings.tracking_uri, cfg.name, registry.CHAMPION, registered.version)
+    return latest

@@ -1,0 +1,254 @@
+"""Train and evaluate: the training window, the challenger's MLflow run, the champion re-scored.
+
+Plain helpers first (no Prefect), then the Prefect tasks that the retrain flow calls. Every
+task can also be called from a notebook as ``task.fn(...)`` or directly outside a flow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import registry
+from tasks.config import ModelConfig
+from tasks.export import list_snapshots, read_snapshots
+from tasks.publish import extract_tarball, read_latest, verify_version
+from tasks.settings import Settings
+from tasks.store import open_store
+from tasks.train import Evaluation, get_family
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    """The training window split in time: everything before the holdout, and the holdout."""
+
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    snapshot_ids: list[str]
+    newest_snapshot: str
+    data_sha256: str
+    holdout_start: str
+    holdout_end: str
+
+
+@dataclass
+class Challenger:
+    """A freshly trained model, its MLflow run and its holdout metrics."""
+
+    model: str
+    family: str
+    run_id: str
+    experiment_id: str
+    model_uri: str
+    metrics: dict[str, float]
+    backtest: dict[str, float]
+    model_dir: Path
+    schema: dict[str, Any]
+    train_rows: int
+    holdout_rows: int
+
+
+@dataclass
+class ChampionScore:
+    """The current champion re-scored on the challenger's holdout (or why it could not be)."""
+
+    version: str | None
+    metrics: dict[str, float] | None
+    note: str
+    latest: dict[str, Any] | None = field(default=None)
+
+
+def store_of(settings: Settings) -> Any:
+    """The configured store (local directory or S3)."""
+    return open_store(
+        settings.store, kms_key_id=settings.kms_key_id, endpoint_url=settings.aws_endpoint_url
+    )
+
+
+def workdir(settings: Settings, prefix: str) -> Path:
+    """A fresh scratch directory under ``$MLOPS_HOME/work``."""
+    root = settings.home_dir / "work"
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+
+
+def split_window(frame: pd.DataFrame, cfg: ModelConfig) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
+    """Split by event time: the newest ``holdout_days`` whole days are the holdout.
+
+    Returns:
+        ``(train, holdout, holdout_start, holdout_end)``; train covers ``training_days`` before.
+
+    Raises:
+        ValueError: the window is empty or either side of the split has no rows.
+    """
+    col = cfg.dataset.event_time
+    if frame.empty:
+        raise ValueError(f"{cfg.name}: no rows to train on")
+    times = pd.to_datetime(frame[col])
+    end = times.max().floor("D") + timedelta(days=1)
+    cutoff = end - timedelta(days=cfg.split.holdout_days)
+    start = cutoff - timedelta(days=cfg.split.training_days)
+    train = frame[(times >= start) & (times < cutoff)].reset_index(drop=True)
+    holdout = frame[times >= cutoff].reset_index(drop=True)
+    if train.empty or holdout.empty:
+        raise ValueError(
+            f"{cfg.name}: split at {cutoff} leaves train={len(train)} and holdout={len(holdout)} rows; "
+            f"need more than {cfg.split.holdout_days} days of data"
+        )
+    return train, holdout, cutoff.isoformat(), times.max().isoformat()
+
+
+def combined_hash(hashes: list[str]) -> str:
+    """One sha256 over the snapshots' hashes, in order (lineage of the training data)."""
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+
+
+@task(name="load-training-data", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def load_training_data(settings: Settings, cfg: ModelConfig, new_snapshot: str | None) -> TrainingData:
+    """Read the accepted snapshots in the training window, plus the new one, and split them.
+
+    The new snapshot is included before it is validated: validation runs on exactly this frame
+    so that duplicates across snapshots are caught too.
+    """
+    store = store_of(settings)
+    manifests = [
+        m for m in list_snapshots(store, cfg.dataset.name)
+        if m["status"] == "accepted" or m["snapshot_id"] == new_snapshot
+    ]
+    if not manifests:
+        raise ValueError(f"{cfg.name}: no snapshots of {cfg.dataset.name}; run an export first")
+    newest = max(pd.Timestamp(m["event_time"]["max"]) for m in manifests)
+    horizon = newest.floor("D") + timedelta(days=1)
+    horizon -= timedelta(days=cfg.split.holdout_days + cfg.split.training_days)
+    used = [m for m in manifests if pd.Timestamp(m["event_time"]["max"]) >= horizon]
+    frame = read_snapshots(store, cfg.dataset, [m["snapshot_id"] for m in used])
+    train, holdout, start, end = split_window(frame, cfg)
+    return TrainingData(
+        train=train,
+        holdout=holdout,
+        snapshot_ids=[m["snapshot_id"] for m in used],
+        newest_snapshot=new_snapshot or used[-1]["snapshot_id"],
+        data_sha256=combined_hash([m["sha256"] for m in used]),
+        holdout_start=start,
+        holdout_end=end,
+    )
+
+
+def _close(evaluation: Evaluation) -> None:
+    from matplotlib.figure import Figure
+
+    for fig in evaluation.figures.values():
+        if isinstance(fig, Figure):
+            fig.clear()
+
+
+@task(name="train-challenger", cache_policy=NO_CACHE)
+def train_challenger(
+    settings: Settings, cfg: ModelConfig, data: TrainingData, lineage: dict[str, str]
+) -> Challenger:
+    """Fit the family on the training window and score it on the holdout, in one MLflow run.
+
+    Logs params, holdout metrics, backtest metrics, plots and the model (with its flavour).
+    """
+    family = get_family(cfg.family)
+    params = family.Params.model_validate(cfg.params)
+    experiment_id = registry.ensure_experiment(
+        settings.tracking_uri, cfg.name, settings.mlflow_artifact_root
+    )
+    tags = {"model": cfg.name, "family": cfg.family, **{f"lineage.{k}": str(v) for k, v in lineage.items()}}
+    with registry.training_run(settings.tracking_uri, experiment_id, f"{cfg.name}-train", tags) as run:
+        import mlflow
+
+        mlflow.log_params({**params.model_dump(), "seed": cfg.seed, "train_rows": len(data.train),
+                           "holdout_rows": len(data.holdout), "holdout_start": data.holdout_start})
+        model = family.train(data.train, params, cfg.seed)
+        evaluation = family.evaluate(model, data.holdout, data.train)
+        registry.log_evaluation("", evaluation.metrics, evaluation.figures)
+        _close(evaluation)
+        backtest = family.backtest(data.train, params, cfg.seed)
+        if backtest:
+            registry.log_evaluation("", backtest)
+        example = family.example_request(data.holdout)
+        model_uri = family.log_model(model, "model", pd.DataFrame(example))
+        model_dir = workdir(settings, f"{cfg.name}-model-")
+        family.save(model, model_dir)
+        schema = {
+            "model": cfg.name,
+            "family": cfg.family,
+            "input": family.input_columns(),
+            "example_request": example,
+        }
+        mlflow.log_dict(schema, "schema.json")
+    return Challenger(
+        model=cfg.name,
+        family=cfg.family,
+        run_id=run.info.run_id,
+        experiment_id=experiment_id,
+        model_uri=model_uri,
+        metrics=evaluation.metrics,
+        backtest=backtest,
+        model_dir=model_dir,
+        schema=schema,
+        train_rows=len(data.train),
+        holdout_rows=len(data.holdout),
+    )
+
+
+def load_published_model(settings: Settings, cfg: ModelConfig, version: str, dest: Path) -> Any:
+    """Download a published version, check every sha256, unpack and load it."""
+    store = store_of(settings)
+    verify_version(store, cfg.name, version, dest)
+    unpacked = extract_tarball(dest / "model.tar.gz", dest / "model")
+    return get_family(cfg.family).load(unpacked)
+
+
+@task(name="score-champion", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def score_champion(settings: Settings, cfg: ModelConfig, data: TrainingData) -> ChampionScore:
+    """Re-score the current champion (what ``latest.json`` points at) on the new holdout.
+
+    No champion yet, or one that cannot be loaded, gives ``metrics=None`` and a note; the gate
+    then applies the floors only, and the note is recorded with the decision.
+    """
+    latest = read_latest(store_of(settings), cfg.name)
+    if latest is None:
+        return ChampionScore(None, None, "no champion yet: floors only")
+    version = str(latest["version"])
+    scratch = workdir(settings, f"{cfg.name}-champion-")
+    try:
+        model = load_published_model(settings, cfg, version, scratch)
+        evaluation = get_family(cfg.family).evaluate(model, data.holdout, data.train)
+        _close(evaluation)
+    except Exception as exc:  # a champion that cannot be re-scored must not block a fix
+        log.warning("%s: champion %s could not be re-scored: %s", cfg.name, version, exc)
+        return ChampionScore(version, None, f"champion {version} could not be re-scored: {exc}", latest)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return ChampionScore(version, evaluation.metrics, f"champion {version} re-scored on the new holdout", latest)
+
+
+def metrics_json(challenger: Challenger, champion: ChampionScore, decision: dict[str, Any]) -> str:
+    """The ``metrics.json`` published with a version."""
+    return json.dumps(
+        {
+            "holdout": challenger.metrics,
+            "backtest": challenger.backtest,
+            "champion": {"version": champion.version, "metrics": champion.metrics, "note": champion.note},
+            "gate": decision,
+        },
+        indent=2,
+        sort_keys=True,
+        default=str,
+    )

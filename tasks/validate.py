@@ -1,0 +1,194 @@
+"""Data validation with a Great Expectations 1.x suite built from the model's config.
+
+The suite lives in ``configs/models/<model>.yaml`` (``validation:``), one entry per
+expectation with the reason it exists. :func:`validate_frame` runs it on a pandas frame with
+an ephemeral GX context and returns a :class:`ValidationReport` that names each failed
+expectation, its column(s) and sample bad values.
+
+GX reports a broken check (for example a column that does not exist) as ``success=False``
+with ``exception_info``, not as an exception. Those are told apart from bad data: they raise
+:class:`SuiteError`, because the fix is in the suite or the export, not in the source rows.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from tasks.config import ModelConfig
+
+SAMPLE_VALUES = 5
+
+
+class SuiteError(RuntimeError):
+    """The suite itself is broken (unknown expectation, missing column, GX error)."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed expectation on bad data."""
+
+    expectation: str
+    columns: list[str]
+    why: str
+    unexpected_count: int | None
+    unexpected_percent: float | None
+    sample: list[Any]
+    observed: Any = None
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """The outcome of one suite on one frame."""
+
+    dataset: str
+    snapshot_id: str | None
+    success: bool
+    rows: int
+    evaluated: int
+    failures: list[Failure] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, stored next to the snapshot as ``validation.json``."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line per failure: expectation, columns, count and sample values."""
+        if self.success:
+            return f"{self.dataset}: {self.evaluated} expectations passed on {self.rows} rows"
+        lines = [
+            f"{self.dataset}: {len(self.failures)} of {self.evaluated} expectations failed "
+            f"on {self.rows} rows (snapshot {self.snapshot_id})"
+        ]
+        for f in self.failures:
+            count = "" if f.unexpected_count is None else f" {f.unexpected_count} bad rows;"
+            sample = f" sample {f.sample!r}" if f.sample else f" observed {f.observed!r}"
+            lines.append(f"  - {f.expectation} on {', '.join(f.columns) or 'table'}:{count}{sample}")
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        """The Prefect artifact: a table of failures (or a pass line)."""
+        head = "passed" if self.success else "FAILED"
+        md = [
+            f"# Validation {head}: `{self.dataset}`",
+            "",
+            f"Snapshot `{self.snapshot_id}`, {self.rows} rows, {self.evaluated} expectations.",
+            "",
+        ]
+        if self.failures:
+            md += ["| expectation | columns | bad rows | sample values | why it exists |", "|---|---|---|---|---|"]
+            for f in self.failures:
+                sample = ", ".join(map(str, f.sample)) if f.sample else f"observed {f.observed}"
+                md.append(
+                    f"| {f.expectation} | {', '.join(f.columns)} | {f.unexpected_count} "
+                    f"| {sample} | {f.why} |"
+                )
+        return "\n".join(md)
+
+
+def _class_name(expectation: str) -> str:
+    return "".join(part.capitalize() for part in expectation.split("_"))
+
+
+def build_suite(cfg: ModelConfig) -> Any:
+    """Turn the config's ``validation`` list into a ``gx.ExpectationSuite``.
+
+    Raises:
+        SuiteError: an expectation type GX does not know, or arguments it rejects.
+    """
+    import great_expectations as gx
+
+    expectations = []
+    for i, item in enumerate(cfg.validation):
+        cls = getattr(gx.expectations, _class_name(item.expectation), None)
+        if cls is None:
+            raise SuiteError(f"{cfg.name}: validation[{i}]: unknown expectation {item.expectation!r}")
+        try:
+            expectations.append(cls(**item.kwargs, meta={"why": item.why, "index": i}))
+        except Exception as exc:  # pydantic errors from GX name the bad argument
+            raise SuiteError(f"{cfg.name}: validation[{i}] {item.expectation}: {exc}") from exc
+    return gx.ExpectationSuite(name=f"{cfg.name}.{cfg.dataset.name}", expectations=expectations)
+
+
+def _columns(kwargs: dict[str, Any]) -> list[str]:
+    if "column" in kwargs:
+        return [str(kwargs["column"])]
+    return [str(c) for c in kwargs.get("column_list", [])]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return None if value != value else value  # NaN -> null
+    return str(value)
+
+
+def validate_frame(frame: pd.DataFrame, cfg: ModelConfig, snapshot_id: str | None = None) -> ValidationReport:
+    """Run the model's suite on ``frame``.
+
+    Returns:
+        The report; ``success`` is False when any expectation failed on the data.
+
+    Raises:
+        SuiteError: the suite is broken (GX raised while computing a check).
+    """
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    suite = build_suite(cfg)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    asset = context.data_sources.add_pandas("snapshot").add_dataframe_asset(cfg.dataset.name)
+    batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(
+        batch_parameters={"dataframe": frame}
+    )
+    result = batch.validate(
+        suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_VALUES}
+    )
+    failures: list[Failure] = []
+    broken: list[str] = []
+    for res in result.results:
+        if res.success:
+            continue
+        config = res.expectation_config
+        kwargs = {k: v for k, v in config.kwargs.items() if k != "batch_id"}
+        info = res.exception_info or {}
+        raised = [v for v in info.values() if isinstance(v, dict) and v.get("raised_exception")]
+        if info.get("raised_exception"):
+            raised.append(info)
+        if raised:
+            message = raised[0].get("exception_message", "GX raised")
+            broken.append(f"{config.type} {kwargs}: {message}")
+            continue
+        details = res.result or {}
+        sample = details.get("partial_unexpected_list") or []
+        failures.append(
+            Failure(
+                expectation=config.type,
+                columns=_columns(kwargs),
+                why=str((config.meta or {}).get("why", "")),
+                unexpected_count=details.get("unexpected_count"),
+                unexpected_percent=details.get("unexpected_percent"),
+                sample=_jsonable(sample[:SAMPLE_VALUES]),
+                observed=_jsonable(details.get("observed_value")),
+            )
+        )
+    if broken:
+        raise SuiteError(f"{cfg.name}: the suite is broken, not the data: " + "; ".join(broken))
+    return ValidationReport(
+        dataset=cfg.dataset.name,
+        snapshot_id=snapshot_id,
+        success=not failures,
+        rows=len(frame),
+        evaluated=len(result.results),
+        failures=failures,
+    )
