@@ -122,6 +122,17 @@ class ModelConfig(Strict):
             raise ValueError("validation needs an expect_table_row_count_to_be_between")
         return v
 
+    @model_validator(mode="after")
+    def _suite_columns_exist(self) -> ModelConfig:
+        # A check on a column the export does not produce is a broken suite, caught at load.
+        for i, item in enumerate(self.validation):
+            cols = [item.kwargs["column"]] if "column" in item.kwargs else []
+            cols += list(item.kwargs.get("column_list", []))
+            unknown = [c for c in cols if c not in self.dataset.columns]
+            if unknown:
+                raise ValueError(f"validation[{i}] {item.expectation}: unknown column(s) {unknown}")
+        return self
+
     def config_hash(self) -> str:
         """sha256 of the canonical JSON of this config (lineage)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()

@@ -116,12 +116,23 @@ def combined_hash(hashes: list[str]) -> str:
     return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
 
 
-@task(name="load-training-data", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def load_training_data(settings: Settings, cfg: ModelConfig, new_snapshot: str | None) -> TrainingData:
-    """Read the accepted snapshots in the training window, plus the new one, and split them.
+@dataclass
+class WindowData:
+    """The rows of the training window (train and holdout, not yet split) and their lineage."""
+
+    frame: pd.DataFrame
+    snapshot_ids: list[str]
+    newest_snapshot: str
+    data_sha256: str
+
+
+@task(name="load-training-window", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def load_training_window(settings: Settings, cfg: ModelConfig, new_snapshot: str | None) -> WindowData:
+    """Read the accepted snapshots in the training window, plus the new one.
 
     The new snapshot is included before it is validated: validation runs on exactly this frame
-    so that duplicates across snapshots are caught too.
+    so that duplicates across snapshots are caught too. Rows without an event time stay in so
+    that validation can report them.
     """
     store = store_of(settings)
     manifests = [
@@ -135,13 +146,26 @@ def load_training_data(settings: Settings, cfg: ModelConfig, new_snapshot: str |
     horizon -= timedelta(days=cfg.split.holdout_days + cfg.split.training_days)
     used = [m for m in manifests if pd.Timestamp(m["event_time"]["max"]) >= horizon]
     frame = read_snapshots(store, cfg.dataset, [m["snapshot_id"] for m in used])
-    train, holdout, start, end = split_window(frame, cfg)
-    return TrainingData(
-        train=train,
-        holdout=holdout,
+    times = pd.to_datetime(frame[cfg.dataset.event_time])
+    frame = frame[(times >= horizon) | times.isna()].reset_index(drop=True)
+    return WindowData(
+        frame=frame,
         snapshot_ids=[m["snapshot_id"] for m in used],
         newest_snapshot=new_snapshot or used[-1]["snapshot_id"],
         data_sha256=combined_hash([m["sha256"] for m in used]),
+    )
+
+
+@task(name="split-holdout", cache_policy=NO_CACHE)
+def split_holdout(cfg: ModelConfig, window: WindowData) -> TrainingData:
+    """Split the validated window in time: the newest ``holdout_days`` are the fresh holdout."""
+    train, holdout, start, end = split_window(window.frame, cfg)
+    return TrainingData(
+        train=train,
+        holdout=holdout,
+        snapshot_ids=window.snapshot_ids,
+        newest_snapshot=window.newest_snapshot,
+        data_sha256=window.data_sha256,
         holdout_start=start,
         holdout_end=end,
     )

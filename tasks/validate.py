@@ -17,8 +17,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.config import ModelConfig
+from tasks.export import record_validation
+from tasks.report import publish_markdown
+from tasks.settings import Settings
+from tasks.training import WindowData, store_of
 
 SAMPLE_VALUES = 5
 
@@ -192,3 +198,28 @@ def validate_frame(frame: pd.DataFrame, cfg: ModelConfig, snapshot_id: str | Non
         evaluated=len(result.results),
         failures=failures,
     )
+
+
+class ValidationFailed(RuntimeError):
+    """The data broke the suite; the message is the readable report."""
+
+    def __init__(self, report: ValidationReport) -> None:
+        super().__init__(f"validation failed: {report.summary()}")
+        self.report = report
+
+
+@task(name="validate-snapshot", cache_policy=NO_CACHE)
+def validate_data(settings: Settings, cfg: ModelConfig, window: WindowData, new_snapshot: str | None) -> ValidationReport:
+    """Run the suite on the training window; record the outcome next to the new snapshot.
+
+    A failed validation marks the snapshot rejected (so the watermark does not move past its
+    rows), publishes the report as an artifact and raises :class:`ValidationFailed`, which
+    stops this model's path before training.
+    """
+    report = validate_frame(window.frame, cfg, new_snapshot or window.newest_snapshot)
+    if new_snapshot:
+        record_validation(store_of(settings), cfg.dataset.name, new_snapshot, report.to_dict())
+    publish_markdown(f"validation-{cfg.name}", report.to_markdown(), f"Validation of {cfg.dataset.name}")
+    if not report.success:
+        raise ValidationFailed(report)
+    return report

@@ -1,0 +1,42 @@
+# One vocabulary for people and CI. `make run` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+export UV_LINK_MODE ?= copy
+
+.PHONY: help install run test test-unit lint typecheck seed status mlflow-ui clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+install: ## Install everything from the lock file into .venv (installs uv first if needed)
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) sync --frozen
+
+run: install ## Seed the source database if empty, then run the weekly retrain end to end
+	$(UV) run mlops seed --if-empty
+	$(UV) run mlops retrain --reason "make run"
+
+test: install ## Run the whole test suite (unit, flows, integration)
+	$(UV) run pytest
+
+test-unit: install ## Unit tests only
+	$(UV) run pytest tests/unit -q
+
+lint: install ## ruff
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+
+typecheck: install ## mypy
+	$(UV) run mypy tasks flows
+
+seed: install ## Append one more week to the source database
+	$(UV) run mlops seed
+
+status: install ## What is published and registered, per model
+	$(UV) run mlops status
+
+mlflow-ui: install ## MLflow UI on the embedded store (http://127.0.0.1:5000)
+	$(UV) run mlflow ui --backend-store-uri sqlite:///$${MLOPS_HOME:-.mlops}/mlflow.db --host 127.0.0.1 --port 5000
+
+clean: ## Delete the embedded state (.mlops or $MLOPS_HOME)
+	rm -rf $${MLOPS_HOME:-.mlops}

@@ -1,0 +1,141 @@
+"""``mlops``: a thin command line over the flows and tasks.
+
+    mlops seed [--weeks N] [--append-weeks N] [--drift X] [--corrupt TABLE] [--if-empty]
+    mlops retrain [--model NAME ...] [--force] [--reason TEXT]
+    mlops status [--model NAME ...] [--json]
+
+Prefect's embedded state is pointed at ``$MLOPS_HOME`` before Prefect is imported, so the
+imports of flows and tasks happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tasks.settings import prepare_environment
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Intelli-Rate MLOps pipeline.")
+console = Console()
+
+ModelOpt = Annotated[
+    list[str] | None, typer.Option("--model", "-m", help="Model name (repeatable); default all.")
+]
+
+
+@app.command()
+def seed(
+    weeks: Annotated[int, typer.Option(min=2, max=520, help="Weeks to create in an empty database.")] = 8,
+    append_weeks: Annotated[int, typer.Option(min=1, max=52, help="Weeks to append when data exists.")] = 1,
+    drift: Annotated[float, typer.Option(min=0.0, max=5.0, help="Shift distributions (0 = none).")] = 0.0,
+    seed_value: Annotated[int, typer.Option("--seed", help="Random seed.")] = 42,
+    corrupt: Annotated[
+        str | None, typer.Option(help="Append rows that break this table's expectations.")
+    ] = None,
+    if_empty: Annotated[bool, typer.Option(help="Do nothing when the database has data.")] = False,
+) -> None:
+    """Create the source database, or extend it by a week (drifted on request)."""
+    settings = prepare_environment()
+    from tasks.source import corrupt_source, seed_source, source_has_data
+
+    url = settings.source_url
+    if corrupt:
+        counts = corrupt_source(url, corrupt)
+        console.print(f"[red]appended bad rows to {corrupt}[/]: {counts}")
+        return
+    if if_empty and source_has_data(url):
+        console.print(f"source database already has data: {_mask(url)}")
+        return
+    with console.status("generating source data...") as status:
+        counts = seed_source(
+            url, weeks=weeks, append_weeks=append_weeks, drift=drift, seed=seed_value,
+            progress=lambda msg: status.update(msg),
+        )
+    for table, rows in counts.items():
+        console.print(f"  {table}: +{rows} rows")
+    console.print(f"source database: {_mask(url)}")
+
+
+@app.command()
+def retrain(
+    model: ModelOpt = None,
+    force: Annotated[bool, typer.Option(help="Retrain even without new data.")] = False,
+    reason: Annotated[str, typer.Option(help="Why this run happens (kept in lineage).")] = "manual",
+) -> None:
+    """Run the retrain flow (export, validate, train, evaluate, gate, publish, register)."""
+    settings = prepare_environment()
+    from flows.retrain import retrain as retrain_flow
+
+    console.print(f"store: {settings.store}\nmlflow: {settings.tracking_uri}")
+    state = retrain_flow(models=model or None, force=force, reason=reason, return_state=True)
+    summary = state.result(raise_on_failure=False)
+    if not isinstance(summary, dict):
+        console.print(f"[red]retrain failed[/]: {summary}")
+        raise typer.Exit(1)
+    _print_summary(summary)
+    if state.is_failed():
+        raise typer.Exit(1)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    cols = ("model", "status", "version", "metrics", "gate", "published", "note")
+    table = Table(title=summary["headline"], show_lines=True)
+    for col in cols:
+        table.add_column(col, overflow="fold")
+    colours = {"promoted": "green", "rejected": "yellow", "skipped": "blue", "failed": "red"}
+    for row in summary["rows"]:
+        cells = [str(row[c]) for c in cols]
+        cells[1] = f"[{colours.get(row['status'], 'white')}]{cells[1]}[/]"
+        table.add_row(*cells)
+    console.print(table)
+
+
+@app.command()
+def status(
+    model: ModelOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Per model: champion version, what latest.json says, metrics and lineage; flags disagreement."""
+    settings = prepare_environment()
+    from tasks.status import model_status
+
+    report = model_status(settings, model or None)
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
+        return
+    table = Table(title=f"store {settings.store}", show_lines=True)
+    for col in ("model", "latest.json", "mlflow champion", "agree", "metrics", "lineage"):
+        table.add_column(col, overflow="fold")
+    for r in report:
+        metrics = ", ".join(f"{k}={v:.3f}" for k, v in (r.get("gate_metrics") or {}).items())
+        lin = r.get("lineage") or {}
+        lineage = "\n".join(
+            f"{k}: {lin[k]}" for k in ("snapshot_id", "code_version", "flow_run_id", "mlflow_run_id") if k in lin
+        )
+        agree = "[green]yes[/]" if r["agree"] else f"[red]NO[/] {r.get('problem', '')}"
+        table.add_row(
+            r["model"], str(r.get("latest_version") or "-"),
+            f"{r.get('champion_alias') or '-'} ({r.get('champion_store_version') or '-'})",
+            agree, metrics or "-", lineage or "-",
+        )
+    console.print(table)
+
+
+def _mask(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def main() -> None:
+    """Entry point of the ``mlops`` command."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The weekly retrain: per model, export -> validate -> train -> evaluate -> gate -> publish -> register.
+
+Each model runs as its own subflow, so one model failing (bad data, a crash) or being rejected
+by its gate does not stop the others; the parent ends with one summary of all of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.states import Completed, Failed, State
+
+from tasks.config import load_model_configs
+from tasks.export import export_new_data
+from tasks.lineage import describe_lineage
+from tasks.promotion import decide_promotion, promote, publish_model, register_model
+from tasks.report import outcome, summarise_run
+from tasks.settings import load_settings
+from tasks.training import load_training_window, score_champion, split_holdout, train_challenger
+from tasks.validate import validate_data
+
+
+@flow(name="retrain-model", flow_run_name="retrain-{model}")
+def retrain_model(model: str, force: bool = False, reason: str = "scheduled") -> dict[str, Any]:
+    """Run the whole path for one model; return its summary line."""
+    settings = load_settings()
+    (cfg,) = load_model_configs(settings.config_dir, [model])
+
+    snapshot = export_new_data(settings, cfg)
+    if snapshot is None and not force:
+        return outcome(model, "skipped", note="no new data since the last snapshot (use --force)")
+    new_id = snapshot.snapshot_id if snapshot else None
+    window = load_training_window(settings, cfg, new_id)
+    validate_data(settings, cfg, window, new_id)
+    data = split_holdout(cfg, window)
+
+    lineage = describe_lineage(cfg, data, reason)
+    challenger = train_challenger(settings, cfg, data, lineage)
+    champion = score_champion(settings, cfg, data)
+    decision = decide_promotion(settings, cfg, challenger, champion)
+    if not decision.promote:
+        return outcome(model, "rejected", champion.note, challenger, champion, decision)
+
+    published = publish_model(settings, cfg, challenger, champion, decision, lineage)
+    registered = register_model(settings, cfg, challenger, published)
+    promote(settings, cfg, published, registered, reason)
+    return outcome(model, "promoted", champion.note, challenger, champion, decision, published, registered)
+
+
+@flow(name="retrain")
+def retrain(models: list[str] | None = None, force: bool = False, reason: str = "scheduled") -> State:
+    """Retrain every configured model (or ``models``); fail the run if any model failed.
+
+    Args:
+        models: model names from ``configs/models``; all of them when empty.
+        force: retrain even when no new data arrived since the last snapshot.
+        reason: why this run happens (schedule, a person, a drift alert); kept in lineage.
+    """
+    settings = load_settings()
+    names = [cfg.name for cfg in load_model_configs(settings.config_dir, models or None)]
+    states = {name: retrain_model(name, force=force, reason=reason, return_state=True) for name in names}
+    summary = summarise_run(settings, states)
+    failed = [o["model"] for o in summary["models"] if o["status"] == "failed"]
+    if failed:
+        return Failed(message=f"failed: {', '.join(failed)}; see the summary artifact", data=summary)
+    return Completed(message=summary["headline"], data=summary)

@@ -1,0 +1,83 @@
+"""Config files are code: the shipped ones load, and bad ones fail naming the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.config import ConfigError, load_model_config, load_model_configs
+from tasks.settings import PROJECT_ROOT
+
+CONFIG_DIR = PROJECT_ROOT / "configs"
+SHIPPED = sorted((CONFIG_DIR / "models").glob("*.yaml"))
+
+
+def test_three_models_ship() -> None:
+    assert [p.stem for p in SHIPPED] == ["abuse_detector", "limit_optimiser", "traffic_forecaster"]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_configs_load(path: Path) -> None:
+    cfg = load_model_config(path)
+    assert cfg.name == path.stem
+    # Every expectation says why it exists (the house rule for suites).
+    assert all(len(e.why) >= 10 for e in cfg.validation)
+    # Every gated metric has a floor: a first model is judged by floors alone.
+    assert all(rule.floor is not None for rule in cfg.gate.metrics.values())
+
+
+def test_config_hash_is_stable_and_sensitive() -> None:
+    a = load_model_config(SHIPPED[0])
+    b = load_model_config(SHIPPED[0])
+    assert a.config_hash() == b.config_hash()
+    changed = a.model_copy(update={"seed": a.seed + 1})
+    assert changed.config_hash() != a.config_hash()
+
+
+def _write(tmp_path: Path, mutate: object) -> Path:
+    raw = yaml.safe_load(SHIPPED[0].read_text())
+    mutate(raw)  # type: ignore[operator]
+    (tmp_path / "models").mkdir(exist_ok=True)
+    path = tmp_path / "models" / f"{raw.get('name', 'x')}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r.update(unknown_key=1), "unknown_key"),
+        (lambda r: r["gate"]["metrics"]["roc_auc"].update(direction="up"), "direction"),
+        (lambda r: r["dataset"]["columns"].pop("window_start"), "window_start"),
+        (lambda r: r.update(validation=[e for e in r["validation"] if "row_count" not in e["expectation"]]),
+         "row_count"),
+        (lambda r: r["validation"].append({"expectation": "expect_column_values_to_not_be_null",
+                                           "kwargs": {"column": "nope"}, "why": "a column that is not exported"}),
+         "nope"),
+        (lambda r: r["params"].update(n_estimators=-5), "n_estimators"),
+        (lambda r: r["params"].update(learning_rate=0.1), "learning_rate"),
+        (lambda r: r.update(family="no_such_family"), "no_such_family"),
+        (lambda r: r["split"].update(holdout_days=0), "holdout_days"),
+    ],
+    ids=["extra-key", "bad-direction", "missing-event-time", "no-row-count", "unknown-column",
+         "bad-param", "param-of-other-family", "unknown-family", "zero-holdout"],
+)
+def test_bad_configs_fail_naming_the_problem(tmp_path: Path, mutate: object, message: str) -> None:
+    path = _write(tmp_path, mutate)
+    with pytest.raises(ConfigError, match=message):
+        load_model_config(path)
+
+
+def test_name_must_match_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, lambda r: None)
+    other = path.with_name("renamed.yaml")
+    path.rename(other)
+    with pytest.raises(ConfigError, match="must match the file name"):
+        load_model_config(other)
+
+
+def test_unknown_model_name_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="unknown model"):
+        load_model_configs(CONFIG_DIR, ["nope"])
