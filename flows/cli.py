@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -72,7 +74,8 @@ def retrain(
     from flows.retrain import retrain as retrain_flow
 
     console.print(f"store: {settings.store}\nmlflow: {settings.tracking_uri}")
-    state = retrain_flow(models=model or None, force=force, reason=reason, return_state=True)
+    with embedded_prefect():
+        state = retrain_flow(models=model or None, force=force, reason=reason, return_state=True)
     summary = state.result(raise_on_failure=False)
     if not isinstance(summary, dict):
         console.print(f"[red]retrain failed[/]: {summary}")
@@ -124,6 +127,24 @@ def status(
             agree, metrics or "-", lineage or "-",
         )
     console.print(table)
+
+
+@contextmanager
+def embedded_prefect() -> Iterator[None]:
+    """Without a Prefect server, turn flow-run heartbeats off.
+
+    Heartbeats let a server notice crashed runs of workers; the ephemeral API has no workers,
+    and each flow run otherwise spends about a second joining the heartbeat thread on exit.
+    """
+    import os
+
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def _mask(url: str) -> str:

@@ -1,0 +1,78 @@
+"""The GX suites from configs/: clean data passes, each kind of bad row is named, a broken suite is told apart."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pandas as pd
+import pytest
+
+from tasks.config import load_model_config
+from tasks.settings import PROJECT_ROOT
+from tasks.synth import generate
+from tasks.validate import SuiteError, build_suite, validate_frame
+
+START = datetime(2026, 1, 5)
+
+
+def cfg(name: str):  # noqa: ANN201
+    return load_model_config(PROJECT_ROOT / "configs" / "models" / f"{name}.yaml")
+
+
+def frame(table: str, days: int = 2) -> pd.DataFrame:
+    df = generate(table, START, days, n_clients=10, n_services=2, seed=1)
+    return df.assign(id=range(1, len(df) + 1))
+
+
+@pytest.mark.parametrize(
+    ("model", "table"),
+    [("abuse_detector", "client_windows"), ("limit_optimiser", "client_limits"),
+     ("traffic_forecaster", "service_traffic")],
+)
+def test_generated_data_passes_its_suite(model: str, table: str) -> None:
+    report = validate_frame(frame(table, days=8), cfg(model), "snap")
+    assert report.success, report.summary()
+    assert report.evaluated == len(cfg(model).validation)
+
+
+def test_each_kind_of_bad_row_is_named_with_samples() -> None:
+    df = frame("client_windows")
+    df.loc[0, "requests"] = -5  # negative count
+    df.loc[1, "error_rate"] = 1.7  # out-of-range rate
+    df.loc[2, "client_id"] = None  # null key
+    dup = df.iloc[[3]].copy()
+    dup["id"] = len(df) + 1
+    df = pd.concat([df, dup], ignore_index=True)  # duplicated key
+    report = validate_frame(df, cfg("abuse_detector"), "snap-bad")
+    assert not report.success
+    failed = {(f.expectation, tuple(f.columns)): f for f in report.failures}
+    assert failed[("expect_column_values_to_be_between", ("requests",))].sample == [-5]
+    assert failed[("expect_column_values_to_be_between", ("error_rate",))].sample == [1.7]
+    assert ("expect_column_values_to_not_be_null", ("client_id",)) in failed
+    assert ("expect_compound_columns_to_be_unique", ("client_id", "window_start")) in failed
+    text = report.summary()
+    assert "snap-bad" in text and "-5" in text and "1.7" in text
+    # The artifact carries the reason each failed expectation exists.
+    assert "Counts are never negative" in report.to_markdown()
+
+
+def test_empty_frame_fails_on_row_count() -> None:
+    # GX passes column checks on an empty frame; the row-count expectation must catch it.
+    empty = frame("client_limits").iloc[0:0]
+    report = validate_frame(empty, cfg("limit_optimiser"), "empty")
+    assert not report.success
+    assert [f.expectation for f in report.failures] == ["expect_table_row_count_to_be_between"]
+
+
+def test_missing_column_is_a_broken_suite_not_bad_data() -> None:
+    df = frame("service_traffic").drop(columns=["is_holiday"])
+    with pytest.raises(SuiteError, match="is_holiday"):
+        validate_frame(df, cfg("traffic_forecaster"), "s")
+
+
+def test_unknown_expectation_type_is_a_suite_error() -> None:
+    c = cfg("traffic_forecaster")
+    bad = c.validation[0].model_copy(update={"expectation": "expect_the_moon"})
+    broken = c.model_copy(update={"validation": [*c.validation, bad]})
+    with pytest.raises(SuiteError, match="expect_the_moon"):
+        build_suite(broken)
