@@ -13,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
+import time
+import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
 CHUNK = 1 << 20
+CONFLICT_RETRIES = 5
 
 
 class StoreError(RuntimeError):
@@ -80,10 +82,28 @@ class Store(Protocol):
 
 
 def _clean(key: str) -> str:
-    key = key.strip("/")
-    if not key or any(part in ("", ".", "..") for part in key.split("/")):
+    cleaned = key.strip("/")
+    # Parts starting with "." are refused: the local store keeps its temporary files under such
+    # names and hides them from list(), so allowing them would make the two backends disagree.
+    if not cleaned or any(
+        part in ("", ".", "..") or part.startswith(".") for part in cleaned.split("/")
+    ):
         raise StoreError(f"invalid store key {key!r}")
-    return key
+    return cleaned
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes a rename or link durable: without it a crash can forget the new directory entry.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class LocalStore:
@@ -99,10 +119,23 @@ class LocalStore:
     def url(self, key: str) -> str:
         return str(self._path(key))
 
+    def _open_temp(self, dest: Path) -> tuple[int, str]:
+        # A concurrent delete() may remove the freshly made, still empty parent: make it again.
+        for attempt in range(5):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = str(dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp")
+            try:
+                # 0o666 and the umask, like any other file (mkstemp would force 0o600).
+                return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.01)
+        raise AssertionError("unreachable")
+
     def _write(self, key: str, writer: Any, if_none_match: bool) -> None:
         dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        fd, tmp = self._open_temp(dest)
         try:
             with os.fdopen(fd, "wb") as fh:
                 writer(fh)
@@ -116,6 +149,7 @@ class LocalStore:
                     raise PreconditionFailed(f"{key} already exists") from exc
             else:
                 os.replace(tmp, dest)
+            _fsync_dir(dest.parent)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -133,7 +167,8 @@ class LocalStore:
     def get_bytes(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            # A "directory" is a prefix, not a key: missing, as on S3.
             raise KeyNotFound(key) from exc
 
     def get_file(self, key: str, dest: Path) -> Path:
@@ -148,8 +183,8 @@ class LocalStore:
         return self._path(key).is_file()
 
     def list(self, prefix: str) -> list[str]:
-        base = self.root / prefix.strip("/") if prefix.strip("/") else self.root
-        if not base.exists():
+        base = self._path(prefix) if prefix.strip("/") else self.root
+        if not base.is_dir():
             return []
         keys = [
             p.relative_to(self.root).as_posix()
@@ -163,8 +198,11 @@ class LocalStore:
         path.unlink(missing_ok=True)
         # Drop directories the delete left empty, up to the root.
         parent = path.parent
-        while parent != self.root and parent.exists() and not any(parent.iterdir()):
-            parent.rmdir()
+        while parent != self.root and parent.is_relative_to(self.root):
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (perhaps a concurrent write), or already gone
+                break
             parent = parent.parent
 
 
@@ -195,7 +233,8 @@ class S3Store:
         if client is None:
             import boto3  # local: keep the local store free of boto3's import cost
 
-            client = boto3.client("s3", endpoint_url=endpoint_url)
+            # A session of its own: boto3's default session is not safe to share across threads.
+            client = boto3.session.Session().client("s3", endpoint_url=endpoint_url)
         self.client = client
 
     def _key(self, key: str) -> str:
@@ -219,12 +258,22 @@ class S3Store:
         extra: dict[str, Any] = dict(self._sse())
         if if_none_match:
             extra["IfNoneMatch"] = "*"
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
-        except Exception as exc:
-            if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                raise PreconditionFailed(f"{self.url(key)} already exists") from exc
-            raise
+        for attempt in range(CONFLICT_RETRIES + 1):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+                return
+            except Exception as exc:
+                code = self._code(exc)
+                if code in ("PreconditionFailed", "412"):
+                    raise PreconditionFailed(f"{self.url(key)} already exists") from exc
+                # 409: a concurrent conditional write to the same key was in flight. S3 asks
+                # for a retry, whose answer (created, or 412) settles who won.
+                if code in ("ConditionalRequestConflict", "409") and if_none_match:
+                    if attempt < CONFLICT_RETRIES:
+                        time.sleep(0.05 * 2**attempt)
+                        continue
+                    raise PreconditionFailed(f"{self.url(key)}: write conflict persisted") from exc
+                raise
 
     def put_file(self, key: str, path: Path, *, if_none_match: bool = False) -> None:
         if if_none_match:
@@ -262,7 +311,10 @@ class S3Store:
         return True
 
     def list(self, prefix: str) -> list[str]:
-        full = self._key(prefix) + "/" if prefix.strip("/") else (f"{self.prefix}/" if self.prefix else "")
+        if prefix.strip("/"):
+            full = self._key(prefix) + "/"
+        else:
+            full = f"{self.prefix}/" if self.prefix else ""
         strip = len(self.prefix) + 1 if self.prefix else 0
         keys: list[str] = []
         paginator = self.client.get_paginator("list_objects_v2")

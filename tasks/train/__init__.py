@@ -112,7 +112,7 @@ def check_columns(records: pd.DataFrame, columns: dict[str, str]) -> pd.DataFram
     missing = [c for c in columns if c not in records.columns]
     if missing:
         raise ValueError(f"missing column(s): {', '.join(missing)}")
-    out = {}
+    out: dict[str, pd.Series] = {}
     for col, kind in columns.items():
         series = records[col]
         try:
@@ -129,3 +129,29 @@ def check_columns(records: pd.DataFrame, columns: dict[str, str]) -> pd.DataFram
         if out[col].isna().any():
             raise ValueError(f"column {col!r} has null values")
     return pd.DataFrame(out, index=records.index)
+
+
+def json_records(records: pd.DataFrame, columns: dict[str, str]) -> list[dict[str, Any]]:
+    """``records`` as JSON-ready dicts of ``columns`` (after :func:`check_columns`).
+
+    Timestamps become ISO 8601 strings and numbers plain Python ``int``/``float``, so the
+    result can go straight into ``json.dumps`` (a smoke-test payload, an MLflow input example).
+
+    Raises:
+        ValueError: as :func:`check_columns`.
+    """
+    checked = check_columns(records, columns)
+    out: list[dict[str, Any]] = []
+    for row in checked.itertuples(index=False, name=None):
+        record: dict[str, Any] = {}
+        for (col, kind), value in zip(columns.items(), row, strict=True):
+            if kind == "timestamp":
+                record[col] = pd.Timestamp(value).isoformat()
+            elif kind == "float64":
+                record[col] = float(value)
+            elif kind == "int64":
+                record[col] = int(value)
+            else:
+                record[col] = str(value)
+        out.append(record)
+    return out

@@ -1,0 +1,253 @@
+"""Abuse detector: an IsolationForest over per-client hourly traffic windows.
+
+Trained unsupervised on the behaviour columns only (the labels ``is_abuse`` and
+``incident_type`` never reach the model); evaluated on the labelled incidents of the holdout by
+how well the anomaly score ranks abusive windows first.
+
+The flagging threshold is fixed at training time: the ``1 - contamination`` quantile of the
+training windows' anomaly scores, which is exactly IsolationForest's own ``offset_``. So
+``is_abuse`` from :meth:`AbuseDetector.predict` and ``-1`` from the estimator's ``predict`` (what
+the MLflow pyfunc returns) always agree.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.train import Evaluation, Family, check_columns, json_records
+from tasks.train import metrics as m
+
+FEATURES: dict[str, str] = {
+    "requests": "int64",
+    "error_rate": "float64",
+    "unique_paths": "int64",
+    "unique_ips": "int64",
+    "login_attempts": "int64",
+    "failed_login_rate": "float64",
+    "kb_out": "float64",
+    "mean_interarrival_ms": "float64",
+}
+"""Model inputs (the request schema) and their types; the label columns are not among them."""
+
+LABEL = "is_abuse"
+MODEL_FILE = "model.skops"
+INDEX_FILE = "family.json"
+# skops refuses to load any type not listed here; the list is ours, never read from the file.
+TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
+
+
+class AbuseDetectorParams(BaseModel):
+    """Hyperparameters of the abuse detector (``params:`` in configs/models/abuse_detector.yaml)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_estimators: int = Field(default=200, ge=10, le=5000, description="Number of isolation trees.")
+    max_samples: int = Field(
+        default=4096,
+        ge=16,
+        le=1_000_000,
+        description="Windows sub-sampled per tree (capped at the training rows).",
+    )
+    contamination: float = Field(
+        default=0.03,
+        gt=0.0,
+        le=0.5,
+        description="Expected share of abusive windows; sets the flagging threshold.",
+    )
+    top_fraction: float = Field(
+        default=0.02,
+        gt=0.0,
+        le=0.5,
+        description="Share of highest-scoring windows that precision@k and recall@k look at.",
+    )
+
+
+Params = AbuseDetectorParams
+"""The family's hyperparameter model (also ``FAMILY.Params``)."""
+
+
+@dataclass(frozen=True)
+class AbuseModel:
+    """A fitted detector: the estimator plus what evaluation and serving need to know."""
+
+    estimator: Any  # sklearn.ensemble.IsolationForest, fitted on a frame of FEATURES
+    threshold: float
+    top_fraction: float
+    contamination: float
+
+    def scores(self, features: pd.DataFrame) -> np.ndarray:
+        """Anomaly score per row: higher = more anomalous (the negated ``score_samples``)."""
+        return -np.asarray(self.estimator.score_samples(features[list(FEATURES)]), dtype=float)
+
+
+class AbuseDetector(Family):
+    """IsolationForest over the behaviour columns of ``client_windows``."""
+
+    name = "abuse_detector"
+    Params = AbuseDetectorParams
+
+    def train(self, frame: pd.DataFrame, params: Any, seed: int) -> AbuseModel:
+        """Fit the forest on the training windows' behaviour columns.
+
+        Raises:
+            ValueError: a feature column is missing or mistyped, or the frame is empty.
+        """
+        from sklearn.ensemble import IsolationForest
+
+        p = AbuseDetectorParams.model_validate(params)
+        features = check_columns(frame, FEATURES)
+        if features.empty:
+            raise ValueError("abuse_detector: no training windows")
+        estimator = IsolationForest(
+            n_estimators=p.n_estimators,
+            max_samples=min(p.max_samples, len(features)),
+            contamination=p.contamination,
+            random_state=seed,
+        )
+        estimator.fit(features)
+        return AbuseModel(
+            estimator=estimator,
+            # offset_ is the contamination-quantile of score_samples on the training data.
+            threshold=float(-estimator.offset_),
+            top_fraction=p.top_fraction,
+            contamination=p.contamination,
+        )
+
+    def evaluate(
+        self, model: AbuseModel, holdout: pd.DataFrame, history: pd.DataFrame
+    ) -> Evaluation:
+        """Rank the holdout windows by anomaly score and compare with the incident labels.
+
+        ``history`` is not needed: the labels are the baseline.
+
+        Raises:
+            ValueError: the holdout has only one class (ROC-AUC undefined), or bad columns.
+        """
+        checked = check_columns(holdout, {**FEATURES, LABEL: "int64"})
+        if checked.empty:
+            raise ValueError("abuse_detector: the holdout has no windows")
+        y = checked[LABEL].to_numpy()
+        if not np.isin(y, (0, 1)).all():
+            raise ValueError(f"column {LABEL!r} must be 0 or 1")
+        scores = model.scores(checked)
+        flagged = scores > model.threshold
+        positives = int(y.sum())
+        if positives in (0, len(y)):
+            raise ValueError(
+                f"abuse_detector: ROC-AUC is undefined, the holdout's {len(y)} windows are all "
+                f"{'abusive' if positives else 'normal'} ({LABEL}); it needs labelled incidents "
+                "and normal traffic"
+            )
+        n_flagged = int(flagged.sum())
+        metrics = {
+            "roc_auc": m.roc_auc(y, scores),
+            "average_precision": m.average_precision(y, scores),
+            "precision_at_k": m.precision_at_k(y, scores, model.top_fraction),
+            "recall_at_k": m.recall_at_k(y, scores, model.top_fraction),
+            "k": float(m.top_k(len(y), model.top_fraction)),
+            # At the deployed threshold: what is_abuse=True would have caught.
+            "precision_at_threshold": float(y[flagged].mean()) if n_flagged else 0.0,
+            "recall_at_threshold": float(y[flagged].sum() / positives),
+            "flagged_share": n_flagged / len(y),
+            "n_windows": float(len(y)),
+            "abuse_share": positives / len(y),
+        }
+        figure = m.score_distribution_figure(scores, y, model.threshold)
+        return Evaluation(metrics=metrics, figures={"score_distribution.png": figure})
+
+    def save(self, model: AbuseModel, directory: Path) -> None:
+        """Write ``model.skops`` (no pickle) and ``family.json``."""
+        import sklearn
+        import skops.io
+
+        skops.io.dump(model.estimator, directory / MODEL_FILE)
+        index = {
+            "family": self.name,
+            "format": "skops",
+            "model_file": MODEL_FILE,
+            "features": FEATURES,
+            "threshold": model.threshold,
+            "top_fraction": model.top_fraction,
+            "contamination": model.contamination,
+            "sklearn_version": sklearn.__version__,
+        }
+        (directory / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True))
+
+    def load(self, directory: Path) -> AbuseModel:
+        """Load a model written by :meth:`save`.
+
+        Raises:
+            ValueError: the directory holds another family's model.
+        """
+        import skops.io
+
+        index = json.loads((directory / INDEX_FILE).read_text())
+        if index.get("family") != self.name:
+            raise ValueError(f"{directory} holds a {index.get('family')!r} model, not {self.name}")
+        estimator = skops.io.load(directory / index["model_file"], trusted=TRUSTED_TYPES)
+        return AbuseModel(
+            estimator=estimator,
+            threshold=float(index["threshold"]),
+            top_fraction=float(index["top_fraction"]),
+            contamination=float(index["contamination"]),
+        )
+
+    def predict(self, model: AbuseModel, records: pd.DataFrame) -> pd.DataFrame:
+        """``anomaly_score`` (higher = more anomalous) and ``is_abuse`` per record.
+
+        Raises:
+            ValueError: a feature column is missing or has the wrong type; names it.
+        """
+        features = check_columns(records, FEATURES)
+        scores = model.scores(features) if len(features) else np.empty(0)
+        return pd.DataFrame(
+            {"anomaly_score": scores, "is_abuse": scores > model.threshold},
+            index=records.index,
+        )
+
+    def input_columns(self) -> dict[str, str]:
+        """The eight behaviour columns and their types."""
+        return dict(FEATURES)
+
+    def example_request(self, holdout: pd.DataFrame) -> list[dict[str, Any]]:
+        """The first three holdout windows' behaviour columns, JSON-ready."""
+        return json_records(holdout.head(3), FEATURES)
+
+    def log_model(self, model: AbuseModel, name: str, input_example: pd.DataFrame) -> str:
+        """Log the forest with the ``mlflow.sklearn`` flavour (skops format).
+
+        The pyfunc's ``predict`` returns IsolationForest's labels: ``-1`` where
+        :meth:`predict` says ``is_abuse`` (same threshold), ``1`` otherwise.
+        """
+        import mlflow.sklearn
+        import sklearn
+        import skops
+
+        with warnings.catch_warnings():
+            # MLflow hints that integer columns cannot carry missing values: none may, here
+            # (check_columns refuses nulls), and int64 counts are the schema on purpose.
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+            info = mlflow.sklearn.log_model(
+                model.estimator,
+                name=name,
+                input_example=check_columns(input_example, FEATURES),
+                serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+                skops_trusted_types=TRUSTED_TYPES,
+                pip_requirements=[
+                    f"scikit-learn=={sklearn.__version__}",
+                    f"skops=={skops.__version__}",
+                ],
+                metadata={"family": self.name, "threshold": model.threshold},
+            )
+        return str(info.model_uri)
+
+
+FAMILY = AbuseDetector()
