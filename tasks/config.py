@@ -34,14 +34,14 @@ class DatasetConfig(Strict):
         description="Monotonic ingestion column (an autoincrement id) for incremental export."
     )
     event_time: str = Field(description="Timestamp column used to split train and holdout.")
-    keys: list[str] = Field(min_length=1, description="Columns that identify a row.")
+    key_columns: list[str] = Field(min_length=1, description="Columns that identify a row.")
     columns: dict[str, ColumnType] = Field(
         min_length=2, description="Exported columns and their Arrow types, in order."
     )
 
     @model_validator(mode="after")
     def _columns_known(self) -> DatasetConfig:
-        for col in [self.watermark, self.event_time, *self.keys]:
+        for col in [self.watermark, self.event_time, *self.key_columns]:
             if col not in self.columns:
                 raise ValueError(f"column {col!r} is not listed in dataset.columns")
         if self.columns[self.event_time] != "timestamp":

@@ -9,8 +9,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
 from tasks.settings import Settings
@@ -92,9 +90,12 @@ def summary_rows(outcomes: list[dict[str, Any]], gate_metrics: dict[str, list[st
     return rows
 
 
-@task(name="summarise-run", cache_policy=NO_CACHE)
 def summarise_run(settings: Settings, states: dict[str, State]) -> dict[str, Any]:
-    """Collect every model's outcome (a failed subflow becomes a ``failed`` line naming why)."""
+    """Collect every model's outcome (a failed subflow becomes a ``failed`` line naming why).
+
+    A plain function, not a task: Prefect would treat the states passed in as upstream
+    dependencies and refuse to run it when one of them failed.
+    """
     from tasks.config import load_model_configs
 
     outcomes = []

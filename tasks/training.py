@@ -202,7 +202,12 @@ def train_challenger(
         evaluation = family.evaluate(model, data.holdout, data.train)
         registry.log_evaluation("", evaluation.metrics, evaluation.figures)
         _close(evaluation)
-        backtest = family.backtest(data.train, params, cfg.seed)
+        try:
+            backtest = family.backtest(data.train, params, cfg.seed)
+        except ValueError as exc:  # diagnostics only: too little history must not block training
+            log.warning("%s: backtest skipped: %s", cfg.name, exc)
+            mlflow.set_tag("backtest.skipped", str(exc)[:500])
+            backtest = {}
         if backtest:
             registry.log_evaluation("", backtest)
         example = family.example_request(data.holdout)

@@ -43,7 +43,7 @@ def test_columns_and_types_match_the_model_config(table: str) -> None:
     expected = {k: v for k, v in ds.columns.items() if k != ds.watermark}
     assert SCHEMAS[table] == expected
     assert EVENT_TIME[table] == ds.event_time
-    assert list(KEYS[table]) == ds.keys
+    assert list(KEYS[table]) == ds.key_columns
     frame = generate(table, START, 3, **SMALL)
     assert list(frame.columns) == list(expected)
     for col, kind in expected.items():
