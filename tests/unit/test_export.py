@@ -311,7 +311,7 @@ def test_types_are_converted_per_the_dataset(tmp_path: Path, store: LocalStore) 
         table="events",
         watermark="id",
         event_time="at",
-        keys=["id"],
+        key_columns=["id"],
         columns={"id": "int64", "at": "timestamp", "ok": "bool", "n": "int64", "label": "string"},
     )
     info = export_snapshot(url, store, ds)
