@@ -99,6 +99,138 @@ class GatePolicy(Strict):
     )
 
 
+class ServerlessConfig(Strict):
+    """A SageMaker serverless variant instead of instances."""
+
+    memory_mb: Literal[1024, 2048, 3072, 4096, 5120, 6144] = Field(
+        default=2048, description="Memory of the serverless variant."
+    )
+    max_concurrency: int = Field(default=5, ge=1, le=200, description="Concurrent invocations.")
+
+
+class DeploymentStrategy(Strict):
+    """How an existing endpoint moves to a new config (SageMaker ``DeploymentConfig``)."""
+
+    type: Literal["all_at_once", "canary", "linear"] = Field(
+        default="all_at_once",
+        description="Blue/green traffic shift: all at once, a canary slice first, or linear steps.",
+    )
+    canary_percent: int = Field(
+        default=10, ge=1, le=50, description="Share of capacity the canary gets first."
+    )
+    linear_step_percent: int = Field(
+        default=25, ge=5, le=50, description="Share of capacity moved per linear step."
+    )
+    wait_seconds: int = Field(
+        default=300, ge=0, le=3600, description="Wait between traffic-shift steps."
+    )
+    baking_seconds: int = Field(
+        default=600, ge=0, le=3600,
+        description="Time the new fleet serves all traffic, alarms watched, before the old goes.",
+    )
+    alarms: list[str] = Field(
+        default_factory=list,
+        description="CloudWatch alarm names that roll the deployment back when they fire.",
+    )
+
+
+class EndpointConfig(Strict):
+    """Where and how a promoted model is served."""
+
+    enabled: bool = Field(default=True, description="Roll out on promotion.")
+    instance_type: str = Field(
+        default="ml.m5.large", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$",
+        description="SageMaker instance type (priced from configs/platform.yaml).",
+    )
+    instance_count: int = Field(default=1, ge=1, le=20, description="Instances per variant.")
+    serverless: ServerlessConfig | None = Field(
+        default=None, description="Serverless variant; instance settings are then ignored."
+    )
+    data_capture_percent: int = Field(
+        default=0, ge=0, le=100, description="Share of requests captured to S3; 0 turns it off."
+    )
+    deployment: DeploymentStrategy = DeploymentStrategy()
+    timeout_seconds: int = Field(
+        default=1800, ge=10, le=7200, description="Longest wait for the endpoint to settle."
+    )
+
+
+class RetentionPolicy(Strict):
+    """What cleanup keeps."""
+
+    keep_last: int = Field(default=3, ge=1, le=100, description="Newest versions kept per model.")
+    idle_days: int = Field(
+        default=14, ge=1, le=365, description="No invocations for this long: listed as idle."
+    )
+
+
+class PricingConfig(Strict):
+    """On-demand prices, to print what an endpoint costs before creating it."""
+
+    region: str = Field(default="us-east-1", description="Region the prices are for.")
+    instance_hourly_usd: dict[str, float] = Field(
+        default_factory=dict, description="Instance type -> USD per instance-hour."
+    )
+    serverless_gb_second_usd: float = Field(
+        default=0.00002, ge=0, description="Serverless USD per GB-second of compute."
+    )
+    hours_per_month: float = Field(default=730.0, gt=0, description="Hours in a billing month.")
+
+
+class ScheduleConfig(Strict):
+    """When the weekly retrain and the daily monitor run."""
+
+    retrain_cron: str = Field(default="0 3 * * 1", description="Cron of the weekly retrain.")
+    monitor_cron: str = Field(default="0 6 * * *", description="Cron of the daily monitor.")
+    timezone: str = Field(default="UTC", description="IANA time zone of both crons.")
+
+
+class MonitorPolicy(Strict):
+    """When the monitor asks for a retrain."""
+
+    psi_threshold: float = Field(
+        default=0.2, gt=0, le=10, description="Population stability index that counts as drift."
+    )
+    ks_p_value: float = Field(
+        default=0.01, gt=0, lt=1, description="Two-sample KS p-value below which a feature drifted."
+    )
+    min_drifted_features: int = Field(
+        default=1, ge=1, description="Drifted features needed to trigger a retrain."
+    )
+    max_champion_age_days: int = Field(
+        default=14, ge=1, le=365, description="Champion older than this: retrain."
+    )
+    recent_days: int = Field(default=7, ge=1, le=90, description="Window of recent data compared.")
+
+
+class PlatformConfig(Strict):
+    """Settings shared by every model: ``configs/platform.yaml``."""
+
+    project_tag: str = Field(
+        default="intelli-rate", pattern=r"^[a-z][a-z0-9-]{1,30}$",
+        description="Prefix and tag value of every cloud resource this project creates.",
+    )
+    retention: RetentionPolicy = RetentionPolicy()
+    pricing: PricingConfig = PricingConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    monitor: MonitorPolicy = MonitorPolicy()
+
+
+def load_platform_config(config_dir: Path) -> PlatformConfig:
+    """Load ``platform.yaml`` from ``config_dir``; defaults when the file is absent.
+
+    Raises:
+        ConfigError: the file exists but is not valid.
+    """
+    path = Path(config_dir) / "platform.yaml"
+    if not path.exists():
+        return PlatformConfig()
+    try:
+        return PlatformConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+    except (OSError, yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
 class ModelConfig(Strict):
     """Everything the pipeline needs to know about one model."""
 
@@ -113,6 +245,7 @@ class ModelConfig(Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="Family hyperparameters.")
     seed: int = Field(default=42, ge=0, description="Random seed for training.")
     gate: GatePolicy
+    endpoint: EndpointConfig = EndpointConfig()
 
     @field_validator("validation")
     @classmethod

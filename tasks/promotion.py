@@ -17,7 +17,13 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import gate, registry
 from tasks.config import ModelConfig
-from tasks.publish import PublishedVersion, make_tarball, move_latest, publish_version
+from tasks.publish import (
+    PublishedVersion,
+    make_tarball,
+    move_latest,
+    publish_version,
+    write_contents,
+)
 from tasks.report import publish_markdown
 from tasks.settings import Settings
 from tasks.training import Challenger, ChampionScore, metrics_json, store_of, workdir
@@ -82,6 +88,7 @@ def publish_model(
     """Claim ``v{N}`` and write model.tar.gz, metrics.json, schema.json, then the manifest."""
     staging = workdir(settings, f"{cfg.name}-publish-")
     try:
+        contents_sha256 = write_contents(challenger.model_dir, cfg.name, cfg.family)
         make_tarball(challenger.model_dir, staging / "model.tar.gz")
         (staging / "metrics.json").write_text(metrics_json(challenger, champion, decision.to_dict()))
         (staging / "schema.json").write_text(json.dumps(challenger.schema, indent=2, default=str))
@@ -91,6 +98,7 @@ def publish_model(
             "mlflow_run_id": challenger.run_id,
             "mlflow_experiment_id": challenger.experiment_id,
             "mlflow_model_uri": challenger.model_uri,
+            "model_contents_sha256": contents_sha256,
         }
         return publish_version(
             store_of(settings), cfg.name, files, full_lineage, claimed_by={"flow_run_id": lineage.get("flow_run_id")}

@@ -561,3 +561,70 @@ def extract_tarball(path: Path, dest: Path) -> Path:
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise PublishError(f"{path}: cannot unpack: {exc}") from exc
     return dest
+
+
+# --- what is inside the tarball ---------------------------------------------------------------
+
+CONTENTS = "contents.json"
+"""Written into the model directory before packing: the sha256 of every file inside
+``model.tar.gz``. SageMaker mounts only the unpacked archive at ``/opt/ml/model``, so the serving
+app checks this file against ``model_contents_sha256`` from the version's manifest (passed to
+the container in its environment) and then every file against this file, before loading a byte
+of the model (a skops or JSON model file is still input that deserves a check)."""
+
+
+def write_contents(model_dir: Path, model: str, family: str) -> str:
+    """Write ``contents.json`` (file -> sha256) into ``model_dir``; return the sha256 of it.
+
+    Raises:
+        PublishError: ``model_dir`` holds a link or a special file.
+    """
+    model_dir = Path(model_dir)
+    target = model_dir / CONTENTS
+    files = {
+        rel: sha256_file(path)
+        for path, rel in _tar_entries(model_dir, target.absolute())
+        if path.is_file()
+    }
+    body = _dumps({"model": model, "family": family, "files": files})
+    target.write_bytes(body)
+    return hashlib.sha256(body).hexdigest()
+
+
+def verify_contents(model_dir: Path, expected_sha256: str) -> dict[str, Any]:
+    """Check ``contents.json`` against ``expected_sha256`` and every listed file against it.
+
+    Files in ``model_dir`` that ``contents.json`` does not list are refused too: nothing
+    unchecked is ever next to the model.
+
+    Returns:
+        The parsed ``contents.json``.
+
+    Raises:
+        PublishError: a missing, extra or changed file, or a ``contents.json`` that does not
+            match ``expected_sha256``.
+    """
+    model_dir = Path(model_dir)
+    path = model_dir / CONTENTS
+    if not path.is_file():
+        raise PublishError(f"{model_dir}: no {CONTENTS}; not a published model directory")
+    body = path.read_bytes()
+    actual = hashlib.sha256(body).hexdigest()
+    if actual != expected_sha256:
+        raise PublishError(
+            f"{path}: sha256 {actual} does not match the manifest's {expected_sha256}"
+        )
+    contents = json.loads(body)
+    listed: dict[str, str] = contents.get("files", {})
+    present = {
+        rel for p, rel in _tar_entries(model_dir, path.absolute()) if p.is_file()
+    }
+    extra = sorted(present - set(listed))
+    missing = sorted(set(listed) - present)
+    if extra or missing:
+        raise PublishError(f"{model_dir}: unlisted files {extra}, missing files {missing}")
+    for rel, digest in sorted(listed.items()):
+        got = sha256_file(model_dir / rel)
+        if got != digest:
+            raise PublishError(f"{model_dir / rel}: sha256 {got} does not match {digest}")
+    return dict(contents)

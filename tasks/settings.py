@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,6 +63,32 @@ class Settings(BaseSettings):
     part_rows: int = Field(
         default=1_000_000, ge=1_000, le=50_000_000, description="Rows per Parquet part file."
     )
+    endpoint_target: Literal["auto", "local", "sagemaker", "none"] = Field(
+        default="auto",
+        description="Where promoted models are served; auto: sagemaker when AWS is configured.",
+    )
+    endpoint_host: str = Field(default="127.0.0.1", description="Local endpoint bind address.")
+    endpoint_port: int = Field(
+        default=8080, ge=1024, le=65535, description="Local endpoint router port."
+    )
+    aws_region: str = Field(
+        default="us-east-1",
+        validation_alias=AliasChoices("AWS_DEFAULT_REGION", "AWS_REGION", "MLOPS_AWS_REGION"),
+        description="AWS region of SageMaker, IAM and CloudWatch.",
+    )
+    aws_profile: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AWS_PROFILE", "MLOPS_AWS_PROFILE"),
+        description="AWS profile; the default credential chain when unset.",
+    )
+    sagemaker_role_arn: str | None = Field(
+        default=None,
+        description="Execution role for SageMaker models; created (least privilege) when unset.",
+    )
+    serving_image: str | None = Field(
+        default=None,
+        description="ECR image URI of the serving image built from docker/serving.Dockerfile.",
+    )
 
     @property
     def home_dir(self) -> Path:
@@ -81,6 +108,14 @@ class Settings(BaseSettings):
                 return self.store_uri
             return str(Path(self.store_uri).expanduser().resolve())
         return str(self.home_dir / "store")
+
+    @property
+    def resolved_endpoint_target(self) -> str:
+        """``endpoint_target`` with ``auto`` resolved (see :func:`tasks.endpoints.open_target`)."""
+        if self.endpoint_target != "auto":
+            return self.endpoint_target
+        aws = self.aws_endpoint_url or self.aws_profile or self.store.startswith("s3://")
+        return "sagemaker" if aws else "local"
 
     @property
     def tracking_uri(self) -> str:
@@ -109,5 +144,7 @@ def prepare_environment() -> Settings:
         os.environ.setdefault("PREFECT_HOME", str(settings.home_dir / "prefect"))
     # Great Expectations otherwise phones home on every context it creates.
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    # The ephemeral Prefect server otherwise tries to send telemetry (and logs an error offline).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
     return settings

@@ -1,0 +1,171 @@
+"""Endpoint targets: where a promoted model version is served.
+
+A target rolls a published version out to a live endpoint and reports what serves now. Two
+targets implement the same interface, so the rollout flow never branches on where it deploys:
+
+- ``local`` (:mod:`tasks.endpoints.local`): the serving app as background processes on
+  loopback, behind a small router. The embedded default, used when no AWS setting is present.
+- ``sagemaker`` (:mod:`tasks.endpoints.sagemaker`): a SageMaker real-time or serverless
+  endpoint through boto3 (moto server in tests).
+
+Contract every target keeps:
+
+- :meth:`EndpointTarget.deploy` either ends with the endpoint serving the new version, or raises
+  :class:`RolloutFailed` with the endpoint serving what it served before and every resource
+  created for the failed attempt removed.
+- Resource names derive from model, version and a content hash, so a retried deploy of the
+  same version is a no-op, not a duplicate.
+- Only resources carrying the project's tag or name prefix are listed or deleted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tasks.config import EndpointConfig, PlatformConfig
+    from tasks.settings import Settings
+
+
+class RolloutFailed(RuntimeError):
+    """A rollout did not end serving the new version; the previous one still serves.
+
+    Attributes:
+        step: the step that failed (``create``, ``update``, ``wait``, ``smoke-test``...).
+        reason: why, as reported by the target (SageMaker's ``FailureReason`` for example).
+    """
+
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(f"rollout failed at {step}: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class VersionToServe:
+    """A published, verified version and what a target needs to serve it.
+
+    Attributes:
+        model: model name.
+        version: ``v{N}``.
+        family: family module name.
+        version_uri: store URL of the version folder.
+        model_data_uri: store URL of its ``model.tar.gz``.
+        manifest_sha256: sha256 of the version's manifest (goes into resource names and tags).
+        contents_sha256: ``model_contents_sha256`` of the manifest (the serving app checks it).
+        example_request: the smoke-test payload from ``schema.json``.
+        endpoint: the model's endpoint config.
+        tags: lineage tags to put on created resources.
+    """
+
+    model: str
+    version: str
+    family: str
+    version_uri: str
+    model_data_uri: str
+    manifest_sha256: str
+    contents_sha256: str
+    example_request: list[dict[str, Any]]
+    endpoint: EndpointConfig
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What an endpoint serves now.
+
+    Attributes:
+        model: model name.
+        endpoint_name: the endpoint's name.
+        status: the target's status word (``InService``, ``Updating``, ``running``...).
+        version: ``v{N}`` served by the (single, or largest-weight) variant; None if unknown.
+        address: where to send requests (``http://127.0.0.1:8080/...`` or an ARN).
+        config_name: the endpoint config (SageMaker) or the variant process set (local).
+        variants: variant name -> {"version", "weight", ...}.
+    """
+
+    model: str
+    endpoint_name: str
+    status: str
+    version: str | None
+    address: str
+    config_name: str | None = None
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One thing a target created, for the cleanup plan.
+
+    Attributes:
+        kind: ``endpoint``, ``endpoint-config`` or ``model`` (deleted in that order).
+        name: its name.
+        model: the model it belongs to.
+        version: the model version it holds, when known.
+        in_use: True when a live endpoint uses it (cleanup never deletes these).
+        details: anything the plan should print (creation time, idle days, monthly cost).
+    """
+
+    kind: str
+    name: str
+    model: str
+    version: str | None
+    in_use: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+Progress = "Callable[[str], None]"
+
+
+class EndpointTarget(Protocol):
+    """What the rollout, rollback, status and cleanup flows need from an endpoint target."""
+
+    kind: str
+
+    def describe(self, model: str) -> Serving | None:
+        """What the model's endpoint serves now; None when it has no endpoint."""
+
+    def deploy(self, target: VersionToServe, progress: Callable[[str], None]) -> Serving:
+        """Create or update the model's endpoint to serve ``target``; wait until it does.
+
+        Raises:
+            RolloutFailed: the endpoint does not serve ``target``; it serves what it served
+                before and nothing created for this attempt is left behind.
+        """
+
+    def invoke(self, model: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Send ``records`` to the model's endpoint; return the parsed JSON response.
+
+        Raises:
+            RolloutFailed: (step ``smoke-test``) the endpoint answered an error or garbage.
+        """
+
+    def resources(self) -> list[Resource]:
+        """Everything this project created on the target, with ``in_use`` filled in."""
+
+    def delete(self, resource: Resource) -> None:
+        """Delete one resource. Refuses (ValueError) a resource that is in use."""
+
+    def monthly_cost(self, endpoint: EndpointConfig, platform: PlatformConfig) -> float | None:
+        """Estimated USD per month of an endpoint with this config; None when unpriced."""
+
+
+def open_target(settings: Settings, platform: PlatformConfig) -> EndpointTarget | None:
+    """The target chosen by ``settings.endpoint_target``: local, sagemaker, or none.
+
+    ``auto`` (the default) picks ``sagemaker`` when AWS is configured (``AWS_ENDPOINT_URL``,
+    ``AWS_PROFILE`` or an ``s3://`` store) and ``local`` otherwise.
+    """
+    kind = settings.resolved_endpoint_target
+    if kind == "none":
+        return None
+    if kind == "local":
+        from tasks.endpoints.local import LocalTarget
+
+        return LocalTarget.from_settings(settings, platform)
+    from tasks.endpoints.sagemaker import SageMakerTarget
+
+    return SageMakerTarget.from_settings(settings, platform)
