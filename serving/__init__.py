@@ -1,0 +1,1 @@
+"""The serving app (SageMaker container contract) and the local endpoint router."""
