@@ -1,4 +1,4 @@
-"""The weekly retrain: per model, export -> validate -> train -> evaluate -> gate -> publish -> register.
+"""The weekly retrain: export -> validate -> train -> evaluate -> gate -> publish -> register -> roll out.
 
 Each model runs as its own subflow, so one model failing (bad data, a crash) or being rejected
 by its gate does not stop the others; the parent ends with one summary of all of them.
@@ -14,7 +14,8 @@ from prefect.states import Completed, Failed, State
 from tasks.config import load_model_configs
 from tasks.export import export_new_data
 from tasks.lineage import describe_lineage
-from tasks.promotion import decide_promotion, promote, publish_model, register_model
+from flows.rollout import rollout
+from tasks.promotion import decide_promotion, publish_model, register_model
 from tasks.report import outcome, summarise_run
 from tasks.settings import load_settings
 from tasks.training import load_training_window, score_champion, split_holdout, train_challenger
@@ -44,8 +45,11 @@ def retrain_model(model: str, force: bool = False, reason: str = "scheduled") ->
 
     published = publish_model(settings, cfg, challenger, champion, decision, lineage)
     registered = register_model(settings, cfg, challenger, published)
-    promote(settings, cfg, published, registered, reason)
-    return outcome(model, "promoted", champion.note, challenger, champion, decision, published, registered)
+    rolled = rollout(model, published.version, reason=reason, return_state=True)
+    if not rolled.is_completed():
+        note = f"published, not promoted: {rolled.message}"
+        return outcome(model, "failed", note, challenger, champion, decision, published, registered)
+    return outcome(model, "promoted", rolled.message, challenger, champion, decision, published, registered)
 
 
 @flow(name="retrain")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass
-from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -20,7 +19,6 @@ from tasks.config import ModelConfig
 from tasks.publish import (
     PublishedVersion,
     make_tarball,
-    move_latest,
     publish_version,
     write_contents,
 )
@@ -130,19 +128,3 @@ def register_model(
 LINEAGE_TAGS = (
     "snapshot_id", "data_sha256", "config_hash", "code_version", "flow_run_id", "reason",
 )
-
-
-@task(name="promote-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def promote(
-    settings: Settings, cfg: ModelConfig, published: PublishedVersion, registered: Registered, reason: str
-) -> dict[str, Any]:
-    """Move ``latest.json`` (with an append-only history record) and the ``champion`` alias."""
-    latest = move_latest(
-        store_of(settings),
-        cfg.name,
-        published.version,
-        reason=reason,
-        extra={"mlflow_version": registered.version, "uri": published.uri},
-    )
-    registry.set_alias(settings.tracking_uri, cfg.name, registry.CHAMPION, registered.version)
-    return latest

@@ -150,3 +150,40 @@ def log_metrics_to_run(run_id: str, tracking_uri: str, metrics: dict[str, float]
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v == v]
     _client(tracking_uri).log_batch(run_id, metrics=batch)
+
+
+def version_for_store_version(tracking_uri: str, model: str, store_version: str) -> str | None:
+    """The registered version tagged with ``store_version`` (newest if several), or None."""
+    client = _client(tracking_uri)
+    try:
+        found = client.search_model_versions(
+            f"name='{model}' and tags.store_version='{store_version}'"
+        )
+    except Exception:  # no such registered model yet
+        return None
+    versions = sorted((int(mv.version) for mv in found), reverse=True)
+    return str(versions[0]) if versions else None
+
+
+def list_versions(tracking_uri: str, model: str) -> list[dict[str, Any]]:
+    """Every registered version of ``model`` with its tags and aliases, oldest first."""
+    client = _client(tracking_uri)
+    try:
+        found = client.search_model_versions(f"name='{model}'")
+    except Exception:
+        return []
+    rows = [
+        {
+            "version": str(mv.version),
+            "tags": dict(mv.tags),
+            "aliases": list(getattr(mv, "aliases", []) or []),
+            "run_id": mv.run_id,
+        }
+        for mv in found
+    ]
+    return sorted(rows, key=lambda r: int(r["version"]))
+
+
+def delete_version(tracking_uri: str, model: str, version: str) -> None:
+    """Delete one registered version (never one holding an alias; the caller checks)."""
+    _client(tracking_uri).delete_model_version(model, version)

@@ -13,7 +13,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 _LEAKY = (
     "MLOPS_HOME", "MLOPS_DATABASE_URL", "MLOPS_STORE_URI", "MLOPS_KMS_KEY_ID", "MLOPS_CONFIG_DIR",
-    "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_PROFILE",
+    "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_PROFILE", "MLOPS_ENDPOINT_TARGET",
+    "MLOPS_ENDPOINT_PORT", "MLOPS_SAGEMAKER_ROLE_ARN", "MLOPS_SERVING_IMAGE",
 )
 
 
@@ -24,4 +25,6 @@ def mlops_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
         monkeypatch.delenv(name, raising=False)
     home = tmp_path / "mlops-home"
     monkeypatch.setenv("MLOPS_HOME", str(home))
+    # No endpoint unless a test asks for one (the rollout tests set local or sagemaker).
+    monkeypatch.setenv("MLOPS_ENDPOINT_TARGET", "none")
     yield home

@@ -1,0 +1,205 @@
+"""Roll a published version out to its endpoint, prove it serves, then move pointer and alias.
+
+The order is the point: ``latest.json`` and the MLflow ``champion`` alias move only after the
+endpoint serves the new version and answers the smoke test. A failed deploy or smoke test puts
+the previous version back (or removes an endpoint that served nothing before) and leaves the
+pointer and the alias where they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import registry
+from tasks.config import ModelConfig, PlatformConfig
+from tasks.endpoints import EndpointTarget, RolloutFailed, Serving, VersionToServe, open_target
+from tasks.publish import PublishError, move_latest, read_latest, read_manifest
+from tasks.report import publish_markdown
+from tasks.settings import Settings
+from tasks.training import store_of
+
+LINEAGE_TAG_KEYS = ("snapshot_id", "config_hash", "code_version", "flow_run_id", "mlflow_run_id")
+
+
+def _log(message: str) -> None:
+    try:
+        get_run_logger().info(message)
+    except Exception:  # called outside a run (a notebook): print instead
+        print(message)
+
+
+def target_for(settings: Settings, platform: PlatformConfig, cfg: ModelConfig) -> EndpointTarget | None:
+    """The endpoint target of ``cfg``; None when rollout is off (setting or config)."""
+    if not cfg.endpoint.enabled:
+        return None
+    return open_target(settings, platform)
+
+
+@task(name="resolve-version", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def resolve_version(settings: Settings, cfg: ModelConfig, version: str | None) -> VersionToServe:
+    """What the target needs to serve ``version`` (default: the one ``latest.json`` names).
+
+    Raises:
+        PublishError: no such complete version, or nothing promoted yet and no version given.
+    """
+    store = store_of(settings)
+    if version is None:
+        latest = read_latest(store, cfg.name)
+        if latest is None:
+            raise PublishError(f"{cfg.name}: nothing promoted yet; name a version")
+        version = str(latest["version"])
+    manifest = read_manifest(store, cfg.name, version)
+    prefix = f"models/{cfg.name}/{version}"
+    schema = json.loads(store.get_bytes(f"{prefix}/schema.json"))
+    lineage = manifest.get("lineage", {})
+    contents = lineage.get("model_contents_sha256")
+    if not contents:
+        raise PublishError(f"{cfg.name} {version}: the manifest has no model_contents_sha256")
+    body = store.get_bytes(f"{prefix}/manifest.json")
+
+    return VersionToServe(
+        model=cfg.name,
+        version=version,
+        family=cfg.family,
+        version_uri=store.url(prefix),
+        model_data_uri=store.url(f"{prefix}/model.tar.gz"),
+        manifest_sha256=hashlib.sha256(body).hexdigest(),
+        contents_sha256=str(contents),
+        example_request=list(schema.get("example_request", [])),
+        endpoint=cfg.endpoint,
+        tags={k: str(lineage[k]) for k in LINEAGE_TAG_KEYS if k in lineage},
+    )
+
+
+@task(name="describe-endpoint", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def describe_endpoint(target: EndpointTarget, model: str) -> Serving | None:
+    """What the model's endpoint serves now (None: no endpoint)."""
+    return target.describe(model)
+
+
+@task(name="deploy-endpoint", cache_policy=NO_CACHE)
+def deploy_endpoint(target: EndpointTarget, wanted: VersionToServe) -> Serving:
+    """Create or update the endpoint to serve ``wanted``; the target waits until it does.
+
+    No task retries: the target already retries what is safe, and a second attempt of a
+    failed blue/green update would hide the first failure's reason.
+    """
+    _log(f"{wanted.model}: deploying {wanted.version} to the {target.kind} endpoint")
+    serving = target.deploy(wanted, _log)
+    if serving.version != wanted.version:
+        raise RolloutFailed(
+            "verify", f"endpoint reports {serving.version}, expected {wanted.version}"
+        )
+    return serving
+
+
+@task(name="smoke-test-endpoint", retries=1, retry_delay_seconds=3, cache_policy=NO_CACHE)
+def smoke_test(target: EndpointTarget, wanted: VersionToServe) -> dict[str, Any]:
+    """Send the example request from ``schema.json``; check the answer's size and version.
+
+    Raises:
+        RolloutFailed: no example, an error answer, the wrong number of predictions, or
+            another version answering.
+    """
+    records = wanted.example_request
+    if not records:
+        raise RolloutFailed("smoke-test", f"{wanted.model} {wanted.version}: no example request")
+    answer = target.invoke(wanted.model, records)
+    predictions = answer.get("predictions")
+    if not isinstance(predictions, list) or len(predictions) != len(records):
+        raise RolloutFailed(
+            "smoke-test",
+            f"expected {len(records)} predictions, got {str(predictions)[:200]!r}",
+        )
+    answered = answer.get("version")
+    if answered is not None and answered != wanted.version:
+        raise RolloutFailed("smoke-test", f"{answered} answered, expected {wanted.version}")
+    _log(f"{wanted.model}: smoke test passed ({len(records)} predictions from {wanted.version})")
+    return answer
+
+
+@task(name="restore-endpoint", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def restore_endpoint(
+    settings: Settings, cfg: ModelConfig, target: EndpointTarget, previous: str | None
+) -> str:
+    """After a failed rollout: serve ``previous`` again, or remove an endpoint that was new."""
+    if previous is None:
+        remove = getattr(target, "remove", None)
+        if remove is not None:
+            remove(cfg.name)
+        return f"{cfg.name}: no previous version; the new endpoint was removed"
+    now = target.describe(cfg.name)
+    if now is not None and now.version == previous:
+        return f"{cfg.name}: {previous} still serves"
+    target.deploy(resolve_version.fn(settings, cfg, previous), _log)
+    return f"{cfg.name}: {previous} serves again"
+
+
+@task(name="promote-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def promote_version(
+    settings: Settings,
+    cfg: ModelConfig,
+    wanted: VersionToServe,
+    serving: Serving | None,
+    reason: str,
+) -> dict[str, Any]:
+    """Move ``latest.json`` (appending to the promotion history) and the ``champion`` alias.
+
+    Raises:
+        PublishError: the version has no registered MLflow version to alias.
+    """
+    mlflow_version = registry.version_for_store_version(
+        settings.tracking_uri, cfg.name, wanted.version
+    )
+    if mlflow_version is None:
+        raise PublishError(f"{cfg.name} {wanted.version}: no registered MLflow version")
+    extra: dict[str, Any] = {"mlflow_version": mlflow_version, "uri": wanted.version_uri}
+    if serving is not None:
+        extra |= {
+            "endpoint": serving.endpoint_name,
+            "endpoint_config": serving.config_name,
+            "endpoint_address": serving.address,
+        }
+    latest = move_latest(store_of(settings), cfg.name, wanted.version, reason=reason, extra=extra)
+    registry.set_alias(settings.tracking_uri, cfg.name, registry.CHAMPION, mlflow_version)
+    publish_markdown(
+        f"rollout-{cfg.name}",
+        rollout_markdown(wanted, serving, "promoted", reason),
+        f"Rollout of {cfg.name} {wanted.version}",
+    )
+    return latest
+
+
+def rollout_markdown(
+    wanted: VersionToServe, serving: Serving | None, verdict: str, detail: str
+) -> str:
+    """A short report of one rollout for the Prefect UI."""
+    where = (
+        f"`{serving.endpoint_name}` at `{serving.address}` (config `{serving.config_name}`)"
+        if serving
+        else "no endpoint (rollout disabled)"
+    )
+    return "\n".join(
+        [
+            f"# Rollout `{wanted.model}` {wanted.version}: **{verdict}**",
+            "",
+            f"- endpoint: {where}",
+            f"- version: `{wanted.version_uri}`",
+            f"- manifest sha256: `{wanted.manifest_sha256}`",
+            f"- {detail}",
+        ]
+    )
+
+
+def record_failure(wanted: VersionToServe, reason: str, restored: str) -> None:
+    """Publish the failed rollout as an artifact (the run's state message repeats it)."""
+    publish_markdown(
+        f"rollout-{wanted.model}",
+        rollout_markdown(wanted, None, "FAILED", f"{reason}. {restored}"),
+        f"Failed rollout of {wanted.model} {wanted.version}",
+    )
