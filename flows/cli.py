@@ -3,6 +3,10 @@
     mlops seed [--weeks N] [--append-weeks N] [--drift X] [--corrupt TABLE] [--if-empty]
     mlops retrain [--model NAME ...] [--force] [--reason TEXT]
     mlops status [--model NAME ...] [--json]
+    mlops rollout MODEL [--version vN]
+    mlops rollback MODEL [--to vN]
+    mlops endpoint status|stop
+    mlops cleanup [--apply] [--yes] [--all] [--clean-s3] [--region R]
 
 Prefect's embedded state is pointed at ``$MLOPS_HOME`` before Prefect is imported, so the
 imports of flows and tasks happen inside the commands.
@@ -23,7 +27,8 @@ from rich.table import Table
 from tasks.settings import prepare_environment
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Intelli-Rate MLOps pipeline.")
-console = Console()
+# Piped output (CI, a log file) has no width; rich would fold every table to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 ModelOpt = Annotated[
     list[str] | None, typer.Option("--model", "-m", help="Model name (repeatable); default all.")
@@ -112,7 +117,7 @@ def status(
         sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
         return
     table = Table(title=f"store {settings.store}", show_lines=True)
-    for col in ("model", "latest.json", "mlflow champion", "agree", "metrics", "lineage"):
+    for col in ("model", "latest.json", "mlflow champion", "endpoint", "agree", "metrics", "lineage"):
         table.add_column(col, overflow="fold")
     for r in report:
         metrics = ", ".join(f"{k}={v:.3f}" for k, v in (r.get("gate_metrics") or {}).items())
@@ -121,12 +126,59 @@ def status(
             f"{k}: {lin[k]}" for k in ("snapshot_id", "code_version", "flow_run_id", "mlflow_run_id") if k in lin
         )
         agree = "[green]yes[/]" if r["agree"] else f"[red]NO[/] {r.get('problem', '')}"
+        ep = r.get("endpoint")
+        endpoint = f"{ep['version']} {ep['status']}\n{ep['address']}" if ep else (
+            "-" if not r.get("endpoint_target") else "none"
+        )
         table.add_row(
             r["model"], str(r.get("latest_version") or "-"),
             f"{r.get('champion_alias') or '-'} ({r.get('champion_store_version') or '-'})",
-            agree, metrics or "-", lineage or "-",
+            endpoint, agree, metrics or "-", f"{lineage}\nrollback: {r['rollback']}".strip(),
         )
     console.print(table)
+
+
+@app.command()
+def rollout(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[
+        str | None, typer.Option(help="vN to serve; default the version latest.json names.")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Recorded in the promotion history.")] = "manual",
+) -> None:
+    """Deploy a published version, smoke-test it, then move latest.json and the champion alias."""
+    prepare_environment()
+    from flows.rollout import rollout as rollout_flow
+
+    with embedded_prefect():
+        state = rollout_flow(model, version, reason=reason, return_state=True)
+    _finish(state)
+
+
+@app.command()
+def rollback(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    to: Annotated[
+        str | None, typer.Option(help="vN to return to; default the one the champion replaced.")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Recorded in the promotion history.")] = "rollback",
+) -> None:
+    """Put the previous (or a named) version back on the endpoint, with pointer and alias."""
+    prepare_environment()
+    from flows.rollout import rollback as rollback_flow
+
+    with embedded_prefect():
+        state = rollback_flow(model, to, reason=reason, return_state=True)
+    _finish(state)
+
+
+def _finish(state: Any) -> None:
+    """Print a flow's final state message; exit 1 unless it completed."""
+    if state.is_completed():
+        console.print(f"[green]{state.message}[/]")
+        return
+    console.print(f"[red]{state.name}[/]: {state.message}")
+    raise typer.Exit(1)
 
 
 @contextmanager
