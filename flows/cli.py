@@ -172,6 +172,52 @@ def rollback(
     _finish(state)
 
 
+@app.command()
+def cleanup(
+    model: ModelOpt = None,
+    apply: Annotated[bool, typer.Option(help="Delete the plan (default: dry run).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    all_models: Annotated[
+        bool, typer.Option("--all", help="Also models no longer configured, and their endpoints.")
+    ] = False,
+    clean_s3: Annotated[
+        bool, typer.Option("--clean-s3", help="Also old store versions and their MLflow versions.")
+    ] = False,
+    region: Annotated[str | None, typer.Option(help="AWS region (default the configured).")] = None,
+) -> None:
+    """Print what nothing uses any more; with --apply, delete exactly that."""
+    prepare_environment()
+    from flows.cleanup import cleanup as cleanup_flow
+
+    kwargs = dict(models=model or None, clean_store=clean_s3, all_models=all_models, region=region)
+    with embedded_prefect():
+        planned = cleanup_flow(apply=False, **kwargs)
+    _print_plan(planned["plan"], "cleanup plan (dry run)")
+    deletions = [p for p in planned["plan"] if p["action"] == "delete"]
+    if not apply or not deletions:
+        console.print(f"{len(deletions)} item(s) would be deleted" + ("" if apply else "; --apply deletes them"))
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            console.print("[red]refusing to delete without a terminal to confirm; add --yes[/]")
+            raise typer.Exit(2)
+        typer.confirm(f"Delete these {len(deletions)} item(s)?", abort=True)
+    with embedded_prefect():
+        result = cleanup_flow(apply=True, **kwargs)
+    _print_plan(result["done"], "cleanup applied")
+
+
+def _print_plan(rows: list[dict[str, Any]], title: str) -> None:
+    table = Table(title=title)
+    for col in ("action", "kind", "name", "version", "reason", "monthly_usd", "outcome"):
+        if any(col in r for r in rows):
+            table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(*[str(r.get(c, "-")) for c in ("action", "kind", "name", "version", "reason",
+                                                        "monthly_usd", "outcome") if any(c in x for x in rows)])
+    console.print(table)
+
+
 def _finish(state: Any) -> None:
     """Print a flow's final state message; exit 1 unless it completed."""
     if state.is_completed():

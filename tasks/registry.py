@@ -172,11 +172,15 @@ def list_versions(tracking_uri: str, model: str) -> list[dict[str, Any]]:
         found = client.search_model_versions(f"name='{model}'")
     except Exception:
         return []
+    # search_model_versions leaves aliases empty; the registered model holds the alias map.
+    by_version: dict[str, list[str]] = {}
+    for alias, version in (client.get_registered_model(model).aliases or {}).items():
+        by_version.setdefault(str(version), []).append(alias)
     rows = [
         {
             "version": str(mv.version),
             "tags": dict(mv.tags),
-            "aliases": list(getattr(mv, "aliases", []) or []),
+            "aliases": sorted(by_version.get(str(mv.version), [])),
             "run_id": mv.run_id,
         }
         for mv in found

@@ -1,0 +1,52 @@
+"""Cleanup: inventory -> plan -> (only with ``apply``) delete, in a safe order.
+
+A dry run by default: the plan (every resource, store and registry version, with the reason to
+delete or keep it) is the run's artifact. See :mod:`tasks.cleanup` for the rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from tasks.cleanup import apply_plan, plan_cleanup, plan_rows, take_inventory
+from tasks.config import load_model_configs, load_platform_config
+from tasks.endpoints import open_target
+from tasks.report import publish_table
+from tasks.settings import load_settings
+
+
+@flow(name="cleanup")
+def cleanup(
+    models: list[str] | None = None,
+    apply: bool = False,
+    clean_store: bool = False,
+    all_models: bool = False,
+    region: str | None = None,
+) -> dict[str, Any]:
+    """Plan (and with ``apply``, carry out) the deletion of what nothing uses any more.
+
+    Args:
+        models: model names; all configured models when empty.
+        apply: delete the planned items; False is a dry run that only reports the plan.
+        clean_store: also delete old store versions and their MLflow versions (``--clean-s3``).
+        all_models: also cover models no longer configured, and their endpoints (``--all``).
+        region: AWS region to clean (default the configured one).
+    """
+    settings = load_settings()
+    if region:
+        settings = settings.model_copy(update={"aws_region": region})
+    platform = load_platform_config(settings.config_dir)
+    configured = [c.name for c in load_model_configs(settings.config_dir, models or None)]
+    target = open_target(settings, platform)
+
+    inventory = take_inventory(settings, configured, target, all_models)
+    plan = plan_cleanup(
+        inventory, platform.retention, clean_store=clean_store, include_orphans=all_models
+    )
+    publish_table("cleanup-plan", plan_rows(plan), "dry run" if not apply else "applied plan")
+    done = apply_plan(settings, plan, target) if apply else []
+    if apply:
+        publish_table("cleanup-done", done, "what cleanup deleted")
+    return {"plan": plan_rows(plan), "done": done, "applied": apply}

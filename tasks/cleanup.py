@@ -1,0 +1,299 @@
+"""Cleanup: a plan of what nothing uses any more, then (only when asked) its deletion.
+
+:func:`plan_cleanup` is a pure function of an :class:`Inventory` and the retention policy, so
+the rules are tested exhaustively without a cloud. The rules, in the words of the plan:
+
+- Never deleted: the champion (``latest.json``), the rollback target (the version the champion
+  replaced), any version holding an MLflow alias, any version or resource a live endpoint uses,
+  and the newest ``keep_last`` complete versions.
+- Endpoint resources (endpoint configs and models on the target) of other versions: deleted.
+  Endpoints themselves only with ``--all``, and only when their model is no longer configured:
+  a configured model's endpoint is what serves it. Idle endpoints are listed with their cost for
+  a person to decide.
+- Store versions and their registry versions: only with ``clean_store`` (``--clean-s3``).
+  An incomplete version (claimed, no manifest) is deleted once its claim is a day old, so a
+  publish in flight is never touched.
+
+Deletion runs in the order endpoint, endpoint config, model, store version, registry version,
+and re-checks "in use" right before each delete (something may have moved since the plan).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import registry
+from tasks.config import RetentionPolicy
+from tasks.endpoints import EndpointTarget, Resource
+from tasks.publish import list_versions, read_latest
+from tasks.settings import Settings
+from tasks.store import KeyNotFound, Store
+from tasks.training import store_of
+
+ORDER = ("endpoint", "endpoint-config", "model", "store-version", "registry-version")
+STALE_CLAIM = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One line of the plan.
+
+    Attributes:
+        kind: one of :data:`ORDER`, or ``idle-endpoint`` (listed, never deleted).
+        name: resource name, store URL or ``model/version``.
+        model: model it belongs to.
+        version: model version, when known.
+        action: ``delete`` or ``keep``.
+        reason: why, in words a person reads.
+        details: cost, idle days, creation time...
+    """
+
+    kind: str
+    name: str
+    model: str
+    version: str | None
+    action: str
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelInventory:
+    """What exists for one model."""
+
+    model: str
+    configured: bool
+    champion: str | None = None
+    rollback_target: str | None = None
+    store_versions: list[dict[str, Any]] = field(default_factory=list)
+    registry_versions: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Inventory:
+    """Everything the plan looks at."""
+
+    models: dict[str, ModelInventory]
+    resources: list[Resource]
+    now: datetime
+
+
+def _protected(inv: ModelInventory, keep_last: int, serving: set[str]) -> dict[str, str]:
+    """Version -> why it is kept."""
+    keep: dict[str, str] = {}
+    complete = [v["version"] for v in inv.store_versions if v.get("complete")]
+    for v in complete[-keep_last:]:
+        keep[v] = f"one of the newest {keep_last}"
+    for rv in inv.registry_versions:
+        sv = rv["tags"].get("store_version")
+        if sv and rv["aliases"]:
+            keep[sv] = f"MLflow alias {', '.join(sorted(rv['aliases']))}"
+    for v in sorted(serving):
+        keep[v] = "served by a live endpoint"
+    if inv.rollback_target:
+        keep[inv.rollback_target] = "rollback target"
+    if inv.champion:
+        keep[inv.champion] = "champion (latest.json)"
+    return keep
+
+
+def plan_cleanup(
+    inventory: Inventory,
+    retention: RetentionPolicy,
+    *,
+    clean_store: bool = False,
+    include_orphans: bool = False,
+) -> list[PlanItem]:
+    """Decide what to delete and what to keep, with a reason for each. Pure.
+
+    Args:
+        inventory: what exists.
+        retention: keep_last and idle_days.
+        clean_store: also plan store versions and their registry versions (``--clean-s3``).
+        include_orphans: also plan endpoints of models no longer configured (``--all``).
+    """
+    plan: list[PlanItem] = []
+    serving_by_model: dict[str, set[str]] = {}
+    for res in inventory.resources:
+        if res.in_use and res.version:
+            serving_by_model.setdefault(res.model, set()).add(res.version)
+
+    keep_by_model = {
+        name: _protected(inv, retention.keep_last, serving_by_model.get(name, set()))
+        for name, inv in inventory.models.items()
+    }
+
+    for res in inventory.resources:
+        inv = inventory.models.get(res.model)
+        keep = keep_by_model.get(res.model, {})
+        details = dict(res.details)
+        idle = details.get("idle_days")
+        if res.kind == "endpoint":
+            if idle is not None and idle >= retention.idle_days:
+                plan.append(PlanItem("idle-endpoint", res.name, res.model, res.version, "keep",
+                                     f"no invocations for {idle} days: review", details))
+            if include_orphans and (inv is None or not inv.configured):
+                plan.append(PlanItem(res.kind, res.name, res.model, res.version, "delete",
+                                     "its model is no longer configured", details))
+            else:
+                plan.append(PlanItem(res.kind, res.name, res.model, res.version, "keep",
+                                     "serves a configured model", details))
+            continue
+        if res.in_use:
+            plan.append(PlanItem(res.kind, res.name, res.model, res.version, "keep",
+                                 "used by a live endpoint", details))
+        elif res.version and res.version in keep:
+            plan.append(PlanItem(res.kind, res.name, res.model, res.version, "keep",
+                                 keep[res.version], details))
+        elif inv is None and not include_orphans:
+            plan.append(PlanItem(res.kind, res.name, res.model, res.version, "keep",
+                                 "model not configured (use --all)", details))
+        else:
+            plan.append(PlanItem(res.kind, res.name, res.model, res.version, "delete",
+                                 "no live endpoint uses it", details))
+
+    if clean_store:
+        for name, inv in sorted(inventory.models.items()):
+            keep = keep_by_model[name]
+            deleted: set[str] = set()
+            for sv in inv.store_versions:
+                v = sv["version"]
+                if v in keep:
+                    plan.append(PlanItem("store-version", f"{name}/{v}", name, v, "keep", keep[v]))
+                elif not sv.get("complete"):
+                    claimed = sv.get("claimed_at")
+                    stale = claimed is not None and inventory.now - claimed > STALE_CLAIM
+                    if stale:
+                        deleted.add(v)
+                        plan.append(PlanItem("store-version", f"{name}/{v}", name, v, "delete",
+                                             "incomplete publish, claim older than a day"))
+                    else:
+                        plan.append(PlanItem("store-version", f"{name}/{v}", name, v, "keep",
+                                             "incomplete, may still be publishing"))
+                else:
+                    deleted.add(v)
+                    plan.append(PlanItem("store-version", f"{name}/{v}", name, v, "delete",
+                                         f"older than the newest {retention.keep_last}, unused"))
+            known = {sv["version"] for sv in inv.store_versions}
+            for rv in inv.registry_versions:
+                sv = rv["tags"].get("store_version")
+                label = f"{name}/{rv['version']}"
+                if rv["aliases"]:
+                    plan.append(PlanItem("registry-version", label, name, sv, "keep",
+                                         f"MLflow alias {', '.join(sorted(rv['aliases']))}"))
+                elif sv in deleted or (sv is not None and sv not in known):
+                    plan.append(PlanItem("registry-version", label, name, sv, "delete",
+                                         f"store version {sv} is deleted or gone"))
+                else:
+                    plan.append(PlanItem("registry-version", label, name, sv, "keep",
+                                         f"store version {sv} is kept"))
+    rank = {kind: i for i, kind in enumerate(("idle-endpoint", *ORDER))}
+    return sorted(plan, key=lambda p: (rank.get(p.kind, 99), p.model, p.name))
+
+
+def _claimed_at(store: Store, model: str, version: str) -> datetime | None:
+    try:
+        claim = json.loads(store.get_bytes(f"models/{model}/{version}/claim.json"))
+        return datetime.fromisoformat(str(claim["claimed_at"]))
+    except (KeyNotFound, KeyError, ValueError):
+        return None
+
+
+@task(name="take-inventory", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def take_inventory(
+    settings: Settings, configured: list[str], target: EndpointTarget | None, all_models: bool
+) -> Inventory:
+    """List store versions, registry versions and endpoint resources."""
+    store = store_of(settings)
+    resources = target.resources() if target is not None else []
+    names = set(configured)
+    if all_models:
+        names |= {r.model for r in resources}
+        names |= {k.split("/")[1] for k in store.list("models") if k.count("/") >= 2}
+    models: dict[str, ModelInventory] = {}
+    for name in sorted(names):
+        latest = read_latest(store, name) or {}
+        versions = list_versions(store, name)
+        for v in versions:
+            if not v["complete"]:
+                v["claimed_at"] = _claimed_at(store, name, v["version"])
+        models[name] = ModelInventory(
+            model=name,
+            configured=name in configured,
+            champion=latest.get("version"),
+            rollback_target=latest.get("previous"),
+            store_versions=versions,
+            registry_versions=registry.list_versions(settings.tracking_uri, name),
+        )
+    return Inventory(models=models, resources=resources, now=datetime.now(UTC))
+
+
+@task(name="delete-planned", cache_policy=NO_CACHE)
+def apply_plan(
+    settings: Settings, plan: list[PlanItem], target: EndpointTarget | None
+) -> list[dict[str, Any]]:
+    """Delete every ``delete`` item in :data:`ORDER`, re-checking use right before each.
+
+    Returns:
+        One record per item: what happened (``deleted``, ``skipped: <why>``).
+    """
+    store = store_of(settings)
+    fresh = {(r.kind, r.name): r for r in (target.resources() if target else [])}
+    done: list[dict[str, Any]] = []
+    for kind in ORDER:
+        for item in (p for p in plan if p.kind == kind and p.action == "delete"):
+            outcome = "deleted"
+            if kind in ("endpoint", "endpoint-config", "model"):
+                res = fresh.get((kind, item.name))
+                if res is None:
+                    outcome = "skipped: already gone"
+                elif res.in_use and kind != "endpoint":
+                    outcome = "skipped: in use now"
+                else:
+                    target.delete(res)  # type: ignore[union-attr]
+            elif kind == "store-version":
+                latest = read_latest(store, item.model) or {}
+                if item.version in (latest.get("version"), latest.get("previous")):
+                    outcome = "skipped: champion or rollback target now"
+                else:
+                    for key in store.list(f"models/{item.model}/{item.version}/"):
+                        store.delete(key)
+            else:
+                aliases = next(
+                    (r["aliases"] for r in registry.list_versions(settings.tracking_uri, item.model)
+                     if f"{item.model}/{r['version']}" == item.name),
+                    None,
+                )
+                if aliases is None:
+                    outcome = "skipped: already gone"
+                elif aliases:
+                    outcome = f"skipped: alias {', '.join(aliases)} now"
+                else:
+                    registry.delete_version(
+                        settings.tracking_uri, item.model, item.name.split("/", 1)[1]
+                    )
+            done.append({**asdict(item), "outcome": outcome})
+    return done
+
+
+def plan_rows(plan: list[PlanItem]) -> list[dict[str, Any]]:
+    """The plan as table rows (Prefect artifact, terminal)."""
+    return [
+        {
+            "action": p.action,
+            "kind": p.kind,
+            "name": p.name,
+            "model": p.model,
+            "version": p.version or "-",
+            "reason": p.reason,
+            "monthly_usd": p.details.get("monthly_cost_usd", "-"),
+        }
+        for p in plan
+    ]
+
