@@ -1,0 +1,140 @@
+"""The cleanup plan: what is kept, what is deleted, and why (pure function, no cloud)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tasks.cleanup import Inventory, ModelInventory, PlanItem, plan_cleanup
+from tasks.config import RetentionPolicy
+from tasks.endpoints import Resource
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def _versions(n: int, incomplete: dict[int, datetime | None] | None = None) -> list[dict]:
+    incomplete = incomplete or {}
+    out = []
+    for i in range(1, n + 1):
+        row = {"version": f"v{i}", "number": i, "complete": i not in incomplete}
+        if i in incomplete:
+            row["claimed_at"] = incomplete[i]
+        out.append(row)
+    return out
+
+
+def _registry(n: int, aliases: dict[int, list[str]] | None = None) -> list[dict]:
+    aliases = aliases or {}
+    return [
+        {"version": str(i), "tags": {"store_version": f"v{i}"}, "aliases": aliases.get(i, [])}
+        for i in range(1, n + 1)
+    ]
+
+
+def _inventory(resources: list[Resource] | None = None, **kw: object) -> Inventory:
+    inv = ModelInventory(
+        model="m",
+        configured=True,
+        champion="v6",
+        rollback_target="v5",
+        store_versions=_versions(6),
+        registry_versions=_registry(6, {6: ["champion"], 4: ["challenger"]}),
+    )
+    for key, value in kw.items():
+        setattr(inv, key, value)
+    return Inventory(models={"m": inv}, resources=resources or [], now=NOW)
+
+
+def _by(plan: list[PlanItem], kind: str) -> dict[str, PlanItem]:
+    return {p.name: p for p in plan if p.kind == kind}
+
+
+def test_store_plan_keeps_champion_rollback_alias_and_newest() -> None:
+    plan = plan_cleanup(_inventory(), RetentionPolicy(keep_last=2), clean_store=True)
+    store = _by(plan, "store-version")
+    assert {n for n, p in store.items() if p.action == "delete"} == {"m/v1", "m/v2", "m/v3"}
+    assert store["m/v6"].reason.startswith("champion")
+    assert store["m/v5"].reason == "rollback target"
+    assert "challenger" in store["m/v4"].reason
+    registry = _by(plan, "registry-version")
+    # A registry version goes with its store version, unless it holds an alias.
+    assert {n for n, p in registry.items() if p.action == "delete"} == {"m/1", "m/2", "m/3"}
+    assert registry["m/6"].action == "keep"
+
+
+def test_without_clean_store_no_store_or_registry_items() -> None:
+    plan = plan_cleanup(_inventory(), RetentionPolicy(keep_last=1))
+    assert not [p for p in plan if p.kind in ("store-version", "registry-version")]
+
+
+def test_in_use_resources_are_never_planned_for_deletion() -> None:
+    resources = [
+        Resource("endpoint", "ep-m", "m", "v2", in_use=True),
+        Resource("endpoint-config", "cfg-m-v2", "m", "v2", in_use=True),
+        Resource("model", "model-m-v2", "m", "v2", in_use=True),
+        Resource("endpoint-config", "cfg-m-v1", "m", "v1", in_use=False),
+        Resource("model", "model-m-v1", "m", "v1", in_use=False),
+        Resource("model", "model-m-v5", "m", "v5", in_use=False),
+    ]
+    plan = plan_cleanup(_inventory(resources), RetentionPolicy(keep_last=1), clean_store=True)
+    deleted = {(p.kind, p.name) for p in plan if p.action == "delete"}
+    assert ("endpoint-config", "cfg-m-v1") in deleted and ("model", "model-m-v1") in deleted
+    assert not {("endpoint", "ep-m"), ("endpoint-config", "cfg-m-v2"), ("model", "model-m-v2")} & deleted
+    # The rollback target's model stays (a rollback should not wait for a re-create).
+    assert ("model", "model-m-v5") not in deleted
+    # The version the endpoint serves is kept in the store even though it is old.
+    assert _by(plan, "store-version")["m/v2"].action == "keep"
+
+
+def test_plan_is_ordered_endpoint_config_model_store_registry() -> None:
+    resources = [
+        Resource("model", "model-m-v1", "m", "v1", in_use=False),
+        Resource("endpoint-config", "cfg-m-v1", "m", "v1", in_use=False),
+    ]
+    plan = plan_cleanup(_inventory(resources), RetentionPolicy(keep_last=1), clean_store=True)
+    kinds = [p.kind for p in plan if p.action == "delete"]
+    order = ["endpoint-config", "model", "store-version", "registry-version"]
+    assert kinds == sorted(kinds, key=order.index)
+
+
+def test_endpoints_are_kept_unless_orphaned_and_all() -> None:
+    resources = [
+        Resource("endpoint", "ep-m", "m", "v6", in_use=True),
+        Resource("endpoint", "ep-gone", "gone", "v1", in_use=True),
+    ]
+    plan = plan_cleanup(_inventory(resources), RetentionPolicy())
+    assert all(p.action == "keep" for p in plan if p.kind == "endpoint")
+    plan = plan_cleanup(_inventory(resources), RetentionPolicy(), include_orphans=True)
+    endpoints = _by(plan, "endpoint")
+    assert endpoints["ep-gone"].action == "delete"
+    assert endpoints["ep-m"].action == "keep"
+
+
+def test_unconfigured_model_resources_need_all() -> None:
+    resources = [Resource("model", "model-gone-v1", "gone", "v1", in_use=False)]
+    plan = plan_cleanup(_inventory(resources), RetentionPolicy())
+    assert _by(plan, "model")["model-gone-v1"].action == "keep"
+    plan = plan_cleanup(_inventory(resources), RetentionPolicy(), include_orphans=True)
+    assert _by(plan, "model")["model-gone-v1"].action == "delete"
+
+
+@pytest.mark.parametrize(
+    ("claimed_at", "action"),
+    [(NOW - timedelta(hours=2), "keep"), (NOW - timedelta(days=3), "delete"), (None, "keep")],
+)
+def test_incomplete_versions_are_deleted_only_when_stale(claimed_at: datetime | None, action: str) -> None:
+    inv = _inventory(store_versions=_versions(7, {7: claimed_at}))
+    plan = plan_cleanup(inv, RetentionPolicy(keep_last=3), clean_store=True)
+    assert _by(plan, "store-version")["m/v7"].action == action
+
+
+def test_idle_endpoints_are_listed_with_cost_but_kept() -> None:
+    details = {"idle_days": 30, "monthly_cost_usd": 83.95}
+    resources = [Resource("endpoint", "ep-m", "m", "v6", in_use=True, details=details)]
+    plan = plan_cleanup(_inventory(resources), RetentionPolicy(idle_days=14))
+    idle = _by(plan, "idle-endpoint")["ep-m"]
+    assert idle.action == "keep" and "30 days" in idle.reason
+    assert idle.details["monthly_cost_usd"] == 83.95
+    plan = plan_cleanup(_inventory(resources), RetentionPolicy(idle_days=60))
+    assert not _by(plan, "idle-endpoint")
