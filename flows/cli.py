@@ -37,9 +37,15 @@ ModelOpt = Annotated[
 
 @app.command()
 def seed(
-    weeks: Annotated[int, typer.Option(min=2, max=520, help="Weeks to create in an empty database.")] = 8,
-    append_weeks: Annotated[int, typer.Option(min=1, max=52, help="Weeks to append when data exists.")] = 1,
-    drift: Annotated[float, typer.Option(min=0.0, max=5.0, help="Shift distributions (0 = none).")] = 0.0,
+    weeks: Annotated[
+        int, typer.Option(min=2, max=520, help="Weeks to create in an empty database.")
+    ] = 8,
+    append_weeks: Annotated[
+        int, typer.Option(min=1, max=52, help="Weeks to append when data exists.")
+    ] = 1,
+    drift: Annotated[
+        float, typer.Option(min=0.0, max=5.0, help="Shift distributions (0 = none).")
+    ] = 0.0,
     seed_value: Annotated[int, typer.Option("--seed", help="Random seed.")] = 42,
     corrupt: Annotated[
         str | None, typer.Option(help="Append rows that break this table's expectations.")
@@ -60,7 +66,11 @@ def seed(
         return
     with console.status("generating source data...") as status:
         counts = seed_source(
-            url, weeks=weeks, append_weeks=append_weeks, drift=drift, seed=seed_value,
+            url,
+            weeks=weeks,
+            append_weeks=append_weeks,
+            drift=drift,
+            seed=seed_value,
             progress=lambda msg: status.update(msg),
         )
     for table, rows in counts.items():
@@ -108,7 +118,7 @@ def status(
     model: ModelOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Per model: champion version, what latest.json says, metrics and lineage; flags disagreement."""
+    """Per model: latest.json, champion alias, the endpoint, metrics, lineage; flags disagreement."""
     settings = prepare_environment()
     from tasks.status import model_status
 
@@ -117,23 +127,39 @@ def status(
         sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
         return
     table = Table(title=f"store {settings.store}", show_lines=True)
-    for col in ("model", "latest.json", "mlflow champion", "endpoint", "agree", "metrics", "lineage"):
+    for col in (
+        "model",
+        "latest.json",
+        "mlflow champion",
+        "endpoint",
+        "agree",
+        "metrics",
+        "lineage",
+    ):
         table.add_column(col, overflow="fold")
     for r in report:
         metrics = ", ".join(f"{k}={v:.3f}" for k, v in (r.get("gate_metrics") or {}).items())
         lin = r.get("lineage") or {}
         lineage = "\n".join(
-            f"{k}: {lin[k]}" for k in ("snapshot_id", "code_version", "flow_run_id", "mlflow_run_id") if k in lin
+            f"{k}: {lin[k]}"
+            for k in ("snapshot_id", "code_version", "flow_run_id", "mlflow_run_id")
+            if k in lin
         )
         agree = "[green]yes[/]" if r["agree"] else f"[red]NO[/] {r.get('problem', '')}"
         ep = r.get("endpoint")
-        endpoint = f"{ep['version']} {ep['status']}\n{ep['address']}" if ep else (
-            "-" if not r.get("endpoint_target") else "none"
+        endpoint = (
+            f"{ep['version']} {ep['status']}\n{ep['address']}"
+            if ep
+            else ("-" if not r.get("endpoint_target") else "none")
         )
         table.add_row(
-            r["model"], str(r.get("latest_version") or "-"),
+            r["model"],
+            str(r.get("latest_version") or "-"),
             f"{r.get('champion_alias') or '-'} ({r.get('champion_store_version') or '-'})",
-            endpoint, agree, metrics or "-", f"{lineage}\nrollback: {r['rollback']}".strip(),
+            endpoint,
+            agree,
+            metrics or "-",
+            f"{lineage}\nrollback: {r['rollback']}".strip(),
         )
     console.print(table)
 
@@ -195,7 +221,10 @@ def cleanup(
     _print_plan(planned["plan"], "cleanup plan (dry run)")
     deletions = [p for p in planned["plan"] if p["action"] == "delete"]
     if not apply or not deletions:
-        console.print(f"{len(deletions)} item(s) would be deleted" + ("" if apply else "; --apply deletes them"))
+        console.print(
+            f"{len(deletions)} item(s) would be deleted"
+            + ("" if apply else "; --apply deletes them")
+        )
         return
     if not yes:
         if not sys.stdin.isatty():
@@ -213,8 +242,13 @@ def _print_plan(rows: list[dict[str, Any]], title: str) -> None:
         if any(col in r for r in rows):
             table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(*[str(r.get(c, "-")) for c in ("action", "kind", "name", "version", "reason",
-                                                        "monthly_usd", "outcome") if any(c in x for x in rows)])
+        table.add_row(
+            *[
+                str(r.get(c, "-"))
+                for c in ("action", "kind", "name", "version", "reason", "monthly_usd", "outcome")
+                if any(c in x for x in rows)
+            ]
+        )
     console.print(table)
 
 

@@ -1,4 +1,4 @@
-"""The weekly retrain: export -> validate -> train -> evaluate -> gate -> publish -> register -> roll out.
+"""Weekly retrain: export, validate, train, evaluate, gate, publish, register, roll out.
 
 Each model runs as its own subflow, so one model failing (bad data, a crash) or being rejected
 by its gate does not stop the others; the parent ends with one summary of all of them.
@@ -11,10 +11,10 @@ from typing import Any
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
+from flows.rollout import rollout
 from tasks.config import load_model_configs
 from tasks.export import export_new_data
 from tasks.lineage import describe_lineage
-from flows.rollout import rollout
 from tasks.promotion import decide_promotion, publish_model, register_model
 from tasks.report import outcome, summarise_run
 from tasks.settings import load_settings
@@ -49,11 +49,15 @@ def retrain_model(model: str, force: bool = False, reason: str = "scheduled") ->
     if not rolled.is_completed():
         note = f"published, not promoted: {rolled.message}"
         return outcome(model, "failed", note, challenger, champion, decision, published, registered)
-    return outcome(model, "promoted", rolled.message, challenger, champion, decision, published, registered)
+    return outcome(
+        model, "promoted", rolled.message, challenger, champion, decision, published, registered
+    )
 
 
 @flow(name="retrain")
-def retrain(models: list[str] | None = None, force: bool = False, reason: str = "scheduled") -> State:
+def retrain(
+    models: list[str] | None = None, force: bool = False, reason: str = "scheduled"
+) -> State:
     """Retrain every configured model (or ``models``); fail the run if any model failed.
 
     Args:
@@ -63,9 +67,13 @@ def retrain(models: list[str] | None = None, force: bool = False, reason: str = 
     """
     settings = load_settings()
     names = [cfg.name for cfg in load_model_configs(settings.config_dir, models or None)]
-    states = {name: retrain_model(name, force=force, reason=reason, return_state=True) for name in names}
+    states = {
+        name: retrain_model(name, force=force, reason=reason, return_state=True) for name in names
+    }
     summary = summarise_run(settings, states)
     failed = [o["model"] for o in summary["models"] if o["status"] == "failed"]
     if failed:
-        return Failed(message=f"failed: {', '.join(failed)}; see the summary artifact", data=summary)
+        return Failed(
+            message=f"failed: {', '.join(failed)}; see the summary artifact", data=summary
+        )
     return Completed(message=summary["headline"], data=summary)

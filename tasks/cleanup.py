@@ -136,27 +136,84 @@ def plan_cleanup(
         idle = details.get("idle_days")
         if res.kind == "endpoint":
             if idle is not None and idle >= retention.idle_days:
-                plan.append(PlanItem("idle-endpoint", res.name, res.model, res.version, "keep",
-                                     f"no invocations for {idle} days: review", details))
+                plan.append(
+                    PlanItem(
+                        "idle-endpoint",
+                        res.name,
+                        res.model,
+                        res.version,
+                        "keep",
+                        f"no invocations for {idle} days: review",
+                        details,
+                    )
+                )
             if include_orphans and (inv is None or not inv.configured):
-                plan.append(PlanItem(res.kind, res.name, res.model, res.version, "delete",
-                                     "its model is no longer configured", details))
+                plan.append(
+                    PlanItem(
+                        res.kind,
+                        res.name,
+                        res.model,
+                        res.version,
+                        "delete",
+                        "its model is no longer configured",
+                        details,
+                    )
+                )
             else:
-                plan.append(PlanItem(res.kind, res.name, res.model, res.version, "keep",
-                                     "serves a configured model", details))
+                plan.append(
+                    PlanItem(
+                        res.kind,
+                        res.name,
+                        res.model,
+                        res.version,
+                        "keep",
+                        "serves a configured model",
+                        details,
+                    )
+                )
             continue
         if res.in_use:
-            plan.append(PlanItem(res.kind, res.name, res.model, res.version, "keep",
-                                 "used by a live endpoint", details))
+            plan.append(
+                PlanItem(
+                    res.kind,
+                    res.name,
+                    res.model,
+                    res.version,
+                    "keep",
+                    "used by a live endpoint",
+                    details,
+                )
+            )
         elif res.version and res.version in keep:
-            plan.append(PlanItem(res.kind, res.name, res.model, res.version, "keep",
-                                 keep[res.version], details))
+            plan.append(
+                PlanItem(
+                    res.kind, res.name, res.model, res.version, "keep", keep[res.version], details
+                )
+            )
         elif inv is None and not include_orphans:
-            plan.append(PlanItem(res.kind, res.name, res.model, res.version, "keep",
-                                 "model not configured (use --all)", details))
+            plan.append(
+                PlanItem(
+                    res.kind,
+                    res.name,
+                    res.model,
+                    res.version,
+                    "keep",
+                    "model not configured (use --all)",
+                    details,
+                )
+            )
         else:
-            plan.append(PlanItem(res.kind, res.name, res.model, res.version, "delete",
-                                 "no live endpoint uses it", details))
+            plan.append(
+                PlanItem(
+                    res.kind,
+                    res.name,
+                    res.model,
+                    res.version,
+                    "delete",
+                    "no live endpoint uses it",
+                    details,
+                )
+            )
 
     if clean_store:
         for name, inv in sorted(inventory.models.items()):
@@ -171,28 +228,76 @@ def plan_cleanup(
                     stale = claimed is not None and inventory.now - claimed > STALE_CLAIM
                     if stale:
                         deleted.add(v)
-                        plan.append(PlanItem("store-version", f"{name}/{v}", name, v, "delete",
-                                             "incomplete publish, claim older than a day"))
+                        plan.append(
+                            PlanItem(
+                                "store-version",
+                                f"{name}/{v}",
+                                name,
+                                v,
+                                "delete",
+                                "incomplete publish, claim older than a day",
+                            )
+                        )
                     else:
-                        plan.append(PlanItem("store-version", f"{name}/{v}", name, v, "keep",
-                                             "incomplete, may still be publishing"))
+                        plan.append(
+                            PlanItem(
+                                "store-version",
+                                f"{name}/{v}",
+                                name,
+                                v,
+                                "keep",
+                                "incomplete, may still be publishing",
+                            )
+                        )
                 else:
                     deleted.add(v)
-                    plan.append(PlanItem("store-version", f"{name}/{v}", name, v, "delete",
-                                         f"older than the newest {retention.keep_last}, unused"))
+                    plan.append(
+                        PlanItem(
+                            "store-version",
+                            f"{name}/{v}",
+                            name,
+                            v,
+                            "delete",
+                            f"older than the newest {retention.keep_last}, unused",
+                        )
+                    )
             known = {sv["version"] for sv in inv.store_versions}
             for rv in inv.registry_versions:
                 sv = rv["tags"].get("store_version")
                 label = f"{name}/{rv['version']}"
                 if rv["aliases"]:
-                    plan.append(PlanItem("registry-version", label, name, sv, "keep",
-                                         f"MLflow alias {', '.join(sorted(rv['aliases']))}"))
+                    plan.append(
+                        PlanItem(
+                            "registry-version",
+                            label,
+                            name,
+                            sv,
+                            "keep",
+                            f"MLflow alias {', '.join(sorted(rv['aliases']))}",
+                        )
+                    )
                 elif sv in deleted or (sv is not None and sv not in known):
-                    plan.append(PlanItem("registry-version", label, name, sv, "delete",
-                                         f"store version {sv} is deleted or gone"))
+                    plan.append(
+                        PlanItem(
+                            "registry-version",
+                            label,
+                            name,
+                            sv,
+                            "delete",
+                            f"store version {sv} is deleted or gone",
+                        )
+                    )
                 else:
-                    plan.append(PlanItem("registry-version", label, name, sv, "keep",
-                                         f"store version {sv} is kept"))
+                    plan.append(
+                        PlanItem(
+                            "registry-version",
+                            label,
+                            name,
+                            sv,
+                            "keep",
+                            f"store version {sv} is kept",
+                        )
+                    )
     rank = {kind: i for i, kind in enumerate(("idle-endpoint", *ORDER))}
     return sorted(plan, key=lambda p: (rank.get(p.kind, 99), p.model, p.name))
 
@@ -266,8 +371,11 @@ def apply_plan(
                         store.delete(key)
             else:
                 aliases = next(
-                    (r["aliases"] for r in registry.list_versions(settings.tracking_uri, item.model)
-                     if f"{item.model}/{r['version']}" == item.name),
+                    (
+                        r["aliases"]
+                        for r in registry.list_versions(settings.tracking_uri, item.model)
+                        if f"{item.model}/{r['version']}" == item.name
+                    ),
                     None,
                 )
                 if aliases is None:
@@ -296,4 +404,3 @@ def plan_rows(plan: list[PlanItem]) -> list[dict[str, Any]]:
         }
         for p in plan
     ]
-

@@ -125,7 +125,9 @@ class DeploymentStrategy(Strict):
         default=300, ge=0, le=3600, description="Wait between traffic-shift steps."
     )
     baking_seconds: int = Field(
-        default=600, ge=0, le=3600,
+        default=600,
+        ge=0,
+        le=3600,
         description="Time the new fleet serves all traffic, alarms watched, before the old goes.",
     )
     alarms: list[str] = Field(
@@ -139,7 +141,8 @@ class EndpointConfig(Strict):
 
     enabled: bool = Field(default=True, description="Roll out on promotion.")
     instance_type: str = Field(
-        default="ml.m5.large", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$",
+        default="ml.m5.large",
+        pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$",
         description="SageMaker instance type (priced from configs/platform.yaml).",
     )
     instance_count: int = Field(default=1, ge=1, le=20, description="Instances per variant.")
@@ -207,7 +210,8 @@ class PlatformConfig(Strict):
     """Settings shared by every model: ``configs/platform.yaml``."""
 
     project_tag: str = Field(
-        default="intelli-rate", pattern=r"^[a-z][a-z0-9-]{1,30}$",
+        default="intelli-rate",
+        pattern=r"^[a-z][a-z0-9-]{1,30}$",
         description="Prefix and tag value of every cloud resource this project creates.",
     )
     retention: RetentionPolicy = RetentionPolicy()

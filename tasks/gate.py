@@ -70,14 +70,21 @@ def _check_metric(
     name: str, rule: MetricPolicy, challenger: float | None, champion: float | None
 ) -> list[Check]:
     if challenger is None:
-        return [Check(name, "present", False, None, None, champion, "challenger has no finite value")]
+        return [
+            Check(name, "present", False, None, None, champion, "challenger has no finite value")
+        ]
     checks = []
     word = "at least" if rule.direction == "higher" else "at most"
     if rule.floor is not None:
         ok = _better_or_equal(challenger, rule.floor, rule.direction)
         checks.append(
             Check(
-                name, "floor", ok, challenger, rule.floor, champion,
+                name,
+                "floor",
+                ok,
+                challenger,
+                rule.floor,
+                champion,
                 f"{name}={challenger:.4f} must be {word} floor {rule.floor:.4f}",
             )
         )
@@ -87,7 +94,12 @@ def _check_metric(
         ok = _better_or_equal(challenger, bound, rule.direction)
         checks.append(
             Check(
-                name, "champion", ok, challenger, bound, champion,
+                name,
+                "champion",
+                ok,
+                challenger,
+                bound,
+                champion,
                 f"{name}={challenger:.4f} must be {word} {bound:.4f} "
                 f"(champion {champion:.4f}, margin {margin:.4f})",
             )
@@ -120,8 +132,12 @@ def decide(
     champion_scored = champion is not None
     if policy.mode == "warn" and failed:
         return Decision(
-            True, policy.mode, tuple(checks),
-            ("gate in warn mode: promoted despite failed rules",), tuple(failed), champion_scored,
+            True,
+            policy.mode,
+            tuple(checks),
+            ("gate in warn mode: promoted despite failed rules",),
+            tuple(failed),
+            champion_scored,
         )
     if failed:
         return Decision(False, policy.mode, tuple(checks), tuple(failed), (), champion_scored)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
-
 from typing import TYPE_CHECKING
 
 from tasks.settings import PROJECT_ROOT

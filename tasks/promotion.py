@@ -52,7 +52,11 @@ def gate_markdown(cfg: ModelConfig, decision: gate.Decision, champion: ChampionS
             f"| {c.metric} | {c.rule} | {fmt(c.challenger)} | {fmt(c.champion)} "
             f"| {fmt(c.threshold)} | {'yes' if c.passed else '**no**'} |"
         )
-    lines += ["", *[f"- {r}" for r in decision.reasons], *[f"- warning: {w}" for w in decision.warnings]]
+    lines += [
+        "",
+        *[f"- {r}" for r in decision.reasons],
+        *[f"- warning: {w}" for w in decision.warnings],
+    ]
     return "\n".join(lines)
 
 
@@ -62,15 +66,23 @@ def decide_promotion(
 ) -> gate.Decision:
     """Apply the gate and record the decision on the challenger's MLflow run and in Prefect."""
     decision = gate.decide(challenger.metrics, champion.metrics, cfg.gate)
-    record = {**decision.to_dict(), "champion_version": champion.version, "champion_note": champion.note}
+    record = {
+        **decision.to_dict(),
+        "champion_version": champion.version,
+        "champion_note": champion.note,
+    }
     registry.log_dict(challenger.run_id, settings.tracking_uri, record, "gate.json")
     tags = {"gate.verdict": decision.verdict, "gate.champion_version": str(champion.version)}
     registry.set_run_tags(challenger.run_id, settings.tracking_uri, tags)
     if champion.metrics:
         registry.log_metrics_to_run(
-            challenger.run_id, settings.tracking_uri, {f"champion.{k}": v for k, v in champion.metrics.items()}
+            challenger.run_id,
+            settings.tracking_uri,
+            {f"champion.{k}": v for k, v in champion.metrics.items()},
         )
-    publish_markdown(f"gate-{cfg.name}", gate_markdown(cfg, decision, champion), f"Gate decision for {cfg.name}")
+    publish_markdown(
+        f"gate-{cfg.name}", gate_markdown(cfg, decision, champion), f"Gate decision for {cfg.name}"
+    )
     return decision
 
 
@@ -88,7 +100,9 @@ def publish_model(
     try:
         contents_sha256 = write_contents(challenger.model_dir, cfg.name, cfg.family)
         make_tarball(challenger.model_dir, staging / "model.tar.gz")
-        (staging / "metrics.json").write_text(metrics_json(challenger, champion, decision.to_dict()))
+        (staging / "metrics.json").write_text(
+            metrics_json(challenger, champion, decision.to_dict())
+        )
         (staging / "schema.json").write_text(json.dumps(challenger.schema, indent=2, default=str))
         files = {name: staging / name for name in ("model.tar.gz", "metrics.json", "schema.json")}
         full_lineage = {
@@ -99,7 +113,11 @@ def publish_model(
             "model_contents_sha256": contents_sha256,
         }
         return publish_version(
-            store_of(settings), cfg.name, files, full_lineage, claimed_by={"flow_run_id": lineage.get("flow_run_id")}
+            store_of(settings),
+            cfg.name,
+            files,
+            full_lineage,
+            claimed_by={"flow_run_id": lineage.get("flow_run_id")},
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -118,7 +136,11 @@ def register_model(
         **{k: str(v) for k, v in lineage.items() if k in LINEAGE_TAGS},
     }
     version = registry.register_version(
-        settings.tracking_uri, cfg.name, challenger.model_uri, challenger.run_id, tags,
+        settings.tracking_uri,
+        cfg.name,
+        challenger.model_uri,
+        challenger.run_id,
+        tags,
         description=f"{cfg.name} {published.version}: {cfg.description}",
     )
     registry.set_alias(settings.tracking_uri, cfg.name, registry.CHALLENGER, version)
@@ -126,5 +148,10 @@ def register_model(
 
 
 LINEAGE_TAGS = (
-    "snapshot_id", "data_sha256", "config_hash", "code_version", "flow_run_id", "reason",
+    "snapshot_id",
+    "data_sha256",
+    "config_hash",
+    "code_version",
+    "flow_run_id",
+    "reason",
 )

@@ -616,9 +616,7 @@ def verify_contents(model_dir: Path, expected_sha256: str) -> dict[str, Any]:
         )
     contents = json.loads(body)
     listed: dict[str, str] = contents.get("files", {})
-    present = {
-        rel for p, rel in _tar_entries(model_dir, path.absolute()) if p.is_file()
-    }
+    present = {rel for p, rel in _tar_entries(model_dir, path.absolute()) if p.is_file()}
     extra = sorted(present - set(listed))
     missing = sorted(set(listed) - present)
     if extra or missing:

@@ -43,7 +43,9 @@ def ensure_experiment(tracking_uri: str, model: str, artifact_root: str | None =
         return str(found.experiment_id)
     location = f"{artifact_root.rstrip('/')}/{model}" if artifact_root else None
     try:
-        return str(client.create_experiment(name, artifact_location=location, tags={"model": model}))
+        return str(
+            client.create_experiment(name, artifact_location=location, tags={"model": model})
+        )
     except Exception:  # created concurrently by another run
         found = client.get_experiment_by_name(name)
         if found is None:
@@ -88,7 +90,12 @@ def set_run_tags(run_id: str, tracking_uri: str, tags: dict[str, str]) -> None:
 
 
 def register_version(
-    tracking_uri: str, model: str, model_uri: str, run_id: str, tags: dict[str, str], description: str = ""
+    tracking_uri: str,
+    model: str,
+    model_uri: str,
+    run_id: str,
+    tags: dict[str, str],
+    description: str = "",
 ) -> str:
     """Create a registered model version from a logged model; return its version number.
 

@@ -66,11 +66,14 @@ def outcome(
         "champion_version": getattr(champion, "version", None),
         "champion_metrics": dict(getattr(champion, "metrics", None) or {}),
         "verdict": getattr(decision, "verdict", None),
-        "reasons": list(getattr(decision, "reasons", ()) or ()) + list(getattr(decision, "warnings", ()) or ()),
+        "reasons": list(getattr(decision, "reasons", ()) or ())
+        + list(getattr(decision, "warnings", ()) or ()),
     }
 
 
-def summary_rows(outcomes: list[dict[str, Any]], gate_metrics: dict[str, list[str]]) -> list[dict[str, Any]]:
+def summary_rows(
+    outcomes: list[dict[str, Any]], gate_metrics: dict[str, list[str]]
+) -> list[dict[str, Any]]:
     """Flatten outcomes into table rows: model, status, version, key metrics, verdict, where."""
     rows = []
     for o in outcomes:
@@ -111,7 +114,9 @@ def summarise_run(settings: Settings, states: dict[str, State]) -> dict[str, Any
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o["status"]] = counts.get(o["status"], 0) + 1
-    headline = f"{len(outcomes)} model(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    headline = f"{len(outcomes)} model(s): " + ", ".join(
+        f"{n} {s}" for s, n in sorted(counts.items())
+    )
     rows = summary_rows(outcomes, gate_metrics)
     publish_table("retrain-summary", rows, headline)
     return {"headline": headline, "models": outcomes, "rows": rows}

@@ -33,7 +33,9 @@ def _log(message: str) -> None:
         print(message)
 
 
-def target_for(settings: Settings, platform: PlatformConfig, cfg: ModelConfig) -> EndpointTarget | None:
+def target_for(
+    settings: Settings, platform: PlatformConfig, cfg: ModelConfig
+) -> EndpointTarget | None:
     """The endpoint target of ``cfg``; None when rollout is off (setting or config)."""
     if not cfg.endpoint.enabled:
         return None

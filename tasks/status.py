@@ -13,8 +13,8 @@ from tasks import registry
 from tasks.config import load_model_configs, load_platform_config
 from tasks.endpoints import open_target
 from tasks.publish import PublishError, promotion_history, read_latest, read_manifest
-from tasks.store import KeyNotFound
 from tasks.settings import Settings
+from tasks.store import KeyNotFound
 from tasks.training import store_of
 
 
@@ -66,15 +66,21 @@ def model_status(settings: Settings, names: list[str] | None = None) -> list[dic
                         f"{row['latest_version']}"
                     )
         previous = (latest or {}).get("previous")
-        row["rollback"] = f"mlops rollback {cfg.name}" + (f"  # back to {previous}" if previous else " --to vN")
+        row["rollback"] = f"mlops rollback {cfg.name}" + (
+            f"  # back to {previous}" if previous else " --to vN"
+        )
         if latest:
             try:
                 manifest = read_manifest(store, cfg.name, latest["version"])
                 row["lineage"] = manifest.get("lineage", {})
                 row["uri"] = store.url(f"models/{cfg.name}/{latest['version']}")
-                metrics = json.loads(store.get_bytes(f"models/{cfg.name}/{latest['version']}/metrics.json"))
+                metrics = json.loads(
+                    store.get_bytes(f"models/{cfg.name}/{latest['version']}/metrics.json")
+                )
                 row["metrics"] = metrics.get("holdout", {})
-                row["gate_metrics"] = {k: row["metrics"][k] for k in cfg.gate.metrics if k in row["metrics"]}
+                row["gate_metrics"] = {
+                    k: row["metrics"][k] for k in cfg.gate.metrics if k in row["metrics"]
+                }
             except (PublishError, KeyNotFound) as exc:
                 problems.append(f"latest.json points at an unreadable version: {exc}")
         row["agree"] = not problems

@@ -85,7 +85,9 @@ def workdir(settings: Settings, prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
 
 
-def split_window(frame: pd.DataFrame, cfg: ModelConfig) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
+def split_window(
+    frame: pd.DataFrame, cfg: ModelConfig
+) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
     """Split by event time: the newest ``holdout_days`` whole days are the holdout.
 
     Returns:
@@ -105,7 +107,8 @@ def split_window(frame: pd.DataFrame, cfg: ModelConfig) -> tuple[pd.DataFrame, p
     holdout = frame[times >= cutoff].reset_index(drop=True)
     if train.empty or holdout.empty:
         raise ValueError(
-            f"{cfg.name}: split at {cutoff} leaves train={len(train)} and holdout={len(holdout)} rows; "
+            f"{cfg.name}: split at {cutoff} leaves train={len(train)} "
+            f"and holdout={len(holdout)} rows; "
             f"need more than {cfg.split.holdout_days} days of data"
         )
     return train, holdout, cutoff.isoformat(), times.max().isoformat()
@@ -127,7 +130,9 @@ class WindowData:
 
 
 @task(name="load-training-window", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def load_training_window(settings: Settings, cfg: ModelConfig, new_snapshot: str | None) -> WindowData:
+def load_training_window(
+    settings: Settings, cfg: ModelConfig, new_snapshot: str | None
+) -> WindowData:
     """Read the accepted snapshots in the training window, plus the new one.
 
     The new snapshot is included before it is validated: validation runs on exactly this frame
@@ -136,7 +141,8 @@ def load_training_window(settings: Settings, cfg: ModelConfig, new_snapshot: str
     """
     store = store_of(settings)
     manifests = [
-        m for m in list_snapshots(store, cfg.dataset.name)
+        m
+        for m in list_snapshots(store, cfg.dataset.name)
         if m["status"] == "accepted" or m["snapshot_id"] == new_snapshot
     ]
     if not manifests:
@@ -192,12 +198,25 @@ def train_challenger(
     experiment_id = registry.ensure_experiment(
         settings.tracking_uri, cfg.name, settings.mlflow_artifact_root
     )
-    tags = {"model": cfg.name, "family": cfg.family, **{f"lineage.{k}": str(v) for k, v in lineage.items()}}
-    with registry.training_run(settings.tracking_uri, experiment_id, f"{cfg.name}-train", tags) as run:
+    tags = {
+        "model": cfg.name,
+        "family": cfg.family,
+        **{f"lineage.{k}": str(v) for k, v in lineage.items()},
+    }
+    with registry.training_run(
+        settings.tracking_uri, experiment_id, f"{cfg.name}-train", tags
+    ) as run:
         import mlflow
 
-        mlflow.log_params({**params.model_dump(), "seed": cfg.seed, "train_rows": len(data.train),
-                           "holdout_rows": len(data.holdout), "holdout_start": data.holdout_start})
+        mlflow.log_params(
+            {
+                **params.model_dump(),
+                "seed": cfg.seed,
+                "train_rows": len(data.train),
+                "holdout_rows": len(data.holdout),
+                "holdout_start": data.holdout_start,
+            }
+        )
         model = family.train(data.train, params, cfg.seed)
         evaluation = family.evaluate(model, data.holdout, data.train)
         registry.log_evaluation("", evaluation.metrics, evaluation.figures)
@@ -262,10 +281,14 @@ def score_champion(settings: Settings, cfg: ModelConfig, data: TrainingData) -> 
         _close(evaluation)
     except Exception as exc:  # a champion that cannot be re-scored must not block a fix
         log.warning("%s: champion %s could not be re-scored: %s", cfg.name, version, exc)
-        return ChampionScore(version, None, f"champion {version} could not be re-scored: {exc}", latest)
+        return ChampionScore(
+            version, None, f"champion {version} could not be re-scored: {exc}", latest
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return ChampionScore(version, evaluation.metrics, f"champion {version} re-scored on the new holdout", latest)
+    return ChampionScore(
+        version, evaluation.metrics, f"champion {version} re-scored on the new holdout", latest
+    )
 
 
 def metrics_json(challenger: Challenger, champion: ChampionScore, decision: dict[str, Any]) -> str:
@@ -274,7 +297,11 @@ def metrics_json(challenger: Challenger, champion: ChampionScore, decision: dict
         {
             "holdout": challenger.metrics,
             "backtest": challenger.backtest,
-            "champion": {"version": champion.version, "metrics": champion.metrics, "note": champion.note},
+            "champion": {
+                "version": champion.version,
+                "metrics": champion.metrics,
+                "note": champion.note,
+            },
             "gate": decision,
         },
         indent=2,

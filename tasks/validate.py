@@ -72,7 +72,9 @@ class ValidationReport:
         for f in self.failures:
             count = "" if f.unexpected_count is None else f" {f.unexpected_count} bad rows;"
             sample = f" sample {f.sample!r}" if f.sample else f" observed {f.observed!r}"
-            lines.append(f"  - {f.expectation} on {', '.join(f.columns) or 'table'}:{count}{sample}")
+            lines.append(
+                f"  - {f.expectation} on {', '.join(f.columns) or 'table'}:{count}{sample}"
+            )
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
@@ -85,7 +87,10 @@ class ValidationReport:
             "",
         ]
         if self.failures:
-            md += ["| expectation | columns | bad rows | sample values | why it exists |", "|---|---|---|---|---|"]
+            md += [
+                "| expectation | columns | bad rows | sample values | why it exists |",
+                "|---|---|---|---|---|",
+            ]
             for f in self.failures:
                 sample = ", ".join(map(str, f.sample)) if f.sample else f"observed {f.observed}"
                 md.append(
@@ -111,7 +116,9 @@ def build_suite(cfg: ModelConfig) -> Any:
     for i, item in enumerate(cfg.validation):
         cls = getattr(gx.expectations, _class_name(item.expectation), None)
         if cls is None:
-            raise SuiteError(f"{cfg.name}: validation[{i}]: unknown expectation {item.expectation!r}")
+            raise SuiteError(
+                f"{cfg.name}: validation[{i}]: unknown expectation {item.expectation!r}"
+            )
         try:
             expectations.append(cls(**item.kwargs, meta={"why": item.why, "index": i}))
         except Exception as exc:  # pydantic errors from GX name the bad argument
@@ -137,7 +144,9 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def validate_frame(frame: pd.DataFrame, cfg: ModelConfig, snapshot_id: str | None = None) -> ValidationReport:
+def validate_frame(
+    frame: pd.DataFrame, cfg: ModelConfig, snapshot_id: str | None = None
+) -> ValidationReport:
     """Run the model's suite on ``frame``.
 
     Returns:
@@ -209,7 +218,9 @@ class ValidationFailed(RuntimeError):
 
 
 @task(name="validate-snapshot", cache_policy=NO_CACHE)
-def validate_data(settings: Settings, cfg: ModelConfig, window: WindowData, new_snapshot: str | None) -> ValidationReport:
+def validate_data(
+    settings: Settings, cfg: ModelConfig, window: WindowData, new_snapshot: str | None
+) -> ValidationReport:
     """Run the suite on the training window; record the outcome next to the new snapshot.
 
     A failed validation marks the snapshot rejected (so the watermark does not move past its
@@ -219,7 +230,9 @@ def validate_data(settings: Settings, cfg: ModelConfig, window: WindowData, new_
     report = validate_frame(window.frame, cfg, new_snapshot or window.newest_snapshot)
     if new_snapshot:
         record_validation(store_of(settings), cfg.dataset.name, new_snapshot, report.to_dict())
-    publish_markdown(f"validation-{cfg.name}", report.to_markdown(), f"Validation of {cfg.dataset.name}")
+    publish_markdown(
+        f"validation-{cfg.name}", report.to_markdown(), f"Validation of {cfg.dataset.name}"
+    )
     if not report.success:
         raise ValidationFailed(report)
     return report

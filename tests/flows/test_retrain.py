@@ -94,7 +94,10 @@ def test_weekly_cycle(mlops_home: Path) -> None:
     for model in ("abuse_detector", "traffic_forecaster"):
         assert out[model]["status"] in ("promoted", "rejected"), out[model]
         assert out[model]["champion_version"] == "v1"
-        assert set(out[model]["champion_metrics"]) >= set(out[model]["metrics"]) & {"roc_auc", "mase"}
+        assert set(out[model]["champion_metrics"]) >= set(out[model]["metrics"]) & {
+            "roc_auc",
+            "mase",
+        }
         gate = _gate_record(settings, out[model]["mlflow_run_id"])
         assert gate["champion_version"] == "v1" and gate["champion_scored"]
 

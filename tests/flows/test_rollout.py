@@ -7,9 +7,9 @@ SageMaker on moto server; here the pointer, the alias and the history are the su
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -51,7 +51,9 @@ def _build(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     (configs / "platform.yaml").write_text(platform)
     monkeypatch.setenv("MLOPS_CONFIG_DIR", str(configs))
     settings = load_settings()
-    seed_source(settings.source_url, weeks=8, n_clients=40, n_services=2, seed=7, today=date(2026, 3, 2))
+    seed_source(
+        settings.source_url, weeks=8, n_clients=40, n_services=2, seed=7, today=date(2026, 3, 2)
+    )
     for i in range(3):
         state = retrain(models=[MODEL], force=i > 0, reason=f"run {i + 1}", return_state=True)
         summary = state.result()

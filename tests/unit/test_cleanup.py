@@ -80,7 +80,10 @@ def test_in_use_resources_are_never_planned_for_deletion() -> None:
     plan = plan_cleanup(_inventory(resources), RetentionPolicy(keep_last=1), clean_store=True)
     deleted = {(p.kind, p.name) for p in plan if p.action == "delete"}
     assert ("endpoint-config", "cfg-m-v1") in deleted and ("model", "model-m-v1") in deleted
-    assert not {("endpoint", "ep-m"), ("endpoint-config", "cfg-m-v2"), ("model", "model-m-v2")} & deleted
+    assert (
+        not {("endpoint", "ep-m"), ("endpoint-config", "cfg-m-v2"), ("model", "model-m-v2")}
+        & deleted
+    )
     # The rollback target's model stays (a rollback should not wait for a re-create).
     assert ("model", "model-m-v5") not in deleted
     # The version the endpoint serves is kept in the store even though it is old.
@@ -123,7 +126,9 @@ def test_unconfigured_model_resources_need_all() -> None:
     ("claimed_at", "action"),
     [(NOW - timedelta(hours=2), "keep"), (NOW - timedelta(days=3), "delete"), (None, "keep")],
 )
-def test_incomplete_versions_are_deleted_only_when_stale(claimed_at: datetime | None, action: str) -> None:
+def test_incomplete_versions_are_deleted_only_when_stale(
+    claimed_at: datetime | None, action: str
+) -> None:
     inv = _inventory(store_versions=_versions(7, {7: claimed_at}))
     plan = plan_cleanup(inv, RetentionPolicy(keep_last=3), clean_store=True)
     assert _by(plan, "store-version")["m/v7"].action == action

@@ -51,18 +51,38 @@ def _write(tmp_path: Path, mutate: object) -> Path:
         (lambda r: r.update(unknown_key=1), "unknown_key"),
         (lambda r: r["gate"]["metrics"]["roc_auc"].update(direction="up"), "direction"),
         (lambda r: r["dataset"]["columns"].pop("window_start"), "window_start"),
-        (lambda r: r.update(validation=[e for e in r["validation"] if "row_count" not in e["expectation"]]),
-         "row_count"),
-        (lambda r: r["validation"].append({"expectation": "expect_column_values_to_not_be_null",
-                                           "kwargs": {"column": "nope"}, "why": "a column that is not exported"}),
-         "nope"),
+        (
+            lambda r: r.update(
+                validation=[e for e in r["validation"] if "row_count" not in e["expectation"]]
+            ),
+            "row_count",
+        ),
+        (
+            lambda r: r["validation"].append(
+                {
+                    "expectation": "expect_column_values_to_not_be_null",
+                    "kwargs": {"column": "nope"},
+                    "why": "a column that is not exported",
+                }
+            ),
+            "nope",
+        ),
         (lambda r: r["params"].update(n_estimators=-5), "n_estimators"),
         (lambda r: r["params"].update(learning_rate=0.1), "learning_rate"),
         (lambda r: r.update(family="no_such_family"), "no_such_family"),
         (lambda r: r["split"].update(holdout_days=0), "holdout_days"),
     ],
-    ids=["extra-key", "bad-direction", "missing-event-time", "no-row-count", "unknown-column",
-         "bad-param", "param-of-other-family", "unknown-family", "zero-holdout"],
+    ids=[
+        "extra-key",
+        "bad-direction",
+        "missing-event-time",
+        "no-row-count",
+        "unknown-column",
+        "bad-param",
+        "param-of-other-family",
+        "unknown-family",
+        "zero-holdout",
+    ],
 )
 def test_bad_configs_fail_naming_the_problem(tmp_path: Path, mutate: object, message: str) -> None:
     path = _write(tmp_path, mutate)

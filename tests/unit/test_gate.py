@@ -96,7 +96,10 @@ def test_decision_is_json_ready_and_names_every_rule() -> None:
     payload = json.loads(json.dumps(d.to_dict()))
     assert payload["verdict"] == "reject"
     assert {(c["metric"], c["rule"]) for c in payload["checks"]} == {
-        ("auc", "floor"), ("auc", "champion"), ("mae", "floor"), ("mae", "champion"),
+        ("auc", "floor"),
+        ("auc", "champion"),
+        ("mae", "floor"),
+        ("mae", "champion"),
     }
 
 
@@ -107,9 +110,11 @@ def test_decision_is_json_ready_and_names_every_rule() -> None:
 def test_promotes_iff_every_rule_holds(
     c_auc: float, k_auc: float | None, c_mae: float, k_mae: float | None
 ) -> None:
-    champion = None if k_auc is None and k_mae is None else {
-        k: v for k, v in (("auc", k_auc), ("mae", k_mae)) if v is not None
-    }
+    champion = (
+        None
+        if k_auc is None and k_mae is None
+        else {k: v for k, v in (("auc", k_auc), ("mae", k_mae)) if v is not None}
+    )
     d = decide({"auc": c_auc, "mae": c_mae}, champion, policy(auc=AUC, mae=MAE))
     expected = c_auc >= 0.8 and c_mae <= 10.0
     if k_auc is not None:

@@ -1,4 +1,4 @@
-"""The GX suites from configs/: clean data passes, each kind of bad row is named, a broken suite is told apart."""
+"""The GX suites from configs/: clean data passes, bad rows are named, a broken suite is told apart."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tasks.validate import SuiteError, build_suite, validate_frame
 START = datetime(2026, 1, 5)
 
 
-def cfg(name: str):  # noqa: ANN201
+def cfg(name: str):
     return load_model_config(PROJECT_ROOT / "configs" / "models" / f"{name}.yaml")
 
 
@@ -26,8 +26,11 @@ def frame(table: str, days: int = 2) -> pd.DataFrame:
 
 @pytest.mark.parametrize(
     ("model", "table"),
-    [("abuse_detector", "client_windows"), ("limit_optimiser", "client_limits"),
-     ("traffic_forecaster", "service_traffic")],
+    [
+        ("abuse_detector", "client_windows"),
+        ("limit_optimiser", "client_limits"),
+        ("traffic_forecaster", "service_traffic"),
+    ],
 )
 def test_generated_data_passes_its_suite(model: str, table: str) -> None:
     report = validate_frame(frame(table, days=8), cfg(model), "snap")
