@@ -118,7 +118,7 @@ def status(
     model: ModelOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Per model: latest.json, champion alias, the endpoint, metrics, lineage; flags disagreement."""
+    """Per model: latest.json, champion alias, endpoint, metrics, lineage; flags disagreement."""
     settings = prepare_environment()
     from tasks.status import model_status
 

@@ -1,4 +1,4 @@
-"""The GX suites from configs/: clean data passes, bad rows are named, a broken suite is told apart."""
+"""The GX suites in configs/: clean data passes, bad rows are named, a broken suite is caught."""
 
 from __future__ import annotations
 
