@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import ConfigError, load_model_config, load_model_configs
+from tasks.config import ConfigError, load_model_config, load_model_configs, load_platform_config
 from tasks.settings import PROJECT_ROOT
 
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -71,6 +71,10 @@ def _write(tmp_path: Path, mutate: object) -> Path:
         (lambda r: r["params"].update(learning_rate=0.1), "learning_rate"),
         (lambda r: r.update(family="no_such_family"), "no_such_family"),
         (lambda r: r["split"].update(holdout_days=0), "holdout_days"),
+        (lambda r: r["endpoint"]["deployment"].update(type="big_bang"), "type"),
+        (lambda r: r["endpoint"].update(instance_type="m5.large"), "instance_type"),
+        (lambda r: r["endpoint"]["deployment"].update(canary_percent=80), "canary_percent"),
+        (lambda r: r["endpoint"].update(serverless={"memory_mb": 1000}), "memory_mb"),
     ],
     ids=[
         "extra-key",
@@ -82,6 +86,10 @@ def _write(tmp_path: Path, mutate: object) -> Path:
         "param-of-other-family",
         "unknown-family",
         "zero-holdout",
+        "unknown-deployment-type",
+        "instance-type-without-ml-prefix",
+        "canary-over-half",
+        "serverless-memory-not-a-size",
     ],
 )
 def test_bad_configs_fail_naming_the_problem(tmp_path: Path, mutate: object, message: str) -> None:
@@ -101,3 +109,34 @@ def test_name_must_match_file(tmp_path: Path) -> None:
 def test_unknown_model_name_is_an_error() -> None:
     with pytest.raises(ConfigError, match="unknown model"):
         load_model_configs(CONFIG_DIR, ["nope"])
+
+
+def test_shipped_platform_config_loads_and_prices_every_configured_instance() -> None:
+    platform = load_platform_config(CONFIG_DIR)
+    assert platform.schedule.timezone and platform.retention.keep_last >= 1
+    for cfg in load_model_configs(CONFIG_DIR):
+        if cfg.endpoint.serverless is None:
+            # A rollout prints the cost before it creates anything: the price must be known.
+            assert cfg.endpoint.instance_type in platform.pricing.instance_hourly_usd
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("retention: {keep_last: 0}", "keep_last"),
+        ("monitor: {psi_threshold: -1}", "psi_threshold"),
+        ("projet_tag: typo", "projet_tag"),
+        ("project_tag: Has_Upper", "project_tag"),
+        ("schedule: [1, 2]", "schedule"),
+    ],
+)
+def test_bad_platform_config_fails_naming_the_field(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    (tmp_path / "platform.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_platform_config(tmp_path)
+
+
+def test_platform_config_defaults_when_absent(tmp_path: Path) -> None:
+    assert load_platform_config(tmp_path).project_tag == "intelli-rate"
