@@ -132,88 +132,29 @@ def plan_cleanup(
     for res in inventory.resources:
         inv = inventory.models.get(res.model)
         keep = keep_by_model.get(res.model, {})
-        details = dict(res.details)
-        idle = details.get("idle_days")
+        orphan = inv is None or not inv.configured
+
+        def item(action: str, reason: str, kind: str | None = None, r: Resource = res) -> PlanItem:
+            return PlanItem(kind or r.kind, r.name, r.model, r.version, action, reason, r.details)
+
         if res.kind == "endpoint":
+            idle = res.details.get("idle_days")
             if idle is not None and idle >= retention.idle_days:
                 plan.append(
-                    PlanItem(
-                        "idle-endpoint",
-                        res.name,
-                        res.model,
-                        res.version,
-                        "keep",
-                        f"no invocations for {idle} days: review",
-                        details,
-                    )
+                    item("keep", f"no invocations for {idle} days: review", "idle-endpoint")
                 )
-            if include_orphans and (inv is None or not inv.configured):
-                plan.append(
-                    PlanItem(
-                        res.kind,
-                        res.name,
-                        res.model,
-                        res.version,
-                        "delete",
-                        "its model is no longer configured",
-                        details,
-                    )
-                )
+            if include_orphans and orphan:
+                plan.append(item("delete", "its model is no longer configured"))
             else:
-                plan.append(
-                    PlanItem(
-                        res.kind,
-                        res.name,
-                        res.model,
-                        res.version,
-                        "keep",
-                        "serves a configured model",
-                        details,
-                    )
-                )
-            continue
-        if res.in_use:
-            plan.append(
-                PlanItem(
-                    res.kind,
-                    res.name,
-                    res.model,
-                    res.version,
-                    "keep",
-                    "used by a live endpoint",
-                    details,
-                )
-            )
+                plan.append(item("keep", "serves a configured model"))
+        elif res.in_use:
+            plan.append(item("keep", "used by a live endpoint"))
         elif res.version and res.version in keep:
-            plan.append(
-                PlanItem(
-                    res.kind, res.name, res.model, res.version, "keep", keep[res.version], details
-                )
-            )
-        elif inv is None and not include_orphans:
-            plan.append(
-                PlanItem(
-                    res.kind,
-                    res.name,
-                    res.model,
-                    res.version,
-                    "keep",
-                    "model not configured (use --all)",
-                    details,
-                )
-            )
+            plan.append(item("keep", keep[res.version]))
+        elif orphan and not include_orphans:
+            plan.append(item("keep", "model not configured (use --all)"))
         else:
-            plan.append(
-                PlanItem(
-                    res.kind,
-                    res.name,
-                    res.model,
-                    res.version,
-                    "delete",
-                    "no live endpoint uses it",
-                    details,
-                )
-            )
+            plan.append(item("delete", "no live endpoint uses it"))
 
     if clean_store:
         for name, inv in sorted(inventory.models.items()):
