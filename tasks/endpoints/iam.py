@@ -83,8 +83,7 @@ def _ecr_repository_arn(image: str | None) -> str | None:
         return None
     partition = "aws-cn" if ".amazonaws.com.cn/" in (image or "") else "aws"
     return (
-        f"arn:{partition}:ecr:{match['region']}:{match['account']}"
-        f":repository/{match['repository']}"
+        f"arn:{partition}:ecr:{match['region']}:{match['account']}:repository/{match['repository']}"
     )
 
 
