@@ -1,0 +1,69 @@
+"""Daily monitor: recent data against each champion's training data, live error, champion age.
+
+When a model crosses a threshold, one run of the retrain deployment is requested for the models
+that need it, with a reason naming them and why, and an event is emitted per model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from tasks.config import load_model_configs, load_platform_config
+from tasks.monitor import (
+    assess_model,
+    compare_distributions,
+    emit_threshold_events,
+    find_champion,
+    load_recent,
+    load_reference,
+    no_champion,
+    report_findings,
+    request_retrain,
+    score_live,
+    trigger_reason,
+)
+from tasks.settings import load_settings
+
+
+@flow(name="monitor")
+def monitor(
+    models: list[str] | None = None, retrain_deployment: str | None = "retrain/weekly"
+) -> dict[str, Any]:
+    """Check every configured model (or ``models``); request a retrain where one is needed.
+
+    Args:
+        models: model names from ``configs/models``; all of them when empty.
+        retrain_deployment: the deployment to run when a threshold is crossed, as
+            ``flow/deployment``; empty to report only.
+    """
+    settings = load_settings()
+    platform = load_platform_config(settings.config_dir)
+    policy = platform.monitor
+    findings = []
+    for cfg in load_model_configs(settings.config_dir, models or None):
+        champion = find_champion(settings, cfg)
+        if champion is None:
+            findings.append(no_champion(cfg))
+            continue
+        reference = load_reference(settings, cfg, champion)
+        recent = load_recent(settings, cfg, policy.recent_days)
+        drift = compare_distributions(cfg, reference, recent, policy)
+        live = score_live(settings, cfg, champion, recent, reference)
+        findings.append(assess_model(cfg, policy, champion, reference, recent, drift, live))
+
+    wanted = [f.model for f in findings if f.triggered]
+    reason = trigger_reason(findings) if wanted else None
+    request = None
+    if wanted and retrain_deployment:
+        request = request_retrain(retrain_deployment, wanted, reason)
+    if wanted:
+        emit_threshold_events(platform.project_tag, findings, request)
+    report_findings(findings, request)
+    return {
+        "findings": [f.to_dict() for f in findings],
+        "triggered": wanted,
+        "reason": reason,
+        "request": request,
+    }
