@@ -602,7 +602,7 @@ def request_retrain(deployment: str, models: list[str], reason: str) -> dict[str
             parameters={"models": models, "reason": reason},
             timeout=0,
             as_subflow=False,
-            tags=["monitor"],
+            tags=["triggered-by-monitor"],
             idempotency_key=f"monitor-{flow_run.id}-{deployment}" if flow_run.id else None,
         )
     except ObjectNotFound:
