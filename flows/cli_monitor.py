@@ -1,0 +1,116 @@
+"""``mlops monitor``: run the monitor flow and print what it found.
+
+Registered on the main app in :mod:`flows.cli` with ``register(app)`` (or
+``app.command("monitor")(monitor)``). Like every command there, Prefect is imported only after
+:func:`tasks.settings.prepare_environment` has pointed its embedded state at ``$MLOPS_HOME``.
+
+    mlops monitor                     # report; request retrain/weekly if a threshold is crossed
+    mlops monitor --retrain           # ... and, without a server, run the retrain here
+    mlops monitor --no-trigger --json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from tasks.settings import prepare_environment
+
+
+def monitor(
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Model name (repeatable); default all."),
+    ] = None,
+    deployment: Annotated[
+        str, typer.Option(help="Deployment to run when a threshold is crossed.")
+    ] = "retrain/weekly",
+    trigger: Annotated[
+        bool, typer.Option(help="Request the retrain deployment when a threshold is crossed.")
+    ] = True,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            help="When a retrain is wanted and no server runs the deployment, retrain here."
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Compare recent data with each champion's training data; ask for a retrain on drift."""
+    prepare_environment()
+    from rich.console import Console
+
+    from flows.cli import embedded_prefect
+    from flows.monitor import monitor as monitor_flow
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    with embedded_prefect():
+        result = monitor_flow(
+            models=model or None, retrain_deployment=deployment if trigger else None
+        )
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+    else:
+        _print_findings(console, result)
+    request = result.get("request") or {}
+    if result["triggered"] and retrain and not request.get("requested"):
+        from flows.retrain import retrain as retrain_flow
+
+        console.print(f"retraining here: {', '.join(result['triggered'])}")
+        with embedded_prefect():
+            state = retrain_flow(
+                models=result["triggered"], reason=result["reason"], return_state=True
+            )
+        console.print(f"{state.name}: {state.message}")
+        if not state.is_completed():
+            raise typer.Exit(1)
+
+
+def _print_findings(console: Any, result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title="monitor", show_lines=True)
+    for col in ("model", "champion", "verdict", "drifted columns (PSI)", "live metrics", "notes"):
+        table.add_column(col, overflow="fold")
+    for f in result["findings"]:
+        psi = {d["feature"]: d["psi"] for d in f["features"]}
+        age = f["champion_age_days"]
+        table.add_row(
+            f["model"],
+            f"{f['champion_version'] or '-'}" + (f"\n{age:.1f} days" if age is not None else ""),
+            "[red]retrain[/]: " + "; ".join(f["reasons"]) if f["triggered"] else "[green]ok[/]",
+            ", ".join(f"{c} ({psi[c]:.2f})" for c in f["drifted"]) or "-",
+            ", ".join(f"{k}={v:.3f}" for k, v in _headline(f["live_metrics"]).items()) or "-",
+            "\n".join(f["notes"]) or "-",
+        )
+    console.print(table)
+    request = result.get("request")
+    if not result["triggered"]:
+        console.print("no threshold crossed: no retrain requested")
+    elif request and request.get("requested"):
+        console.print(
+            f"[yellow]retrain requested[/]: {request['deployment']} run "
+            f"{request['flow_run_name']} ({request['flow_run_id']})\nreason: {result['reason']}"
+        )
+    elif request:
+        console.print(f"[yellow]retrain wanted, not requested[/]: {request['note']}")
+    else:
+        console.print(f"[yellow]retrain wanted[/] (report only): {result['reason']}")
+
+
+def _headline(metrics: dict[str, float]) -> dict[str, float]:
+    """The model's own metrics, without baselines, counts and per-series breakdowns."""
+    skip = ("baseline", "n_")
+    return {
+        k: v
+        for k, v in sorted(metrics.items())
+        if not k.startswith(skip) and "__" not in k and k != "k"
+    }
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``monitor`` to ``app`` (the ``mlops`` command)."""
+    app.command(name="monitor")(monitor)
