@@ -1,0 +1,78 @@
+"""``python -m serving serve`` (what SageMaker runs) and ``python -m serving router``.
+
+SageMaker starts a hosting container as ``docker run IMAGE serve``; the image's entry point is
+``python -m serving``, so ``serve`` arrives here as the argument. ``train`` (what SageMaker
+passes to a training container) is refused with a message: this image only serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def serve() -> int:
+    """Run the serving app under uvicorn; host, port and workers from the environment."""
+    import uvicorn
+
+    from serving.app import ServerSettings
+
+    server = ServerSettings()
+    uvicorn.run(
+        "serving.app:create_app",
+        factory=True,
+        host=server.host,
+        port=server.port,
+        workers=server.workers,
+        log_level=server.log_level,
+        access_log=server.access_log,
+        timeout_keep_alive=server.keep_alive_seconds,
+        timeout_graceful_shutdown=server.graceful_seconds,
+        # One process serves one model: uvicorn's own headers would only add noise.
+        server_header=False,
+    )
+    return 0
+
+
+def router(host: str, port: int, state_file: str, log_level: str) -> int:
+    """Run the local endpoint's router (see :mod:`serving.router`)."""
+    from pathlib import Path
+
+    import uvicorn
+
+    from serving.router import create_router
+
+    uvicorn.run(
+        create_router(Path(state_file)),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run ``serve`` or ``router``."""
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="Serve the model in $MLOPS_MODEL_DIR (SageMaker contract).")
+    commands.add_parser("train", help="Not supported: this image only serves.")
+    route = commands.add_parser("router", help="Run the local endpoint's router.")
+    route.add_argument("--host", default="127.0.0.1", help="Bind address.")
+    route.add_argument("--port", type=int, default=8080, help="Port.")
+    route.add_argument("--state-file", required=True, help="routes.json to follow.")
+    route.add_argument("--log-level", default="info", help="uvicorn log level.")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve()
+    if args.command == "router":
+        return router(args.host, args.port, args.state_file, args.log_level)
+    print("this image serves models only (run it with 'serve')", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

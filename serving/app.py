@@ -1,0 +1,541 @@
+"""The serving app: one FastAPI app for every model family, on the SageMaker container contract.
+
+SageMaker (and the local endpoint) run this app as ``python -m serving serve``. The contract:
+
+- ``GET /ping``: 200 once the model is loaded, with model name, version and family. A model
+  that cannot be loaded (hash mismatch, missing file, unknown family, a load error) answers
+  503 with ``{"status": "failed", "reason": ...}``, on every ping, for as long as the process
+  runs: the process stays up instead of exiting, so the reason is one request away (the local
+  endpoint puts it in its error; SageMaker reports the failed health check and the log carries
+  the reason) rather than lost in a crash loop.
+- ``POST /invocations``: JSON (``{"instances": [...]}``, a bare list of records, or MLflow's
+  ``dataframe_records`` / ``dataframe_split``) or CSV with a header row; ``Accept: text/csv``
+  answers CSV. Bad input of any kind is a 4xx whose body says what is wrong; predictions are
+  ``{"predictions": [...], "model": ..., "version": ...}``.
+- ``GET /execution-parameters``: what SageMaker batch transform asks before sending batches.
+
+The model comes from ``MLOPS_MODEL_DIR`` (default ``/opt/ml/model``, where SageMaker unpacks
+``model.tar.gz``). Nothing in it is trusted before :func:`tasks.publish.verify_contents` has
+checked ``contents.json`` against ``MLOPS_MODEL_CONTENTS_SHA256`` (from the version's manifest)
+and every file against ``contents.json``. The family comes from ``contents.json``.
+
+The app imports neither Prefect nor MLflow (only :mod:`tasks.publish`, :mod:`tasks.store` and
+:mod:`tasks.train` with the family's own library), and nothing runs at import time:
+:func:`create_app` builds the app, and the model loads when the server starts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger("serving")
+
+JSON = "application/json"
+CSV = "text/csv"
+_FAMILY_NAME = re.compile(r"^[a-z][a-z0-9_]+$")
+_SCALARS = (str, int, float, bool, type(None))
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+class ModelSettings(BaseSettings):
+    """What to serve, read from the environment (the container's ``Environment`` on SageMaker).
+
+    ``MLOPS_MODEL_CONTENTS_SHA256`` is required: without it nothing could be checked, so the app
+    refuses to load (``/ping`` answers 503 naming the variable).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MLOPS_", extra="ignore", frozen=True)
+
+    model_dir: Path = Field(default=Path("/opt/ml/model"), description="The unpacked model.tar.gz.")
+    model_name: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Model name; must match contents.json when set. Default: contents.json's.",
+    )
+    model_version: str | None = Field(
+        default=None, max_length=64, description="Store version (v{N}) reported with answers."
+    )
+    model_contents_sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="sha256 of contents.json, from the manifest's lineage.model_contents_sha256.",
+    )
+    max_batch_records: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        validation_alias=AliasChoices("MLOPS_MAX_BATCH_RECORDS", "max_batch_records"),
+        description="Most records one request may carry; more is a 413.",
+    )
+    max_body_bytes: int = Field(
+        default=6 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        validation_alias=AliasChoices("MLOPS_MAX_BODY_BYTES", "max_body_bytes"),
+        description="Largest request body (SageMaker real-time allows 6 MB); more is a 413.",
+    )
+
+
+class ServerSettings(BaseSettings):
+    """How ``python -m serving serve`` runs uvicorn, from the environment.
+
+    SageMaker's own variable names are honoured too: ``SAGEMAKER_BIND_TO_PORT`` (set when the
+    container runs in an inference pipeline) and ``SAGEMAKER_MODEL_SERVER_WORKERS``.
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    host: str = Field(
+        default="0.0.0.0",
+        validation_alias=AliasChoices("MLOPS_SERVING_HOST", "host"),
+        description="Bind address; 0.0.0.0 in a container, 127.0.0.1 for the local endpoint.",
+    )
+    port: int = Field(
+        default=8080,
+        ge=1,
+        le=65535,
+        validation_alias=AliasChoices("SAGEMAKER_BIND_TO_PORT", "MLOPS_SERVING_PORT", "port"),
+        description="Port; SageMaker requires 8080 unless it sets SAGEMAKER_BIND_TO_PORT.",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        validation_alias=AliasChoices(
+            "MLOPS_SERVING_WORKERS", "SAGEMAKER_MODEL_SERVER_WORKERS", "workers"
+        ),
+        description="uvicorn worker processes; each loads its own copy of the model.",
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        default="info",
+        validation_alias=AliasChoices("MLOPS_SERVING_LOG_LEVEL", "log_level"),
+        description="uvicorn and app log level.",
+    )
+    access_log: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("MLOPS_SERVING_ACCESS_LOG", "access_log"),
+        description="Log every request (off by default: one line per prediction adds up).",
+    )
+    keep_alive_seconds: int = Field(
+        default=75,
+        ge=1,
+        le=3600,
+        validation_alias=AliasChoices("MLOPS_SERVING_KEEP_ALIVE", "keep_alive_seconds"),
+        description="Idle keep-alive; longer than a caller's pool keeps a connection, so the "
+        "server never closes one a caller is about to reuse.",
+    )
+    graceful_seconds: int = Field(
+        default=25,
+        ge=1,
+        le=600,
+        validation_alias=AliasChoices("MLOPS_SERVING_GRACEFUL_SECONDS", "graceful_seconds"),
+        description="On SIGTERM, time given to requests in flight (SageMaker kills after 30 s).",
+    )
+
+
+class ModelLoadError(RuntimeError):
+    """The model directory cannot be served; the message says why."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A verified, loaded model and what the app reports about it."""
+
+    name: str
+    version: str | None
+    family_name: str
+    family: Any
+    model: Any
+    input_columns: dict[str, str]
+    loaded_in_seconds: float
+
+    def describe(self) -> dict[str, Any]:
+        """Name, version and family, as ``/ping`` and every answer report them."""
+        return {"model": self.name, "version": self.version, "family": self.family_name}
+
+
+def load_model(settings: ModelSettings) -> LoadedModel:
+    """Check every file of the model directory, then load it with its family.
+
+    Raises:
+        ModelLoadError: missing directory, a file that fails its sha256, a ``contents.json``
+            that does not match the expected hash, a name mismatch, an unknown family, or an
+            error from the family's loader.
+    """
+    from tasks.publish import PublishError, verify_contents
+    from tasks.train import get_family
+
+    start = time.perf_counter()
+    model_dir = settings.model_dir
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"model directory {model_dir} does not exist")
+    try:
+        contents = verify_contents(model_dir, settings.model_contents_sha256)
+    except (PublishError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"model files failed verification: {exc}") from exc
+    family_name = contents.get("family")
+    if not isinstance(family_name, str) or not _FAMILY_NAME.match(family_name):
+        raise ModelLoadError(f"contents.json names no valid family: {family_name!r}")
+    name = settings.model_name or str(contents.get("model") or family_name)
+    if contents.get("model") and contents["model"] != name:
+        raise ModelLoadError(
+            f"the directory holds model {contents['model']!r}, not {settings.model_name!r}"
+        )
+    try:
+        family = get_family(family_name)
+    except ImportError as exc:
+        raise ModelLoadError(f"unknown family {family_name!r}: {exc}") from exc
+    try:
+        model = family.load(model_dir)
+    except Exception as exc:  # any loader failure is a model that cannot serve, with a reason
+        raise ModelLoadError(f"{family_name} could not load {model_dir}: {exc!r}") from exc
+    return LoadedModel(
+        name=name,
+        version=settings.model_version,
+        family_name=family_name,
+        family=family,
+        model=model,
+        input_columns=family.input_columns(),
+        loaded_in_seconds=time.perf_counter() - start,
+    )
+
+
+class BadRequest(Exception):
+    """Input the app refuses: an HTTP status and a reason for the caller."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _media_type(header: str | None) -> str:
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+def request_format(content_type: str | None) -> str:
+    """``json`` or ``csv`` for a ``Content-Type`` header.
+
+    Raises:
+        BadRequest: (415) anything else, a missing header included.
+    """
+    media = _media_type(content_type)
+    if media == JSON or (media.startswith("application/") and media.endswith("+json")):
+        return "json"
+    if media == CSV:
+        return "csv"
+    shown = media or "none"
+    raise BadRequest(415, f"unsupported Content-Type {shown}: send {JSON} or {CSV} (header row)")
+
+
+def response_format(accept: str | None) -> str:
+    """``json`` or ``csv`` for an ``Accept`` header (JSON when absent or ``*/*``).
+
+    The first acceptable type in the header wins; quality values are not weighed.
+
+    Raises:
+        BadRequest: (406) nothing in the header is JSON or CSV.
+    """
+    if not accept or not accept.strip():
+        return "json"
+    for part in accept.split(","):
+        media = _media_type(part)
+        if media in (JSON, "application/*", "*/*") or media.endswith("+json"):
+            return "json"
+        if media in (CSV, "text/*"):
+            return "csv"
+    raise BadRequest(406, f"cannot answer Accept: {accept}; ask for {JSON} or {CSV}")
+
+
+def _records_frame(records: Any, where: str) -> Any:
+    import pandas as pd
+
+    if not isinstance(records, list):
+        raise BadRequest(400, f"{where} must be a list of records, got {type(records).__name__}")
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise BadRequest(
+                400, f"{where}[{i}] must be an object of column: value, got {type(record).__name__}"
+            )
+        for key, value in record.items():
+            if not isinstance(value, _SCALARS):
+                raise BadRequest(
+                    400, f"{where}[{i}].{key}: a value must be a string, number, bool or null"
+                )
+            if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+                raise BadRequest(400, f"{where}[{i}].{key}: {value} is out of the int64 range")
+    return pd.DataFrame.from_records(records) if records else pd.DataFrame()
+
+
+def parse_json(body: bytes) -> Any:
+    """Records from a JSON body, as a DataFrame (types are coerced later, per family).
+
+    Accepted shapes: ``{"instances": [record, ...]}``, ``[record, ...]``,
+    ``{"dataframe_records": [...]}`` and ``{"dataframe_split": {"columns": [...], "data":
+    [[...], ...]}}``.
+
+    Raises:
+        BadRequest: (400) not JSON, or another shape.
+    """
+    import pandas as pd
+
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise BadRequest(400, f"body is not valid JSON: {exc}") from exc
+    if isinstance(payload, list):
+        return _records_frame(payload, "body")
+    if isinstance(payload, dict):
+        for key in ("instances", "dataframe_records"):
+            if key in payload:
+                return _records_frame(payload[key], key)
+        if "dataframe_split" in payload:
+            split = payload["dataframe_split"]
+            columns = split.get("columns") if isinstance(split, dict) else None
+            data = split.get("data") if isinstance(split, dict) else None
+            if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+                raise BadRequest(400, "dataframe_split.columns must be a list of column names")
+            if not isinstance(data, list) or not all(
+                isinstance(row, list) and len(row) == len(columns) for row in data
+            ):
+                raise BadRequest(
+                    400, f"dataframe_split.data must be rows of {len(columns)} values each"
+                )
+            records = [dict(zip(columns, row, strict=True)) for row in data]
+            return _records_frame(records, "dataframe_split.data") if records else pd.DataFrame()
+    raise BadRequest(
+        400,
+        'expected {"instances": [{column: value, ...}, ...]} or a list of such records',
+    )
+
+
+def parse_csv(body: bytes) -> Any:
+    """Records from a CSV body whose first row names the columns.
+
+    Every cell is read as text and coerced by the family's column types, so ``007`` stays a
+    string where a string is wanted and fails clearly where a number is.
+
+    Raises:
+        BadRequest: (400) not UTF-8, or not parseable as CSV.
+    """
+    import pandas as pd
+
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(400, f"CSV body is not UTF-8: {exc}") from exc
+    if not text.strip():
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(io.StringIO(text), dtype=str, skipinitialspace=True)
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise BadRequest(400, f"body is not valid CSV with a header row: {exc}") from exc
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready Python value: numpy scalars unboxed, NaN and infinities as null."""
+    import math
+
+    if hasattr(value, "item") and not isinstance(value, str):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def _json_predictions(frame: Any) -> str:
+    """Predictions as a JSON array of objects, floats at full precision."""
+    records = [
+        {str(k): _plain(v) for k, v in row.items()} for row in frame.to_dict(orient="records")
+    ]
+    return json.dumps(records, allow_nan=False, separators=(",", ":"))
+
+
+def _csv_predictions(frame: Any) -> str:
+    return str(frame.to_csv(index=False, lineterminator="\n", date_format="%Y-%m-%dT%H:%M:%S"))
+
+
+class _State:
+    """What the app serves: a loaded model, or the reason there is none."""
+
+    def __init__(self) -> None:
+        self.loaded: LoadedModel | None = None
+        self.failure: str | None = "starting"
+        self.settings: ModelSettings | None = None
+        # Families are plain Python objects; nothing promises that a model may predict from
+        # two threads at once, so predictions take turns. Scale with workers (processes).
+        self.predict_lock = threading.Lock()
+
+
+def _error(status: int, reason: str, state: _State) -> JSONResponse:
+    body: dict[str, Any] = {"error": reason}
+    if state.loaded is not None:
+        body |= state.loaded.describe()
+    return JSONResponse(body, status_code=status, headers=_identity(state))
+
+
+def _identity(state: _State) -> dict[str, str]:
+    if state.loaded is None:
+        return {}
+    headers = {"X-Model-Name": state.loaded.name, "X-Model-Family": state.loaded.family_name}
+    if state.loaded.version:
+        headers["X-Model-Version"] = state.loaded.version
+    return headers
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with a 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(413, f"body of {declared} bytes exceeds the maximum of {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(413, f"body exceeds the maximum of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(settings: ModelSettings | None = None) -> FastAPI:
+    """Build the serving app; the model loads when the server starts (lifespan).
+
+    Args:
+        settings: what to serve; default read from the environment at startup, so that a
+            missing ``MLOPS_MODEL_CONTENTS_SHA256`` becomes a failed ``/ping``, not a crash.
+    """
+    state = _State()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Loading blocks startup on purpose: the server accepts requests only once it knows
+        # whether it can serve, so /ping is never "up" with nothing loaded.
+        try:
+            state.settings = settings if settings is not None else ModelSettings()  # type: ignore[call-arg]
+            state.loaded = load_model(state.settings)
+            state.failure = None
+            log.info(
+                "serving %s %s (%s), loaded in %.2fs",
+                state.loaded.name,
+                state.loaded.version,
+                state.loaded.family_name,
+                state.loaded.loaded_in_seconds,
+            )
+        except Exception as exc:  # reported on /ping; the process stays up to say why
+            state.loaded = None
+            state.failure = _load_failure(exc)
+            log.error("cannot serve: %s", state.failure)
+        yield
+
+    app = FastAPI(
+        title="Intelli-Rate model server",
+        description="SageMaker container contract: GET /ping, POST /invocations.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.serving = state
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return _error(500, f"internal error: {exc.__class__.__name__}: {exc}", state)
+
+    @app.get("/ping")
+    async def ping() -> JSONResponse:
+        """200 with name, version and family once loaded; 503 with the reason otherwise."""
+        if state.loaded is None:
+            return JSONResponse({"status": "failed", "reason": state.failure}, status_code=503)
+        return JSONResponse({"status": "ok", **state.loaded.describe()}, headers=_identity(state))
+
+    @app.get("/execution-parameters")
+    async def execution_parameters() -> JSONResponse:
+        """Batch transform's question before it sends work: one request at a time per worker."""
+        limit = state.settings.max_body_bytes if state.settings else 6 * 1024 * 1024
+        return JSONResponse(
+            {
+                "MaxConcurrentTransforms": 1,
+                "BatchStrategy": "MULTI_RECORD",
+                "MaxPayloadInMB": max(1, limit // (1024 * 1024)),
+            }
+        )
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> Response:
+        """Predict for a batch of records (JSON or CSV in, JSON or CSV out)."""
+        loaded = state.loaded
+        if loaded is None or state.settings is None:
+            return _error(503, f"model not loaded: {state.failure}", state)
+        try:
+            fmt_in = request_format(request.headers.get("content-type"))
+            fmt_out = response_format(request.headers.get("accept"))
+            body = await _read_body(request, state.settings.max_body_bytes)
+            if not body.strip():
+                raise BadRequest(400, "empty body: send at least one record")
+            frame = parse_json(body) if fmt_in == "json" else parse_csv(body)
+            if len(frame) == 0:
+                raise BadRequest(400, "empty batch: send at least one record")
+            limit = state.settings.max_batch_records
+            if len(frame) > limit:
+                raise BadRequest(
+                    413, f"batch of {len(frame)} records exceeds the maximum of {limit}"
+                )
+            from starlette.concurrency import run_in_threadpool
+
+            predictions = await run_in_threadpool(_predict, state, loaded, frame)
+        except BadRequest as exc:
+            return _error(exc.status, exc.reason, state)
+        if fmt_out == "csv":
+            return Response(_csv_predictions(predictions), media_type=CSV, headers=_identity(state))
+        meta = loaded.describe()
+        body_out = (
+            '{"predictions":'
+            + _json_predictions(predictions)
+            + f',"model":{json.dumps(meta["model"])},"version":{json.dumps(meta["version"])}}}'
+        )
+        return Response(body_out, media_type=JSON, headers=_identity(state))
+
+    return app
+
+
+def _load_failure(exc: Exception) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(
+            f"MLOPS_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        return f"invalid serving environment: {problems}"
+    return str(exc)
+
+
+def _predict(state: _State, loaded: LoadedModel, frame: Any) -> Any:
+    """Run the family's predict; bad values become a 400 naming the column."""
+    with state.predict_lock:
+        try:
+            out = loaded.family.predict(loaded.model, frame)
+        except (ValueError, TypeError, OverflowError, KeyError) as exc:
+            # The families raise ValueError naming the column; the others come from coercing
+            # odd values (huge integers, mixed types) deeper down: still the caller's input.
+            raise BadRequest(400, f"bad input: {exc}") from exc
+    if len(out) != len(frame):
+        raise RuntimeError(f"{loaded.family_name} returned {len(out)} rows for {len(frame)}")
+    return out
