@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -463,7 +464,11 @@ def create_app(settings: ModelSettings | None = None) -> FastAPI:
         """200 with name, version and family once loaded; 503 with the reason otherwise."""
         if state.loaded is None:
             return JSONResponse({"status": "failed", "reason": state.failure}, status_code=503)
-        return JSONResponse({"status": "ok", **state.loaded.describe()}, headers=_identity(state))
+        # The pid lets a caller that started this process tell it from another on the port.
+        return JSONResponse(
+            {"status": "ok", **state.loaded.describe(), "pid": os.getpid()},
+            headers=_identity(state),
+        )
 
     @app.get("/execution-parameters")
     async def execution_parameters() -> JSONResponse:

@@ -27,25 +27,23 @@ repeat.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import random
-import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from fastapi import FastAPI
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from serving.routes import RouteFollower, RouteTable, Upstream
 
 log = logging.getLogger("serving.router")
 
-STATE_SCHEMA = 1
-"""Version of the ``routes.json`` layout."""
 MAX_BODY_BYTES = 64 * 1024 * 1024
 """The router's own cap; each variant enforces its configured (smaller) maximum."""
 ATTEMPTS = 3
@@ -53,152 +51,6 @@ UPSTREAM_TIMEOUT = 70.0
 """SageMaker gives a container 60 s to answer; a little more so its own error arrives."""
 _FORWARD_REQUEST = ("content-type", "accept")
 _FORWARD_RESPONSE = ("content-type", "x-model-name", "x-model-version", "x-model-family")
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """One variant process of a model.
-
-    Attributes:
-        name: variant name (unique per process).
-        model: model name.
-        version: model version it serves.
-        port: its loopback port.
-        weight: share of traffic relative to the model's other variants (0: none).
-        host: its address.
-    """
-
-    name: str
-    model: str
-    version: str
-    port: int
-    weight: float = 1.0
-    host: str = "127.0.0.1"
-
-    def describe(self) -> dict[str, Any]:
-        """The JSON view of this variant."""
-        return {
-            "name": self.name,
-            "version": self.version,
-            "port": self.port,
-            "weight": self.weight,
-        }
-
-
-@dataclass(frozen=True)
-class RouteTable:
-    """Every model's variants, as of one ``routes.json`` generation."""
-
-    generation: int = 0
-    models: dict[str, tuple[Upstream, ...]] = field(default_factory=dict)
-
-
-def empty_state() -> dict[str, Any]:
-    """The content of a ``routes.json`` with no model."""
-    return {"schema": STATE_SCHEMA, "generation": 0, "models": {}}
-
-
-def parse_state(raw: Any) -> RouteTable:
-    """Validate the content of ``routes.json``.
-
-    Raises:
-        ValueError: not the expected layout; the message says where.
-    """
-    if not isinstance(raw, dict) or not isinstance(raw.get("models"), dict):
-        raise ValueError("routes must be an object with a 'models' object")
-    generation = raw.get("generation", 0)
-    if not isinstance(generation, int) or generation < 0:
-        raise ValueError("generation must be a non-negative integer")
-    models: dict[str, tuple[Upstream, ...]] = {}
-    for model, route in raw["models"].items():
-        variants = route.get("variants") if isinstance(route, dict) else None
-        if not isinstance(variants, list):
-            raise ValueError(f"models.{model}.variants must be a list")
-        ups = []
-        for i, v in enumerate(variants):
-            where = f"models.{model}.variants[{i}]"
-            if not isinstance(v, dict):
-                raise ValueError(f"{where} must be an object")
-            port, weight = v.get("port"), v.get("weight", 1.0)
-            if not isinstance(port, int) or not 0 < port < 65536:
-                raise ValueError(f"{where}.port must be a port number")
-            if not isinstance(weight, int | float) or weight < 0:
-                raise ValueError(f"{where}.weight must be a number >= 0")
-            if not isinstance(v.get("name"), str) or not isinstance(v.get("version"), str):
-                raise ValueError(f"{where} needs a name and a version")
-            ups.append(
-                Upstream(
-                    name=v["name"],
-                    model=model,
-                    version=v["version"],
-                    port=port,
-                    weight=float(weight),
-                    host=str(v.get("host", "127.0.0.1")),
-                )
-            )
-        models[model] = tuple(ups)
-    return RouteTable(generation=generation, models=models)
-
-
-def read_state(path: Path) -> dict[str, Any]:
-    """The content of ``routes.json``; an empty state when the file does not exist."""
-    try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return empty_state()
-    parse_state(raw)
-    return dict(raw)
-
-
-def write_state(path: Path, state: dict[str, Any]) -> None:
-    """Replace ``routes.json`` atomically: the router sees the old file or the new, never half.
-
-    Raises:
-        ValueError: ``state`` is not a valid route table (nothing is written).
-    """
-    parse_state(state)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("w") as fh:
-            json.dump(state, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-class RouteFollower:
-    """The routes of a state file, reloaded when the file changes (checked on each call)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.table = RouteTable()
-        self.error: str | None = None
-        self._key: tuple[int, int, int] | None = None
-
-    def current(self) -> RouteTable:
-        """The routes as of now; a missing file means no routes."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            if self._key is not None:
-                self.table, self._key, self.error = RouteTable(), None, None
-            return self.table
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if key != self._key:
-            self._key = key
-            try:
-                self.table = parse_state(json.loads(self.path.read_text()))
-                self.error = None
-            except (OSError, ValueError) as exc:
-                # Keep serving the last good routes; the next write will be picked up.
-                self.error = f"{self.path}: {exc}"
-                log.error("ignoring unreadable routes: %s", self.error)
-        return self.table
 
 
 def choose(upstreams: tuple[Upstream, ...], avoid: set[str], wanted: str | None) -> Upstream | None:
@@ -220,10 +72,6 @@ def create_router(state_file: Path) -> FastAPI:
 
     The upstream HTTP client is created when the server starts and closed when it stops.
     """
-    import httpx
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
-
     follower = RouteFollower(Path(state_file))
     inflight: dict[tuple[str, str], int] = defaultdict(int)
     clients: dict[str, httpx.AsyncClient] = {}
