@@ -354,14 +354,12 @@ class SageMakerTarget:
             retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=70
         )
 
-        def client(service: str) -> Any:
-            return session.client(service, endpoint_url=settings.aws_endpoint_url, config=config)
-
+        url = settings.aws_endpoint_url
         return cls(
-            sagemaker=client("sagemaker"),
-            runtime=client("sagemaker-runtime"),
-            iam=client("iam"),
-            cloudwatch=client("cloudwatch"),
+            sagemaker=session.client("sagemaker", endpoint_url=url, config=config),
+            runtime=session.client("sagemaker-runtime", endpoint_url=url, config=config),
+            iam=session.client("iam", endpoint_url=url, config=config),
+            cloudwatch=session.client("cloudwatch", endpoint_url=url, config=config),
             platform=platform,
             store_uri=settings.store,
             region=settings.aws_region,
@@ -687,6 +685,9 @@ class SageMakerTarget:
             if desc is None:
                 continue
             live.endpoints[name] = desc
+            if desc["EndpointStatus"] == "Deleting":
+                # On its way out: what it used may go (cleanup deletes endpoint, then config).
+                continue
             for config_name in self._endpoint_configs(desc):
                 live.configs.add(config_name)
                 config = self._describe_config(config_name)

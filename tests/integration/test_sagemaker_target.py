@@ -495,6 +495,25 @@ def test_retry_after_a_crash_mid_update_waits_for_it(
     assert len(project_configs(env)) == 2 and len(project_models(env)) == 2
 
 
+def test_retry_after_a_crash_finds_a_failed_endpoint_and_recreates_it(
+    env: dict[str, Any], target: SageMakerTarget
+) -> None:
+    sim: SageMakerSim = env["sim"]
+    v1 = version(env, 1)
+    sim.fail_next_create("The primary container did not pass the ping health check")
+    with pytest.raises(Crash):
+        target.deploy(v1, crash_on("Creating"))
+    name = target.names_for(v1).endpoint
+    client = sm(env)
+    while client.describe_endpoint(EndpointName=name)["EndpointStatus"] == "Creating":
+        pass  # the dead run's endpoint goes on to fail on its own
+    log = Log()
+    # A Failed endpoint cannot be updated and serves nothing: it is replaced.
+    assert target.deploy(v1, log).version == "v1"
+    assert any("is Failed" in m and "ping health check" in m for m in log)
+    assert [n for n, _ in sim.actions("CreateEndpoint")] == [name, name]
+
+
 def test_existing_resource_with_another_definition_is_refused(
     env: dict[str, Any], target: SageMakerTarget
 ) -> None:
