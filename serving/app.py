@@ -262,7 +262,7 @@ def response_format(accept: str | None) -> str:
     raise BadRequest(406, f"cannot answer Accept: {accept}; ask for {JSON} or {CSV}")
 
 
-def _records_frame(records: Any, where: str) -> Any:
+def _records_frame(records: Any, where: str, required: tuple[str, ...]) -> Any:
     import pandas as pd
 
     if not isinstance(records, list):
@@ -279,15 +279,23 @@ def _records_frame(records: Any, where: str) -> Any:
                 )
             if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
                 raise BadRequest(400, f"{where}[{i}].{key}: {value} is out of the int64 range")
+        # Said per record: in a frame, one record's missing key is only a null among values.
+        lacking = [c for c in required if c not in record]
+        if lacking:
+            raise BadRequest(400, f"{where}[{i}] lacks column(s): {', '.join(lacking)}")
     return pd.DataFrame.from_records(records) if records else pd.DataFrame()
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes, required: tuple[str, ...] = ()) -> Any:
     """Records from a JSON body, as a DataFrame (types are coerced later, per family).
 
     Accepted shapes: ``{"instances": [record, ...]}``, ``[record, ...]``,
     ``{"dataframe_records": [...]}`` and ``{"dataframe_split": {"columns": [...], "data":
     [[...], ...]}}``.
+
+    Args:
+        body: the request body.
+        required: columns every record must have (named in the error when one lacks them).
 
     Raises:
         BadRequest: (400) not JSON, or another shape.
@@ -299,11 +307,11 @@ def parse_json(body: bytes) -> Any:
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise BadRequest(400, f"body is not valid JSON: {exc}") from exc
     if isinstance(payload, list):
-        return _records_frame(payload, "body")
+        return _records_frame(payload, "body", required)
     if isinstance(payload, dict):
         for key in ("instances", "dataframe_records"):
             if key in payload:
-                return _records_frame(payload[key], key)
+                return _records_frame(payload[key], key, required)
         if "dataframe_split" in payload:
             split = payload["dataframe_split"]
             columns = split.get("columns") if isinstance(split, dict) else None
@@ -317,7 +325,11 @@ def parse_json(body: bytes) -> Any:
                     400, f"dataframe_split.data must be rows of {len(columns)} values each"
                 )
             records = [dict(zip(columns, row, strict=True)) for row in data]
-            return _records_frame(records, "dataframe_split.data") if records else pd.DataFrame()
+            return (
+                _records_frame(records, "dataframe_split.data", required)
+                if records
+                else pd.DataFrame()
+            )
     raise BadRequest(
         400,
         'expected {"instances": [{column: value, ...}, ...]} or a list of such records',
@@ -494,7 +506,10 @@ def create_app(settings: ModelSettings | None = None) -> FastAPI:
             body = await _read_body(request, state.settings.max_body_bytes)
             if not body.strip():
                 raise BadRequest(400, "empty body: send at least one record")
-            frame = parse_json(body) if fmt_in == "json" else parse_csv(body)
+            if fmt_in == "json":
+                frame = parse_json(body, tuple(loaded.input_columns))
+            else:
+                frame = parse_csv(body)
             if len(frame) == 0:
                 raise BadRequest(400, "empty batch: send at least one record")
             limit = state.settings.max_batch_records
