@@ -771,3 +771,19 @@ def test_permission_policy_needs_an_s3_store() -> None:
     }
     assert statements["PullServingImage"]["Resource"] == ["*"]
     assert json.dumps(bare)  # plain data, ready for IAM
+
+
+def test_the_moto_extension_is_undone_after_its_fixture(moto_server: str) -> None:  # noqa: F811
+    from moto.sagemaker.models import SageMakerModelBackend
+    from moto.sagemaker.responses import SageMakerResponse
+
+    from tests.fixtures.sagemaker_moto import install
+
+    stock = SageMakerModelBackend.describe_endpoint
+    with pytest.MonkeyPatch.context() as patch:
+        install(SageMakerSim(), patch)
+        assert hasattr(SageMakerResponse, "update_endpoint")
+        assert SageMakerModelBackend.describe_endpoint is not stock
+    # Other tests on the shared server see stock moto again.
+    assert not hasattr(SageMakerResponse, "update_endpoint")
+    assert SageMakerModelBackend.describe_endpoint is stock
