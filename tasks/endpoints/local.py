@@ -871,6 +871,40 @@ class LocalTarget:
         """Local processes cost nothing to rent."""
         return 0.0
 
+    def overview(self) -> dict[str, Any]:
+        """Router, routes and stray variant directories, for ``mlops endpoint status``."""
+        info = self._read_json(self.root / ROUTER_INFO) or {}
+        try:
+            state = self._state()
+            error = None
+        except ValueError as exc:
+            state, error = {"models": {}, "generation": None}, f"{self.routes_file}: {exc}"
+        models = {}
+        for model in sorted(state["models"]):
+            serving = self.describe(model)
+            if serving is not None:
+                models[model] = {
+                    "status": serving.status,
+                    "version": serving.version,
+                    "address": serving.address,
+                    "variants": serving.variants,
+                }
+        stray = [r.name for r in self.resources() if r.kind == "model" and not r.in_use]
+        return {
+            "url": self.url,
+            "state_dir": str(self.root),
+            "router": {
+                "running": self.router_alive(),
+                "pid": info.get("pid"),
+                "started_at": info.get("started_at"),
+                "log": str(self.root / ROUTER_LOG),
+            },
+            "generation": state.get("generation"),
+            "models": models,
+            "stray_variants": stray,
+            "error": error,
+        }
+
     def stop(self, progress: Progress | None = None) -> list[str]:
         """Stop the router and every variant; delete the routes and variant directories.
 

@@ -1,0 +1,278 @@
+"""The local endpoint with real processes: router, serving app variants, swaps under load.
+
+One endpoint (a router on a free port, ``MLOPS_HOME`` in a temporary directory) is shared by
+the tests of this module, which run in file order like a day of operations: deploy v1, swap to
+v2 while requests flow, fail two deploys, then stop. Each test says what state it leaves. Every
+process started here is stopped at the end, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from tasks.endpoints import RolloutFailed, VersionToServe
+from tasks.endpoints.local import LocalTarget, free_port, is_alive
+from tasks.store import LocalStore
+from tests.fixtures.serving import TinyModel, build_model_dir, publish_tiny
+
+pytestmark = pytest.mark.integration
+
+MODEL = "limit_optimiser"
+
+
+@dataclass
+class Endpoint:
+    """The shared endpoint and the versions published for it."""
+
+    target: LocalTarget
+    home: Path
+    store: LocalStore
+    tiny: TinyModel
+    v1: VersionToServe
+    v2: VersionToServe
+    v3: VersionToServe
+    port: int
+
+
+def our_processes(home: Path) -> dict[int, str]:
+    """pid -> cwd of every process whose working directory is under ``home``.
+
+    The router and the variants run in ``home/endpoint`` and their variant directories, so this
+    finds every process the endpoint started, recorded or not: the orphan check.
+    """
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if cwd.startswith(str(home)) and is_alive(int(entry.name), None):
+            found[int(entry.name)] = cwd
+    return found
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
+    base = tmp_path_factory.mktemp("local-endpoint")
+    home = base / "home"
+    store = LocalStore(base / "store")
+    tiny = build_model_dir(MODEL, base / "m1", seed=1)
+    other = build_model_dir(MODEL, base / "m2", seed=2)
+    v1 = publish_tiny(store, tiny, base / "s1")
+    v2 = publish_tiny(store, other, base / "s2")
+    # v3 is published fine, but the deploy carries a contents hash that is not the manifest's.
+    v3 = dataclasses.replace(publish_tiny(store, tiny, base / "s3"), contents_sha256="0" * 64)
+    port = free_port()
+    target = LocalTarget(home=home, store_uri=str(store.root), port=port, stop_seconds=5)
+    try:
+        yield Endpoint(target, home, store, tiny, v1, v2, v3, port)
+    finally:
+        target.stop()
+        for pid in our_processes(home):  # a safety net: nothing may outlive the tests
+            with_group = os.getpgid(pid) == pid
+            (os.killpg if with_group else os.kill)(pid, signal.SIGKILL)
+
+
+def post(url: str, records: list[dict[str, Any]]) -> httpx.Response:
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        return client.post(url, json={"instances": records})
+
+
+def test_first_deploy_starts_the_router_and_serves_v1(endpoint: Endpoint) -> None:
+    target = endpoint.target
+    messages: list[str] = []
+    assert target.describe(MODEL) is None
+
+    serving = target.deploy(endpoint.v1, messages.append)
+
+    assert (serving.status, serving.version) == ("running", "v1")
+    assert serving.address == f"http://127.0.0.1:{endpoint.port}/endpoints/{MODEL}/invocations"
+    assert any("router started" in m for m in messages)
+    answer = target.invoke(MODEL, endpoint.tiny.example_request)
+    assert answer["version"] == "v1"
+    assert len(answer["predictions"]) == len(endpoint.tiny.example_request)
+    # Detached: each process leads its own session, so it outlives the deploying command.
+    for pid in our_processes(endpoint.home):
+        assert os.getsid(pid) == pid
+    # The SageMaker runtime's view of the endpoint.
+    with httpx.Client(trust_env=False) as client:
+        described = client.get(f"http://127.0.0.1:{endpoint.port}/endpoints/{MODEL}").json()
+    assert [v["version"] for v in described["variants"]] == ["v1"]
+
+
+def test_a_retried_deploy_of_the_serving_version_is_a_no_op(endpoint: Endpoint) -> None:
+    before = endpoint.target.describe(MODEL)
+    messages: list[str] = []
+    start = time.monotonic()
+    after = endpoint.target.deploy(endpoint.v1, messages.append)
+    assert time.monotonic() - start < 5
+    assert after == before
+    assert messages == [f"{MODEL} already serves v1 on {endpoint.target.url}"]
+
+
+def test_swap_to_v2_under_load_fails_no_request(endpoint: Endpoint) -> None:
+    target = endpoint.target
+    old = target.describe(MODEL)
+    assert old is not None
+    url = target.address(MODEL)
+    records = endpoint.tiny.example_request
+    stop = threading.Event()
+    seen: list[list[tuple[str | None, float]]] = [[], []]
+    failures: list[str] = []
+
+    def hammer(log: list[tuple[str | None, float]]) -> None:
+        with httpx.Client(trust_env=False, timeout=30) as client:
+            while not stop.is_set():
+                start = time.perf_counter()
+                try:
+                    response = client.post(url, json={"instances": records})
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                    continue
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code}: {response.text[:200]}")
+                    continue
+                log.append((response.json()["version"], time.perf_counter() - start))
+
+    threads = [threading.Thread(target=hammer, args=(log,)) for log in seen]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        serving = target.deploy(endpoint.v2, lambda _m: None)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+
+    assert failures == []
+    assert serving.version == "v2"
+    for log in seen:
+        versions = [v for v, _ in log]
+        assert versions[0] == "v1" and versions[-1] == "v2"
+        # Once a client got v2 it never gets v1 again: the switch is one atomic step.
+        first_v2 = versions.index("v2")
+        assert set(versions[first_v2:]) == {"v2"}
+    # The old variant was drained, stopped and deleted.
+    (old_name,) = old.variants
+    assert not is_alive(old.variants[old_name]["pid"], None)
+    assert not Path(old.variants[old_name]["dir"]).exists()
+    timings = target.last_timings
+    latency = max(seconds for log in seen for _, seconds in log)
+    print(
+        f"\nswap v1 -> v2: {sum(len(s) for s in seen)} requests, 0 failed, slowest "
+        f"{latency * 1000:.0f} ms; deploy {timings['total']:.1f}s = fetch {timings['fetch']:.2f}s"
+        f" + start {timings['start']:.1f}s + switch {timings['switch'] * 1000:.0f} ms + drain "
+        f"{timings['drain'] * 1000:.0f} ms"
+    )
+
+
+def test_a_deploy_the_app_refuses_leaves_v2_serving_and_no_orphan(endpoint: Endpoint) -> None:
+    target = endpoint.target
+    before = target.describe(MODEL)
+    processes = our_processes(endpoint.home)
+
+    with pytest.raises(RolloutFailed) as failed:
+        target.deploy(endpoint.v3, lambda _m: None)
+
+    assert failed.value.step == "start"
+    assert "contents.json" in failed.value.reason and "still serves v2" in failed.value.reason
+    assert target.describe(MODEL) == before
+    assert our_processes(endpoint.home) == processes
+    assert [r.name for r in target.resources() if r.kind == "model"] == list(before.variants)
+    response = post(target.address(MODEL), endpoint.tiny.example_request)
+    assert response.status_code == 200 and response.json()["version"] == "v2"
+
+
+def test_a_corrupted_store_file_fails_at_download(endpoint: Endpoint, tmp_path: Path) -> None:
+    target = endpoint.target
+    before = target.describe(MODEL)
+    v4 = publish_tiny(endpoint.store, endpoint.tiny, tmp_path / "s4")
+    tarball = Path(endpoint.store.url(f"models/{MODEL}/{v4.version}/model.tar.gz"))
+    tarball.write_bytes(tarball.read_bytes() + b"\0")
+
+    with pytest.raises(RolloutFailed) as failed:
+        target.deploy(v4, lambda _m: None)
+
+    assert failed.value.step == "download"
+    assert "model.tar.gz does not match the manifest" in failed.value.reason
+    assert target.describe(MODEL) == before
+    assert [r.name for r in target.resources() if r.kind == "model"] == list(before.variants)
+
+
+def test_resources_list_the_route_and_refuse_deleting_what_serves(endpoint: Endpoint) -> None:
+    target = endpoint.target
+    stray = target.variants_dir / f"{MODEL}-v0-00000000-abcdef"
+    stray.mkdir()
+    (stray / "variant.json").write_text(json.dumps({"model": MODEL, "version": "v0"}))
+    found = {(r.kind, r.name): r for r in target.resources()}
+    (route,) = [r for r in found.values() if r.kind == "endpoint"]
+    assert (route.name, route.version, route.in_use) == (MODEL, "v2", True)
+    assert route.details["monthly_cost_usd"] == 0.0
+    in_use = [r for r in found.values() if r.kind == "model" and r.in_use]
+    assert [r.version for r in in_use] == ["v2"]
+    with pytest.raises(ValueError, match="in use"):
+        target.delete(in_use[0])
+    target.delete(found[("model", stray.name)])
+    assert not stray.exists()
+
+
+def cli_environment(endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the CLI at the shared endpoint; set what it would fill in, so nothing leaks."""
+    monkeypatch.setenv("MLOPS_HOME", str(endpoint.home))
+    monkeypatch.setenv("MLOPS_ENDPOINT_PORT", str(endpoint.port))
+    # prepare_environment() fills these when unset, for the rest of the process: set them here
+    # so that monkeypatch takes them away again after the test.
+    monkeypatch.setenv("PREFECT_HOME", str(endpoint.home / "prefect"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{endpoint.home / 'mlflow.db'}")
+    monkeypatch.setenv("GX_ANALYTICS_ENABLED", "false")
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def test_cli_status_shows_what_serves(
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch, mlops_home: Path
+) -> None:
+    from flows.cli_endpoint import app
+
+    cli_environment(endpoint, monkeypatch)
+    result = CliRunner().invoke(app, ["status", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert report["router"]["running"]
+    assert report["models"][MODEL]["version"] == "v2"
+    assert report["stray_variants"] == []
+    table = CliRunner().invoke(app, ["status"])
+    assert table.exit_code == 0, table.output
+    assert "running" in table.output and "v2" in table.output
+
+
+def test_stop_ends_every_process(
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch, mlops_home: Path
+) -> None:
+    from flows.cli_endpoint import app
+
+    assert our_processes(endpoint.home)
+    cli_environment(endpoint, monkeypatch)
+    result = CliRunner().invoke(app, ["stop"])
+    assert result.exit_code == 0, result.output
+    assert "router" in result.output
+    assert our_processes(endpoint.home) == {}
+    assert endpoint.target.describe(MODEL) is None
+    with pytest.raises(httpx.ConnectError):
+        post(endpoint.target.address(MODEL), endpoint.tiny.example_request)
