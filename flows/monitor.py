@@ -56,7 +56,7 @@ def monitor(
     wanted = [f.model for f in findings if f.triggered]
     reason = trigger_reason(findings) if wanted else None
     request = None
-    if wanted and retrain_deployment:
+    if reason and retrain_deployment:
         request = request_retrain(retrain_deployment, wanted, reason)
     if wanted:
         emit_threshold_events(platform.project_tag, findings, request)

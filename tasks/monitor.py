@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -352,7 +353,7 @@ def age_days(promoted_at: str | None, now: datetime | None = None) -> float | No
     return (pd.Timestamp(now or datetime.now(UTC)) - then).total_seconds() / 86_400
 
 
-def coerce_frame(rows: list[tuple[Any, ...]], columns: dict[str, str]) -> pd.DataFrame:
+def coerce_frame(rows: list[tuple[Any, ...]], columns: Mapping[str, str]) -> pd.DataFrame:
     """Rows from the source database as a frame typed like a snapshot read back.
 
     Drivers differ (SQLite returns timestamps as text); the families' ``check_columns`` needs
@@ -592,12 +593,13 @@ def request_retrain(deployment: str, models: list[str], reason: str) -> dict[str
         ``requested`` True with the flow run's id and name; or ``requested`` False with a note
         when the API has no such deployment (the embedded, ephemeral API never has one).
     """
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
     from prefect.runtime import flow_run
 
     try:
-        run = run_deployment(
+        run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync here, never a coroutine
             deployment,
             parameters={"models": models, "reason": reason},
             timeout=0,
