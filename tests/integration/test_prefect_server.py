@@ -311,3 +311,42 @@ def _retrain_and_queue(server: Server, api: httpx.Client) -> None:
         "limit_optimiser",
         "traffic_forecaster",
     }
+
+
+def _entrypoint(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLOPS_"))}
+    return subprocess.run(
+        ["bash", str(PROJECT_ROOT / "docker" / "flow-runner-entrypoint.sh"), *args],
+        cwd="/",
+        env={**base, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_entrypoint_check_imports_the_flows_and_loads_the_configs(tmp_path: Path) -> None:
+    import json
+
+    done = _entrypoint(MLOPS_HOME=str(tmp_path / "home"))  # no arguments, no flow run: check
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["models"] == ["abuse_detector", "limit_optimiser", "traffic_forecaster"]
+    assert report["home"] == str(tmp_path / "home")
+
+
+def test_entrypoint_refuses_a_flow_run_without_a_server(tmp_path: Path) -> None:
+    done = _entrypoint("prefect", "flow-run", "execute", MLOPS_HOME=str(tmp_path))
+    assert done.returncode == 64
+    assert "PREFECT_API_URL is not set" in done.stderr
+
+
+def test_entrypoint_refuses_an_unwritable_home(tmp_path: Path) -> None:
+    home = tmp_path / "ro"
+    home.mkdir()
+    home.chmod(0o500)
+    if os.access(home, os.W_OK):
+        pytest.skip("running as root: permissions do not stop writes")
+    done = _entrypoint("true", MLOPS_HOME=str(home))
+    assert done.returncode == 73, done.stderr
