@@ -3,6 +3,8 @@
 SageMaker starts a hosting container as ``docker run IMAGE serve``; the image's entry point is
 ``python -m serving``, so ``serve`` arrives here as the argument. ``train`` (what SageMaker
 passes to a training container) is refused with a message: this image only serves.
+``check`` imports the server and every model family and prints what it found: the image build
+runs it, so a missing library fails the build rather than the endpoint.
 """
 
 from __future__ import annotations
@@ -34,6 +36,37 @@ def serve() -> int:
     return 0
 
 
+def check() -> int:
+    """Import the app, uvicorn and every family module; print JSON; 0 when all import."""
+    import importlib
+    import json
+    import pkgutil
+    import platform
+
+    import uvicorn
+
+    import serving.app  # noqa: F401  (importing is the check)
+    import tasks.train
+    from tasks.train import Family
+
+    families: dict[str, str] = {}
+    for module in pkgutil.iter_modules(tasks.train.__path__):
+        try:
+            found = getattr(importlib.import_module(f"tasks.train.{module.name}"), "FAMILY", None)
+        except ImportError as exc:
+            families[module.name] = f"cannot import: {exc}"
+            continue
+        if isinstance(found, Family):
+            families[module.name] = "ok"
+    report = {
+        "python": platform.python_version(),
+        "uvicorn": uvicorn.__version__,
+        "families": families,
+    }
+    print(json.dumps(report))
+    return 0 if families and all(v == "ok" for v in families.values()) else 1
+
+
 def router(host: str, port: int, state_file: str, log_level: str) -> int:
     """Run the local endpoint's router (see :mod:`serving.router`)."""
     from pathlib import Path
@@ -60,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="Serve the model in $MLOPS_MODEL_DIR (SageMaker contract).")
     commands.add_parser("train", help="Not supported: this image only serves.")
+    commands.add_parser("check", help="Import the server and every family; print JSON.")
     route = commands.add_parser("router", help="Run the local endpoint's router.")
     route.add_argument("--host", default="127.0.0.1", help="Bind address.")
     route.add_argument("--port", type=int, default=8080, help="Port.")
@@ -68,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve()
+    if args.command == "check":
+        return check()
     if args.command == "router":
         return router(args.host, args.port, args.state_file, args.log_level)
     print("this image serves models only (run it with 'serve')", file=sys.stderr)

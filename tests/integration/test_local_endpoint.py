@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -276,3 +279,63 @@ def test_stop_ends_every_process(
     assert endpoint.target.describe(MODEL) is None
     with pytest.raises(httpx.ConnectError):
         post(endpoint.target.address(MODEL), endpoint.tiny.example_request)
+
+
+def test_the_image_entry_point_serves_with_only_the_files_the_image_holds(
+    tmp_path: Path,
+) -> None:
+    # docker/serving.Dockerfile copies a subset of tasks/ and runs `python -m serving serve`
+    # with the model in MLOPS_MODEL_DIR. Same here, as a plain process, from that subset only.
+    root = Path(__file__).resolve().parents[2]
+    app = tmp_path / "app"
+    (app / "tasks").mkdir(parents=True)
+    for name in ("__init__.py", "publish.py", "store.py"):
+        shutil.copy2(root / "tasks" / name, app / "tasks" / name)
+    shutil.copytree(root / "tasks" / "train", app / "tasks" / "train")
+    shutil.copytree(root / "serving", app / "serving")
+    tiny = build_model_dir("traffic_forecaster", tmp_path / "opt-ml-model")
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "SAGEMAKER_"))},
+        "PYTHONPATH": str(app),
+        "MPLBACKEND": "Agg",
+        "MLOPS_MODEL_DIR": str(tiny.model_dir),
+        "MLOPS_MODEL_VERSION": "v9",
+        "MLOPS_MODEL_CONTENTS_SHA256": tiny.contents_sha256,
+        "SAGEMAKER_BIND_TO_PORT": str(port),
+    }
+    check = subprocess.run(
+        [sys.executable, "-m", "serving", "check"], cwd=app, env=env, capture_output=True
+    )
+    assert check.returncode == 0, check.stderr.decode()[-2000:]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving", "serve"],
+        cwd=app,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        ping = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ping = httpx.get(f"http://127.0.0.1:{port}/ping", trust_env=False, timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert ping is not None and ping.status_code == 200, proc.poll()
+        assert ping.json()["version"] == "v9"
+        answer = post(f"http://127.0.0.1:{port}/invocations", tiny.example_request)
+        assert answer.status_code == 200 and len(answer.json()["predictions"]) == 3
+        # SageMaker stops a container with SIGTERM: a graceful, prompt exit (uvicorn re-raises
+        # the signal once shut down, so the status says "terminated by SIGTERM").
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = proc.stdout.read().decode() if proc.stdout else ""
+    assert "Finished server process" in output
+    assert "prefect" not in output.lower() and "mlflow" not in output.lower()

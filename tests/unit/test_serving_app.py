@@ -357,6 +357,12 @@ def test_the_entry_point_refuses_train(capsys: pytest.CaptureFixture[str]) -> No
     assert "serves models only" in capsys.readouterr().err
 
 
+def test_the_image_self_check_finds_every_family(capsys: pytest.CaptureFixture[str]) -> None:
+    assert serving_main(["check"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["families"] == {family: "ok" for family in FAMILIES}
+
+
 def test_serving_imports_neither_prefect_nor_mlflow(tiny: dict[str, TinyModel]) -> None:
     # The serving image should not need the orchestration stack: load and predict with every
     # family in a fresh interpreter, then look at what got imported.
