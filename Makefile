@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: help install run test test-unit lint typecheck seed status mlflow-ui clean
+.PHONY: help install run test test-unit lint typecheck seed status mlflow-ui server deploy worker clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,18 @@ status: install ## What is published and registered, per model
 
 mlflow-ui: install ## MLflow UI on the embedded store (http://127.0.0.1:5000)
 	$(UV) run mlflow ui --backend-store-uri sqlite:///$${MLOPS_HOME:-.mlops}/mlflow.db --host 127.0.0.1 --port 5000
+
+server: install ## Prefect server and UI on loopback (http://127.0.0.1:4200); then export PREFECT_API_URL
+	$(UV) run prefect server start --host 127.0.0.1 --port 4200
+
+deploy: install ## Register the deployments, schedules and writers' limit on the server at PREFECT_API_URL
+	@test -n "$$PREFECT_API_URL" || { echo "set PREFECT_API_URL (for example http://127.0.0.1:4200/api)"; exit 2; }
+	$(UV) run mlops seed --if-empty
+	$(UV) run python deployments/deploy.py
+
+worker: install ## A worker on the process pool that runs the deployments' flow runs
+	@test -n "$$PREFECT_API_URL" || { echo "set PREFECT_API_URL (for example http://127.0.0.1:4200/api)"; exit 2; }
+	$(UV) run prefect worker start --pool intelli-rate-process
 
 clean: ## Delete the embedded state (.mlops or $MLOPS_HOME)
 	rm -rf $${MLOPS_HOME:-.mlops}

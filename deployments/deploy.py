@@ -9,7 +9,7 @@
 |---|---|---|
 | ``retrain/weekly`` | ``schedule.retrain_cron`` | models (all), force, reason |
 | ``rollout/on-demand`` | none | model, version (latest.json's), reason |
-| ``cleanup/weekly-dry-run`` | :data:`CLEANUP_CRON` | models, apply=False, clean_store, ... |
+| ``cleanup/weekly-dry-run`` | ``schedule.cleanup_cron`` | models, apply=False, clean_store, ... |
 | ``monitor/daily`` | ``schedule.monitor_cron`` | models, retrain_deployment |
 
 Crons and their time zone come from ``configs/platform.yaml`` (``schedule:``), so the schedule is
@@ -45,9 +45,6 @@ from uuid import UUID
 
 DEFAULT_POOL = "intelli-rate-process"
 """The process work pool: flow runs as subprocesses of a worker on this machine."""
-
-CLEANUP_CRON = "0 5 * * 1"
-"""Mondays 05:00 (platform time zone), after the weekly retrain; a dry run that lists only."""
 
 WRITER_SLOTS = 1
 """Runs of retrain and rollout allowed at once, together."""
@@ -99,8 +96,8 @@ def specs(config_dir: Path) -> list[Spec]:
             "flows.cleanup:cleanup",
             "weekly-dry-run",
             "Plan what nothing uses any more; deletes only when run with apply=true.",
-            cron=CLEANUP_CRON,
-            parameters={"apply": False},
+            cron=schedule.cleanup_cron,
+            parameters={"apply": False, "reason": "scheduled dry run"},
         ),
         Spec(
             "flows.monitor:monitor",

@@ -24,6 +24,7 @@ def cleanup(
     clean_store: bool = False,
     all_models: bool = False,
     region: str | None = None,
+    reason: str = "manual",
 ) -> dict[str, Any]:
     """Plan (and with ``apply``, carry out) the deletion of what nothing uses any more.
 
@@ -33,6 +34,7 @@ def cleanup(
         clean_store: also delete old store versions and their MLflow versions (``--clean-s3``).
         all_models: also cover models no longer configured, and their endpoints (``--all``).
         region: AWS region to clean (default the configured one).
+        reason: why this run happens; printed in the plan artifact's description.
     """
     settings = load_settings()
     if region:
@@ -45,7 +47,8 @@ def cleanup(
     plan = plan_cleanup(
         inventory, platform.retention, clean_store=clean_store, include_orphans=all_models
     )
-    publish_table("cleanup-plan", plan_rows(plan), "dry run" if not apply else "applied plan")
+    mode = "applied plan" if apply else "dry run"
+    publish_table("cleanup-plan", plan_rows(plan), f"{mode} ({reason})")
     done = apply_plan(settings, plan, target) if apply else []
     if apply:
         publish_table("cleanup-done", done, "what cleanup deleted")

@@ -5,8 +5,9 @@
     mlops status [--model NAME ...] [--json]
     mlops rollout MODEL [--version vN]
     mlops rollback MODEL [--to vN]
-    mlops endpoint status|stop
+    mlops endpoint status|stop|start
     mlops cleanup [--apply] [--yes] [--all] [--clean-s3] [--region R]
+    mlops monitor [--model NAME ...] [--trigger/--no-trigger]
 
 Prefect's embedded state is pointed at ``$MLOPS_HOME`` before Prefect is imported, so the
 imports of flows and tasks happen inside the commands.
@@ -210,12 +211,19 @@ def cleanup(
         bool, typer.Option("--clean-s3", help="Also old store versions and their MLflow versions.")
     ] = False,
     region: Annotated[str | None, typer.Option(help="AWS region (default the configured).")] = None,
+    reason: Annotated[str, typer.Option(help="Why; shown on the plan artifact.")] = "manual",
 ) -> None:
     """Print what nothing uses any more; with --apply, delete exactly that."""
     prepare_environment()
     from flows.cleanup import cleanup as cleanup_flow
 
-    kwargs = dict(models=model or None, clean_store=clean_s3, all_models=all_models, region=region)
+    kwargs = dict(
+        models=model or None,
+        clean_store=clean_s3,
+        all_models=all_models,
+        region=region,
+        reason=reason,
+    )
     with embedded_prefect():
         planned = cleanup_flow(apply=False, **kwargs)
     _print_plan(planned["plan"], "cleanup plan (dry run)")
@@ -283,6 +291,18 @@ def _mask(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _register_subcommands() -> None:
+    """Commands kept in their own modules: ``mlops endpoint ...`` and ``mlops monitor``."""
+    from flows.cli_endpoint import app as endpoint_app
+    from flows.cli_monitor import register
+
+    app.add_typer(endpoint_app, name="endpoint")
+    register(app)
+
+
+_register_subcommands()
 
 
 def main() -> None:

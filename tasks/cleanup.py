@@ -302,7 +302,10 @@ def apply_plan(
                 elif res.in_use and kind != "endpoint":
                     outcome = "skipped: in use now"
                 else:
-                    target.delete(res)  # type: ignore[union-attr]
+                    try:
+                        target.delete(res)  # type: ignore[union-attr]
+                    except ValueError as exc:  # the target re-checks use and refuses
+                        outcome = f"skipped: in use now ({exc})"
             elif kind == "store-version":
                 latest = read_latest(store, item.model) or {}
                 if item.version in (latest.get("version"), latest.get("previous")):

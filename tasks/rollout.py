@@ -131,9 +131,7 @@ def restore_endpoint(
 ) -> str:
     """After a failed rollout: serve ``previous`` again, or remove an endpoint that was new."""
     if previous is None:
-        remove = getattr(target, "remove", None)
-        if remove is not None:
-            remove(cfg.name)
+        target.remove(cfg.name, _log)
         return f"{cfg.name}: no previous version; the new endpoint was removed"
     now = target.describe(cfg.name)
     if now is not None and now.version == previous:

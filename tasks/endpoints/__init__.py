@@ -105,7 +105,10 @@ class Resource:
         name: its name.
         model: the model it belongs to.
         version: the model version it holds, when known.
-        in_use: True when a live endpoint uses it (cleanup never deletes these).
+        in_use: True when something live depends on it: a model or endpoint config that an
+            endpoint serves from, or an endpoint whose route or alias still points at it
+            (an endpoint itself is in use while it serves the champion). Cleanup never
+            deletes these.
         details: anything the plan should print (creation time, idle days, monthly cost).
     """
 
@@ -148,6 +151,9 @@ class EndpointTarget(Protocol):
 
     def delete(self, resource: Resource) -> None:
         """Delete one resource. Refuses (ValueError) a resource that is in use."""
+
+    def remove(self, model: str, progress: Callable[[str], None] | None = None) -> None:
+        """Delete the model's endpoint and what it used (after a first rollout that failed)."""
 
     def monthly_cost(self, endpoint: EndpointConfig, platform: PlatformConfig) -> float | None:
         """Estimated USD per month of an endpoint with this config; None when unpriced."""

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # Colours of the plots: labelled normal vs abusive, actual vs model vs baseline.
 _BLUE = "#1f77b4"
@@ -223,7 +224,14 @@ def seasonal_naive(history: ArrayLike, horizon: int, season: int) -> NDArray[np.
 
 
 def new_figure(width: float = 7.0, height: float = 4.5, **kwargs: Any) -> Figure:
-    """A figure with its own Agg canvas, outside pyplot's global registry."""
+    """A figure with its own Agg canvas, outside pyplot's global registry.
+
+    matplotlib is imported here, not at module level: the serving app loads the families
+    (and so this module) and never draws.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), **kwargs)
     FigureCanvasAgg(fig)
     return fig
