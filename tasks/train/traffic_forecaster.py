@@ -145,6 +145,13 @@ def _hourly(series: pd.DataFrame) -> pd.Series:
     return s.reindex(grid).interpolate(method="time").ffill().bfill()
 
 
+def _ratio(value: float, baseline: float) -> float:
+    """``value / baseline``; 1.0 when both are 0 (a perfect naive forecast, matched)."""
+    if baseline > 0:
+        return value / baseline
+    return 1.0 if value == 0 else float("inf")
+
+
 def _metric_key(service: str) -> str:
     # MLflow metric names allow letters, digits, _ - . / and space.
     return re.sub(r"[^A-Za-z0-9_.-]", "_", service)
@@ -259,7 +266,12 @@ class TrafficForecaster(Family):
                 "forecast": forecast,
                 "baseline": baseline,
             }
-        names = ["smape", "mape", "mase", "baseline_smape", "baseline_mase"]
+            # MAE relative to the seasonal-naive forecast of the same hours (MASE over its
+            # baseline's MASE; the in-sample scale cancels). Below 1 beats seasonal naive.
+            per[service]["relative_mae"] = _ratio(
+                per[service]["mase"], per[service]["baseline_mase"]
+            )
+        names = ["smape", "mape", "mase", "baseline_smape", "baseline_mase", "relative_mae"]
         metrics = {k: float(np.mean([v[k] for v in per.values()])) for k in names}
         metrics["n_services"] = float(len(per))
         metrics["n_hours"] = float(sum(len(df) for df in test.values()))
@@ -272,7 +284,8 @@ class TrafficForecaster(Family):
     ) -> Evaluation:
         """Forecast the holdout's hours per service and score them (means over services).
 
-        Metrics: ``smape``, ``mape``, ``mase``, ``baseline_smape``, ``baseline_mase``, and
+        Metrics: ``smape``, ``mape``, ``mase``, ``baseline_smape``, ``baseline_mase``,
+        ``relative_mae`` (MAE over the seasonal-naive forecast's MAE on the same hours), and
         ``smape__<service>`` per service. ``history`` (the data before the holdout) gives
         MASE's scale and the seasonal-naive forecast.
 
@@ -320,6 +333,7 @@ class TrafficForecaster(Family):
         return {
             "backtest_smape": float(np.mean([f["smape"] for f in folds])),
             "backtest_mase": float(np.mean([f["mase"] for f in folds])),
+            "backtest_relative_mae": float(np.mean([f["relative_mae"] for f in folds])),
             "backtest_baseline_smape": float(np.mean([f["baseline_smape"] for f in folds])),
             "backtest_folds": float(len(folds)),
         }

@@ -324,6 +324,7 @@ def test_traffic_forecaster_beats_seasonal_naive(
     assert got["smape"] == pytest.approx((got["smape__api"] + got["smape__auth"]) / 2)
     # The holdout holds a holiday: the naive forecast copies a normal Wednesday, Prophet knows.
     assert got["mase"] < 1.0
+    assert 0.0 < got["relative_mae"] < 1.0
     assert got["smape"] < got["baseline_smape"]
     assert got["smape"] < 0.15
     assert set(ev.figures) == {"forecast_vs_actual.png"}
