@@ -25,7 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tasks.settings import prepare_environment
+from tasks.settings import load_settings, prepare_environment
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Intelli-Rate MLOps pipeline.")
 # Piped output (CI, a log file) has no width; rich would fold every table to 80 columns.
@@ -97,6 +97,7 @@ def retrain(
         console.print(f"[red]retrain failed[/]: {summary}")
         raise typer.Exit(1)
     _print_summary(summary)
+    _print_serving(settings)
     if state.is_failed():
         raise typer.Exit(1)
 
@@ -112,6 +113,41 @@ def _print_summary(summary: dict[str, Any]) -> None:
         cells[1] = f"[{colours.get(row['status'], 'white')}]{cells[1]}[/]"
         table.add_row(*cells)
     console.print(table)
+
+
+def _print_serving(settings: Any) -> None:
+    """Where each model's endpoint serves, and (local endpoint) a request to try on it."""
+    import shlex
+
+    from tasks.config import load_model_configs, load_platform_config
+    from tasks.endpoints import open_target
+    from tasks.publish import PublishError
+    from tasks.rollout import resolve_version
+
+    target = open_target(settings, load_platform_config(settings.config_dir))
+    if target is None:
+        return
+    lines = []
+    for cfg in load_model_configs(settings.config_dir):
+        serving = target.describe(cfg.name) if cfg.endpoint.enabled else None
+        if serving is None or serving.version is None:
+            continue
+        lines.append(f"  {cfg.name} {serving.version} ({serving.status}): {serving.address}")
+        if target.kind != "local":
+            continue
+        try:
+            example = resolve_version.fn(settings, cfg, serving.version).example_request[:1]
+        except (PublishError, OSError, ValueError):
+            continue
+        body = shlex.quote(json.dumps({"instances": example}))
+        lines.append(
+            f"    curl -s -X POST {serving.address} -H 'Content-Type: application/json' -d {body}"
+        )
+    if lines:
+        console.print(f"[bold]serving on the {target.kind} endpoint[/]:", highlight=False)
+        console.print("\n".join(lines), highlight=False, soft_wrap=True)
+        if target.kind == "local":
+            console.print("stop it with: mlops endpoint stop", highlight=False)
 
 
 @app.command()
@@ -180,6 +216,7 @@ def rollout(
     with embedded_prefect():
         state = rollout_flow(model, version, reason=reason, return_state=True)
     _finish(state)
+    _print_serving(load_settings())
 
 
 @app.command()
@@ -197,6 +234,7 @@ def rollback(
     with embedded_prefect():
         state = rollback_flow(model, to, reason=reason, return_state=True)
     _finish(state)
+    _print_serving(load_settings())
 
 
 @app.command()
