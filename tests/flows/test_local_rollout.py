@@ -1,0 +1,207 @@
+"""The retrain, rollout and rollback flows on the local endpoint (real serving processes).
+
+What ``make run`` does on a laptop, one model, in file order like a week of operations: the
+first retrain ends with v1 serving; a forced retrain swaps to v2 while requests flow; a rollout
+whose model cannot load leaves v2 serving with pointer, alias and history untouched; a rollback
+puts v1 back everywhere; ``mlops endpoint stop`` ends every process and ``status`` says so.
+Every process started here is stopped at the end, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from flows.retrain import retrain
+from flows.rollout import rollback, rollout
+from tasks import registry
+from tasks.config import load_platform_config
+from tasks.endpoints.local import LocalTarget, free_port, is_alive
+from tasks.publish import promotion_history, read_latest
+from tasks.settings import PROJECT_ROOT, Settings, load_settings
+from tasks.source import seed_source
+from tasks.status import model_status
+from tasks.training import store_of
+from tests.conftest import _LEAKY
+
+pytestmark = pytest.mark.integration
+
+MODEL = "limit_optimiser"
+
+
+@dataclass
+class Local:
+    settings: Settings
+    target: LocalTarget
+    home: Path
+
+
+def our_processes(home: Path) -> list[int]:
+    """Every live process whose working directory is under ``home`` (router and variants)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if cwd.startswith(str(home)) and is_alive(int(entry.name), None):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
+    with pytest.MonkeyPatch.context() as mp:
+        tmp = tmp_path_factory.mktemp("local-rollout")
+        for name in _LEAKY:
+            mp.delenv(name, raising=False)
+        home = tmp / "home"
+        mp.setenv("MLOPS_HOME", str(home))
+        mp.setenv("MLOPS_ENDPOINT_TARGET", "local")
+        mp.setenv("MLOPS_ENDPOINT_PORT", str(free_port()))
+        configs = tmp / "configs"
+        shutil.copytree(PROJECT_ROOT / "configs", configs)
+        mp.setenv("MLOPS_CONFIG_DIR", str(configs))
+        settings = load_settings()
+        seed_source(
+            settings.source_url, weeks=8, n_clients=40, n_services=2, seed=7, today=date(2026, 3, 2)
+        )
+        target = LocalTarget.from_settings(settings, load_platform_config(configs))
+        try:
+            yield Local(settings, target, home)
+        finally:
+            target.stop()
+            for pid in our_processes(home):  # nothing may outlive the tests
+                os.kill(pid, signal.SIGKILL)
+
+
+def invoke(local: Local) -> httpx.Response:
+    example = _example(local)
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        return client.post(local.target.address(MODEL), json={"instances": example})
+
+
+def _example(local: Local) -> list[dict[str, Any]]:
+    import json
+
+    store = store_of(local.settings)
+    version = (read_latest(store, MODEL) or {})["version"]
+    schema = json.loads(store.get_bytes(f"models/{MODEL}/{version}/schema.json"))
+    return list(schema["example_request"])
+
+
+def everywhere(local: Local) -> tuple[Any, ...]:
+    """(latest.json, champion alias's store version, endpoint version, agree)."""
+    (row,) = model_status(local.settings, [MODEL])
+    return (
+        row["latest_version"],
+        row["champion_store_version"],
+        row.get("endpoint_version"),
+        row["agree"],
+    )
+
+
+def test_first_retrain_ends_serving_v1(local: Local) -> None:
+    state = retrain(models=[MODEL], reason="first", return_state=True)
+    summary = state.result()
+    (line,) = summary["models"]
+    assert line["status"] == "promoted", line
+    assert "serves at http://127.0.0.1" in line["note"]
+
+    assert everywhere(local) == ("v1", "v1", "v1", True)
+    answer = invoke(local)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-model-version"] == "v1"
+    assert len(answer.json()["predictions"]) == len(_example(local))
+
+
+def test_forced_retrain_swaps_to_v2_without_a_failed_request(local: Local) -> None:
+    stop = threading.Event()
+    versions: list[str] = []
+    failures: list[str] = []
+    example = _example(local)
+    url = local.target.address(MODEL)
+
+    def load() -> None:
+        with httpx.Client(trust_env=False, timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    r = client.post(url, json={"instances": example})
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                    continue
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text}")
+                else:
+                    versions.append(r.headers["x-model-version"])
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    try:
+        state = retrain(models=[MODEL], force=True, reason="second", return_state=True)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+    assert state.result()["models"][0]["status"] == "promoted"
+    assert failures == []
+    assert versions and set(versions) <= {"v1", "v2"}
+    assert versions[-1] == "v2"
+    assert everywhere(local) == ("v2", "v2", "v2", True)
+
+
+def test_a_rollout_that_cannot_load_leaves_v2_serving_and_moves_nothing(local: Local) -> None:
+    store = store_of(local.settings)
+    history = promotion_history(store, MODEL)
+    tarball = Path(local.settings.store) / "models" / MODEL / "v1" / "model.tar.gz"
+    saved = tarball.read_bytes()
+    tarball.write_bytes(b"not a tarball")  # what a corrupted upload looks like
+    try:
+        state = rollout(MODEL, "v1", reason="bad", return_state=True)
+    finally:
+        tarball.write_bytes(saved)
+
+    assert state.is_failed()
+    assert "pointer unchanged" in str(state.message)
+    assert everywhere(local) == ("v2", "v2", "v2", True)
+    assert promotion_history(store, MODEL) == history
+    assert invoke(local).headers["x-model-version"] == "v2"
+    # Nothing of the failed attempt is left running: one router and one variant.
+    assert len(our_processes(local.home)) == 2
+
+
+def test_rollback_serves_v1_again_with_pointer_and_alias(local: Local) -> None:
+    state = rollback(MODEL, return_state=True)
+    assert state.is_completed(), state.message
+    assert everywhere(local) == ("v1", "v1", "v1", True)
+    assert invoke(local).headers["x-model-version"] == "v1"
+    alias = registry.get_alias(local.settings.tracking_uri, MODEL, registry.CHAMPION)
+    assert alias is not None and alias["tags"]["store_version"] == "v1"
+    history = promotion_history(store_of(local.settings), MODEL)
+    assert [h["version"] for h in history] == ["v1", "v2", "v1"]
+
+
+def test_endpoint_stop_ends_every_process_and_status_says_so(local: Local) -> None:
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["endpoint", "stop"])
+    assert result.exit_code == 0, result.output
+    assert our_processes(local.home) == []
+
+    (row,) = model_status(local.settings, [MODEL])
+    assert row["latest_version"] == "v1"
+    assert not row["agree"]
+    assert "no endpoint serves it" in row["problem"]
