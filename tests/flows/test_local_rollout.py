@@ -27,13 +27,14 @@ from flows.retrain import retrain
 from flows.rollout import rollback, rollout
 from tasks import registry
 from tasks.config import load_platform_config
-from tasks.endpoints.local import LocalTarget, free_port, is_alive
+from tasks.endpoints.local import LocalTarget, free_port
 from tasks.publish import promotion_history, read_latest
 from tasks.settings import PROJECT_ROOT, Settings, load_settings
 from tasks.source import seed_source
 from tasks.status import model_status
 from tasks.training import store_of
 from tests.conftest import _LEAKY
+from tests.fixtures.serving import our_processes
 
 pytestmark = pytest.mark.integration
 
@@ -45,21 +46,6 @@ class Local:
     settings: Settings
     target: LocalTarget
     home: Path
-
-
-def our_processes(home: Path) -> list[int]:
-    """Every live process whose working directory is under ``home`` (router and variants)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if cwd.startswith(str(home)) and is_alive(int(entry.name), None):
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +185,7 @@ def test_endpoint_stop_ends_every_process_and_status_says_so(local: Local) -> No
 
     result = CliRunner().invoke(app, ["endpoint", "stop"])
     assert result.exit_code == 0, result.output
-    assert our_processes(local.home) == []
+    assert our_processes(local.home) == {}
 
     (row,) = model_status(local.settings, [MODEL])
     assert row["latest_version"] == "v1"

@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from tasks.endpoints import RolloutFailed, VersionToServe
 from tasks.endpoints.local import LocalTarget, free_port, is_alive
 from tasks.store import LocalStore
-from tests.fixtures.serving import TinyModel, build_model_dir, publish_tiny
+from tests.fixtures.serving import TinyModel, build_model_dir, our_processes, publish_tiny
 
 pytestmark = pytest.mark.integration
 
@@ -48,25 +48,6 @@ class Endpoint:
     v2: VersionToServe
     v3: VersionToServe
     port: int
-
-
-def our_processes(home: Path) -> dict[int, str]:
-    """pid -> cwd of every process whose working directory is under ``home``.
-
-    The router and the variants run in ``home/endpoint`` and their variant directories, so this
-    finds every process the endpoint started, recorded or not: the orphan check.
-    """
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if cwd.startswith(str(home)) and is_alive(int(entry.name), None):
-            found[int(entry.name)] = cwd
-    return found
 
 
 @pytest.fixture(scope="module")
