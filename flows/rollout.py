@@ -48,7 +48,7 @@ def rollout(model: str, version: str | None = None, reason: str = "manual") -> S
         serving = deploy_endpoint(target, wanted)
         smoke_test(target, wanted)
     except RolloutFailed as exc:
-        restored = restore_endpoint(settings, cfg, target, previous)
+        restored = restore_endpoint(settings, cfg, target, previous, wanted.version)
         record_failure(wanted, str(exc), restored)
         return Failed(message=f"{model} {wanted.version}: {exc}. {restored}; pointer unchanged")
 

@@ -127,17 +127,68 @@ def smoke_test(target: EndpointTarget, wanted: VersionToServe) -> dict[str, Any]
 
 @task(name="restore-endpoint", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def restore_endpoint(
-    settings: Settings, cfg: ModelConfig, target: EndpointTarget, previous: str | None
+    settings: Settings,
+    cfg: ModelConfig,
+    target: EndpointTarget,
+    previous: str | None,
+    failed: str | None = None,
 ) -> str:
-    """After a failed rollout: serve ``previous`` again, or remove an endpoint that was new."""
+    """After a failed rollout: serve ``previous`` again, or remove an endpoint that was new.
+
+    A deploy that fails cleans up after itself, but a version that deployed and then failed its
+    smoke test served for a moment: once ``previous`` serves again, the endpoint resources of
+    ``failed`` (configs, models, variants) that nothing uses are deleted, so the attempt leaves
+    nothing behind.
+    """
     if previous is None:
         target.remove(cfg.name, _log)
         return f"{cfg.name}: no previous version; the new endpoint was removed"
     now = target.describe(cfg.name)
     if now is not None and now.version == previous:
-        return f"{cfg.name}: {previous} still serves"
-    target.deploy(resolve_version.fn(settings, cfg, previous), _log)
-    return f"{cfg.name}: {previous} serves again"
+        restored = f"{cfg.name}: {previous} still serves"
+    else:
+        target.deploy(resolve_version.fn(settings, cfg, previous), _log)
+        restored = f"{cfg.name}: {previous} serves again"
+    if failed is None or failed == previous:
+        return restored
+    deleted, kept = discard_version(target, cfg.name, failed)
+    if deleted:
+        restored += f"; removed {failed}'s {', '.join(deleted)}"
+    if kept:
+        restored += f"; left behind: {'; '.join(kept)}"
+    return restored
+
+
+def discard_version(
+    target: EndpointTarget, model: str, version: str
+) -> tuple[list[str], list[str]]:
+    """Delete the target's resources of ``model`` ``version`` that no endpoint uses.
+
+    Endpoints are never touched (one serves the model); the target re-checks use before each
+    delete and refuses what became used since the listing.
+
+    Returns:
+        What was deleted (``kind name``) and what was left, with why.
+    """
+    deleted: list[str] = []
+    kept: list[str] = []
+    for resource in target.resources():
+        if resource.model != model or resource.version != version:
+            continue
+        if resource.kind == "endpoint":
+            continue
+        label = f"{resource.kind} {resource.name}"
+        if resource.in_use:
+            kept.append(f"{label} (in use)")
+            continue
+        try:
+            target.delete(resource)
+        except ValueError as exc:
+            kept.append(f"{label} ({exc})")
+            continue
+        _log(f"{model}: deleted {label} of the failed {version}")
+        deleted.append(label)
+    return deleted, kept
 
 
 @task(name="promote-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
