@@ -60,7 +60,12 @@ def model_status(settings: Settings, names: list[str] | None = None) -> list[dic
                     "variants": serving.variants,
                 }
                 row["endpoint_version"] = serving.version
-                if serving.version != row["latest_version"]:
+                if serving.version is None:
+                    problems.append(
+                        f"the endpoint is {serving.status} and serves no version "
+                        f"(latest.json says {row['latest_version']})"
+                    )
+                elif serving.version != row["latest_version"]:
                     problems.append(
                         f"the endpoint serves {serving.version}, latest.json says "
                         f"{row['latest_version']}"

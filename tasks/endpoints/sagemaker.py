@@ -54,6 +54,8 @@ VARIANT = "AllTraffic"
 MAX_NAME = 63
 SETTLING = frozenset({"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"})
 """Statuses SageMaker moves out of by itself; anything else is where the endpoint stays."""
+NOT_SERVING = frozenset({"Failed", "OutOfService", "Deleting"})
+"""Statuses in which an endpoint answers nothing, whichever config it still names."""
 
 MIN_EXECUTION_TIMEOUT = 600
 MAX_EXECUTION_TIMEOUT = 28800
@@ -512,9 +514,16 @@ class SageMakerTarget:
         return None
 
     def _serving(self, model: str, desc: dict[str, Any]) -> Serving:
+        """What the endpoint described by ``desc`` serves.
+
+        A ``Failed`` (or out of service) endpoint still names its last config but answers
+        nothing: its version is None, so a restore recreates it and status flags it instead
+        of taking the config's version for the version served.
+        """
         config_name = desc.get("EndpointConfigName")
         config = self._describe_config(config_name) if config_name else None
-        version = self._config_version(config)
+        serves = desc["EndpointStatus"] not in NOT_SERVING
+        version = self._config_version(config) if serves else None
         models = {
             v["VariantName"]: v.get("ModelName")
             for v in (config or {}).get("ProductionVariants", [])
@@ -542,7 +551,8 @@ class SageMakerTarget:
     def describe(self, model: str) -> Serving | None:
         """What the model's endpoint serves now; None when it has no endpoint.
 
-        The version comes from the tags of the endpoint's current config (or of its model).
+        The version comes from the tags of the endpoint's current config (or of its model);
+        it is None while the endpoint is ``Failed``, ``OutOfService`` or ``Deleting``.
         """
         desc = self._describe_endpoint(endpoint_name(self.platform.project_tag, model))
         return None if desc is None else self._serving(model, desc)
