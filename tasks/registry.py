@@ -179,6 +179,10 @@ def list_versions(tracking_uri: str, model: str) -> list[dict[str, Any]]:
         found = client.search_model_versions(f"name='{model}'")
     except Exception:
         return []
+    if not found:
+        # Never registered (a model that has not been promoted yet): no aliases to read either,
+        # and get_registered_model would raise.
+        return []
     # search_model_versions leaves aliases empty; the registered model holds the alias map.
     by_version: dict[str, list[str]] = {}
     for alias, version in (client.get_registered_model(model).aliases or {}).items():
