@@ -392,7 +392,10 @@ def test_cleanup_dry_run_deletes_nothing_and_apply_deletes_exactly_the_plan(
     assert set(by_version) == set(models_by_version) == {"v1", "v2", "v4"}
     start = len(sim.calls)
 
-    dry = cleanup(models=[MODEL], clean_store=True)
+    # Every configured model, as `mlops cleanup --clean-s3` does: the other two were never
+    # trained here, and have nothing to plan.
+    dry = cleanup(clean_store=True)
+    assert {p["model"] for p in dry["plan"]} == {MODEL}
     planned = {(p["kind"], p["name"]) for p in dry["plan"] if p["action"] == "delete"}
     # keep_last 1: v4 is the champion and newest, v1 the rollback target; v2 serves nothing and
     # v3 never served. The endpoint serves a configured model and is kept.
@@ -414,7 +417,7 @@ def test_cleanup_dry_run_deletes_nothing_and_apply_deletes_exactly_the_plan(
     assert set(configs(world)) == set(by_version.values())
     assert [v["version"] for v in list_versions(store, MODEL)] == ["v1", "v2", "v3", "v4"]
 
-    done = cleanup(models=[MODEL], clean_store=True, apply=True)
+    done = cleanup(clean_store=True, apply=True)
     assert {(d["kind"], d["name"]) for d in done["done"]} == planned
     assert all(d["outcome"] == "deleted" for d in done["done"]), done["done"]
     # Exactly the planned SageMaker deletions, and nothing else was asked of SageMaker.
