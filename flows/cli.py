@@ -255,7 +255,7 @@ def cleanup(
     prepare_environment()
     from flows.cleanup import cleanup as cleanup_flow
 
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         models=model or None,
         clean_store=clean_s3,
         all_models=all_models,

@@ -49,9 +49,8 @@ def retrain_model(model: str, force: bool = False, reason: str = "scheduled") ->
     if not rolled.is_completed():
         note = f"published, not promoted: {rolled.message}"
         return outcome(model, "failed", note, challenger, champion, decision, published, registered)
-    return outcome(
-        model, "promoted", rolled.message, challenger, champion, decision, published, registered
-    )
+    note = rolled.message or ""
+    return outcome(model, "promoted", note, challenger, champion, decision, published, registered)
 
 
 @flow(name="retrain")

@@ -107,7 +107,8 @@ def summarise_run(settings: Settings, states: dict[str, State]) -> dict[str, Any
             outcomes.append(state.result())
         else:
             error = state.result(raise_on_failure=False)
-            note = str(error) if isinstance(error, BaseException) else (state.message or state.name)
+            message = state.message or state.name or "failed"
+            note = str(error) if isinstance(error, BaseException) else message
             outcomes.append(outcome(model, "failed", note=note))
     cfgs = {c.name: c for c in load_model_configs(settings.config_dir, list(states))}
     gate_metrics = {name: list(c.gate.metrics) for name, c in cfgs.items()}

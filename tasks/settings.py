@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         default=None,
         description="Execution role for SageMaker models; created (least privilege) when unset.",
     )
+    sagemaker_poll_seconds: float = Field(
+        default=15.0,
+        ge=0.0,
+        le=300.0,
+        description="Pause between SageMaker status polls while an endpoint is created or updated.",
+    )
     serving_image: str | None = Field(
         default=None,
         description="ECR image URI of the serving image built from docker/serving.Dockerfile.",

@@ -368,7 +368,7 @@ class SageMakerTarget:
             serving_image=settings.serving_image,
             role_arn=settings.sagemaker_role_arn,
             kms_key_id=settings.kms_key_id,
-            **options,
+            **{"poll_seconds": settings.sagemaker_poll_seconds, **options},
         )
 
     # --- names and request bodies ----------------------------------------------------------------

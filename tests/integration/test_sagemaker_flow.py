@@ -33,7 +33,7 @@ from flows.cleanup import cleanup
 from flows.retrain import retrain
 from flows.rollout import rollback, rollout
 from tasks import registry
-from tasks.endpoints.sagemaker import SageMakerTarget, endpoint_name
+from tasks.endpoints.sagemaker import endpoint_name
 from tasks.publish import list_versions, promotion_history, read_latest
 from tasks.settings import PROJECT_ROOT, Settings, load_settings
 from tasks.source import seed_source
@@ -107,14 +107,12 @@ def world(
 
         sim = SageMakerSim()
         install(sim, mp)
-        # The flows build their target from settings; only the polling is made fast (SageMaker
-        # polls every 15 s). The simulated states still take sim.settle_after polls each.
-        built = SageMakerTarget.__dict__["from_settings"].__func__
-
-        def fast(cls: type[SageMakerTarget], *args: Any, **options: Any) -> SageMakerTarget:
-            return built(cls, *args, **{"poll_seconds": 0.01, "timeout_seconds": 10.0, **options})
-
-        mp.setattr(SageMakerTarget, "from_settings", classmethod(fast))
+        # SageMaker is polled every 15 s; the simulated states take sim.settle_after polls each.
+        mp.setenv("MLOPS_SAGEMAKER_POLL_SECONDS", "0.01")
+        model_yaml = configs / "models" / f"{MODEL}.yaml"
+        model_yaml.write_text(
+            model_yaml.read_text().replace("timeout_seconds: 1800", "timeout_seconds: 10")
+        )
 
         settings = load_settings()
         assert settings.resolved_endpoint_target == "sagemaker"
