@@ -112,17 +112,26 @@ def _dumps(payload: dict[str, Any]) -> bytes:
     return (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode()
 
 
+UNPACKED = "model"
+"""Folder of a version holding the unpacked model files (``endpoint.model_data: uncompressed``)."""
+
+
 def _check_file_name(name: str) -> None:
+    plain = name
+    unpacked = isinstance(name, str) and name.startswith(f"{UNPACKED}/")
+    if unpacked:
+        plain = name[len(UNPACKED) + 1 :]  # one folder level: model/<plain name>
     if (
-        not isinstance(name, str)
-        or not name
-        or "/" in name
-        or "\\" in name
-        or name.startswith(".")
-        or name in RESERVED_FILES
+        not isinstance(plain, str)
+        or not plain
+        or "/" in plain
+        or "\\" in plain
+        or plain.startswith(".")
+        or (plain in RESERVED_FILES and not unpacked)
     ):
         raise PublishError(
-            f"invalid file name {name!r}: plain names only (no '/', no leading '.'), "
+            f"invalid file name {name!r}: plain names only (no '/' but one "
+            f"'{UNPACKED}/' folder, no leading '.'), "
             f"and {sorted(RESERVED_FILES)} are reserved"
         )
 
@@ -333,7 +342,9 @@ def verify_version(store: Store, model: str, version: str, dest: Path) -> dict[s
         _check_file_name(name)
         if not isinstance(meta, dict):
             raise PublishError(f"{model} {version}: manifest entry for {name} is malformed")
-        part = dest / f".{name}.part"
+        final = dest / name
+        final.parent.mkdir(parents=True, exist_ok=True)  # model/ of an unpacked model
+        part = final.with_name(f".{final.name}.part")
         try:
             store.get_file(f"{prefix}/{name}", part)
         except KeyNotFound as exc:
@@ -346,7 +357,7 @@ def verify_version(store: Store, model: str, version: str, dest: Path) -> dict[s
                 f"(sha256 {digest}, {size} bytes; expected {meta.get('sha256')}, "
                 f"{meta.get('bytes')} bytes)"
             )
-        os.replace(part, dest / name)
+        os.replace(part, final)
     return manifest
 
 
@@ -367,6 +378,25 @@ def promotion_history(store: Store, model: str) -> list[dict[str, Any]]:
         if match:
             by_seq[int(match[1])] = json.loads(store.get_bytes(key))
     return [by_seq[seq] for seq in sorted(by_seq)]
+
+
+def rollback_target(history: list[dict[str, Any]], current: str) -> str | None:
+    """The version a rollback from ``current`` returns to, from the promotion history.
+
+    The newest version in ``history`` that is not ``current`` and was not rolled back from
+    since (a record's ``rolled_back_from``): after rolling v4 back to v3, the next rollback goes
+    to v2, not to the v4 that misbehaved.
+    """
+    bad: set[str] = set()
+    for record in history:  # promoting a version again clears it
+        bad.discard(record.get("version"))
+        if record.get("rolled_back_from"):
+            bad.add(record["rolled_back_from"])
+    for record in reversed(history):
+        version = record.get("version")
+        if version and version != current and version not in bad:
+            return str(version)
+    return None
 
 
 def _next_seq(store: Store, model: str) -> int:
@@ -429,11 +459,13 @@ def move_latest(
     for _ in range(max_attempts):
         seq = _next_seq(store, model)
         now = _now()
+        history = promotion_history(store, model)
+        moves = [*history, {"version": version, **extra}]
         record = {
             "seq": seq,
             "model": model,
             "version": version,
-            "previous": current.get("version") if current else None,
+            "previous": rollback_target(moves, version),
             "at": now,
             "reason": reason,
             "manifest_sha256": manifest_sha256,

@@ -159,6 +159,11 @@ def log_metrics_to_run(run_id: str, tracking_uri: str, metrics: dict[str, float]
     _client(tracking_uri).log_batch(run_id, metrics=batch)
 
 
+def _not_found(exc: Exception) -> bool:
+    """Whether MLflow said the model or version does not exist (not an outage)."""
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
 def version_for_store_version(tracking_uri: str, model: str, store_version: str) -> str | None:
     """The registered version tagged with ``store_version`` (newest if several), or None."""
     client = _client(tracking_uri)
@@ -166,8 +171,10 @@ def version_for_store_version(tracking_uri: str, model: str, store_version: str)
         found = client.search_model_versions(
             f"name='{model}' and tags.store_version='{store_version}'"
         )
-    except Exception:  # no such registered model yet
-        return None
+    except Exception as exc:  # no such registered model yet; an outage is raised, not hidden
+        if _not_found(exc):
+            return None
+        raise
     versions = sorted((int(mv.version) for mv in found), reverse=True)
     return str(versions[0]) if versions else None
 

@@ -23,6 +23,9 @@ from tasks.report import publish_markdown
 from tasks.settings import Settings
 from tasks.training import store_of
 
+SETTLED = frozenset({"InService", "running"})
+"""Endpoint statuses (SageMaker, local) in which the version reported is the one that serves."""
+
 LINEAGE_TAG_KEYS = ("snapshot_id", "config_hash", "code_version", "flow_run_id", "mlflow_run_id")
 
 
@@ -42,7 +45,7 @@ def target_for(
     return open_target(settings, platform)
 
 
-@task(name="resolve-version", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="resolve-version", cache_policy=NO_CACHE)  # a missing version stays missing
 def resolve_version(settings: Settings, cfg: ModelConfig, version: str | None) -> VersionToServe:
     """What the target needs to serve ``version`` (default: the one ``latest.json`` names).
 
@@ -144,7 +147,9 @@ def restore_endpoint(
         target.remove(cfg.name, _log)
         return f"{cfg.name}: no previous version; the new endpoint was removed"
     now = target.describe(cfg.name)
-    if now is not None and now.version == previous:
+    # Only a settled endpoint counts: one still Updating may yet finish on the failed version
+    # (a timed-out blue/green update goes on), so deploy waits for it and puts previous back.
+    if now is not None and now.version == previous and now.status in SETTLED:
         restored = f"{cfg.name}: {previous} still serves"
     else:
         target.deploy(resolve_version.fn(settings, cfg, previous), _log)
@@ -191,6 +196,37 @@ def discard_version(
     return deleted, kept
 
 
+@task(name="registered-version", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def registered_version(settings: Settings, cfg: ModelConfig, wanted: VersionToServe) -> str:
+    """The MLflow model version registered for ``wanted`` (checked before deploying it).
+
+    Raises:
+        PublishError: the store version has no registered MLflow version to alias.
+    """
+    found = registry.version_for_store_version(settings.tracking_uri, cfg.name, wanted.version)
+    if found is None:
+        raise PublishError(
+            f"{cfg.name} {wanted.version}: no registered MLflow version; nothing was deployed"
+        )
+    return found
+
+
+def version_to_restore(
+    settings: Settings, cfg: ModelConfig, before: Serving | None, wanted: VersionToServe
+) -> str | None:
+    """What should serve if this rollout fails: the champion ``latest.json`` names.
+
+    The endpoint's own version only when nothing is promoted (or the rollout redeploys the
+    champion itself): after a crashed run an endpoint may serve a version never promoted, and
+    after a reboot a local route may be down with no version at all.
+    """
+    champion = (read_latest(store_of(settings), cfg.name) or {}).get("version")
+    if champion and champion != wanted.version:
+        return str(champion)
+    served = before.version if before else None
+    return served if served != wanted.version else None
+
+
 @task(name="promote-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def promote_version(
     settings: Settings,
@@ -198,18 +234,16 @@ def promote_version(
     wanted: VersionToServe,
     serving: Serving | None,
     reason: str,
+    mlflow_version: str,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Move ``latest.json`` (appending to the promotion history) and the ``champion`` alias.
 
-    Raises:
-        PublishError: the version has no registered MLflow version to alias.
+    Args:
+        mlflow_version: the registered version of ``wanted`` (:func:`registered_version`).
+        extra: more fields for the pointer and the history record (``rolled_back_from``).
     """
-    mlflow_version = registry.version_for_store_version(
-        settings.tracking_uri, cfg.name, wanted.version
-    )
-    if mlflow_version is None:
-        raise PublishError(f"{cfg.name} {wanted.version}: no registered MLflow version")
-    extra: dict[str, Any] = {"mlflow_version": mlflow_version, "uri": wanted.version_uri}
+    extra = {**(extra or {}), "mlflow_version": mlflow_version, "uri": wanted.version_uri}
     if serving is not None:
         extra |= {
             "endpoint": serving.endpoint_name,

@@ -107,6 +107,9 @@ def test_rollback_moves_pointer_and_alias_and_keeps_history(three_versions: Any)
     history = promotion_history(store_of(settings), MODEL)
     assert [h["version"] for h in history][-2:] == ["v3", "v2"]
     assert "rollback" in history[-1]["reason"] and "from v3 to v2" in history[-1]["reason"]
+    assert history[-1]["rolled_back_from"] == "v3"
+    # The next rollback goes further back, never to the v3 just rolled back from.
+    assert (read_latest(store_of(settings), MODEL) or {})["previous"] == "v1"
 
     state = rollback(MODEL, to="v3", return_state=True)
     assert state.is_completed(), state.message

@@ -367,7 +367,9 @@ def test_rollback_serves_v1_again_then_a_manual_rollout_serves_v4(world: World) 
     assert len(configs(world)) == 2 and len(models(world)) == 2
     history = promotion_history(store, MODEL)
     assert history[-1]["version"] == "v1" and "from v2 to v1" in history[-1]["reason"]
-    assert "back to v2" in status_row(world)["rollback"]
+    # v2 was rolled back from: no later rollback returns to it (v1 is the oldest version).
+    assert history[-1]["rolled_back_from"] == "v2"
+    assert status_row(world)["rollback"].endswith("--to vN")
     assert answer(world)["version"] == "v1"
 
     # v4 was published but never promoted; serving it by hand works once it answers.

@@ -28,6 +28,7 @@ from tasks.publish import (
     publish_version,
     read_latest,
     read_manifest,
+    rollback_target,
     verify_version,
     version_number,
 )
@@ -133,7 +134,19 @@ def test_models_do_not_share_numbers(store: LocalStore, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["a/b", "../escape", "manifest.json", "claim.json", "", ".hidden", "dir\\file"]
+    "name",
+    [
+        "a/b",
+        "../escape",
+        "manifest.json",
+        "claim.json",
+        "",
+        ".hidden",
+        "dir\\file",
+        "model/a/b",
+        "model/../x",
+        "model/",
+    ],
 )
 def test_bad_file_names_are_refused_before_claiming(
     store: LocalStore, tmp_path: Path, name: str
@@ -543,3 +556,54 @@ def test_extract_refuses_garbage(tmp_path: Path) -> None:
     bad.write_bytes(gzip.compress(b"not a tar archive at all" * 40))
     with pytest.raises(PublishError):
         extract_tarball(bad, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("history", "current", "expected"),
+    [
+        ([], "v1", None),
+        ([{"version": "v1"}], "v1", None),
+        ([{"version": "v1"}, {"version": "v2"}], "v2", "v1"),
+        # v4 misbehaved and was rolled back to v3: the next rollback goes to v2, not v4.
+        (
+            [
+                {"version": "v2"},
+                {"version": "v3"},
+                {"version": "v4"},
+                {"version": "v3", "rolled_back_from": "v4"},
+            ],
+            "v3",
+            "v2",
+        ),
+        # ... unless v4 was promoted again since.
+        (
+            [
+                {"version": "v3"},
+                {"version": "v4"},
+                {"version": "v3", "rolled_back_from": "v4"},
+                {"version": "v4"},
+            ],
+            "v4",
+            "v3",
+        ),
+    ],
+)
+def test_rollback_target_skips_versions_rolled_back_from(
+    history: list[dict[str, str]], current: str, expected: str | None
+) -> None:
+    assert rollback_target(history, current) == expected
+
+
+def test_unpacked_model_files_go_under_model_with_their_hashes(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    files = _files(tmp_path)
+    weights = tmp_path / "weights.json"
+    weights.write_text('{"w": [1, 2]}')
+    published = publish_version(store, MODEL, {**files, "model/weights.json": weights}, LINEAGE)
+    entry = published.manifest["files"]["model/weights.json"]
+    assert entry["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    key = f"models/{MODEL}/{published.version}/model/weights.json"
+    assert store.get_bytes(key) == weights.read_bytes()
+    verify_version(store, MODEL, published.version, tmp_path / "check")
+    assert (tmp_path / "check" / "model" / "weights.json").read_bytes() == weights.read_bytes()
