@@ -25,6 +25,7 @@ def cleanup(
     all_models: bool = False,
     region: str | None = None,
     reason: str = "manual",
+    confirmed: list[str] | None = None,
 ) -> dict[str, Any]:
     """Plan (and with ``apply``, carry out) the deletion of what nothing uses any more.
 
@@ -35,20 +36,35 @@ def cleanup(
         all_models: also cover models no longer configured, and their endpoints (``--all``).
         region: AWS region to clean (default the configured one).
         reason: why this run happens; printed in the plan artifact's description.
+        confirmed: with ``apply``, delete only these plan items (``kind:name``, as a person
+            confirmed them from a dry run); an item planned since then is left for next time.
     """
     settings = load_settings()
     if region:
         settings = settings.model_copy(update={"aws_region": region})
     platform = load_platform_config(settings.config_dir)
-    configured = [c.name for c in load_model_configs(settings.config_dir, models or None)]
+    # Every configured model counts as configured, whatever ``models`` scopes: a model outside
+    # the scope is not an orphan, and its endpoint is not "no longer configured".
+    configured = [c.name for c in load_model_configs(settings.config_dir)]
+    if models and not all_models:
+        load_model_configs(settings.config_dir, models)  # an unknown name is an error
+    scope = set(models) if models else None
     target = open_target(settings, platform)
 
     inventory = take_inventory(settings, configured, target, all_models)
     plan = plan_cleanup(
         inventory, platform.retention, clean_store=clean_store, include_orphans=all_models
     )
+    if scope is not None:
+        plan = [p for p in plan if p.model in scope]
     mode = "applied plan" if apply else "dry run"
     publish_table("cleanup-plan", plan_rows(plan), f"{mode} ({reason})")
+    if apply and confirmed is not None:
+        allowed = set(confirmed)
+        plan = [
+            p if f"{p.kind}:{p.name}" in allowed or p.action != "delete" else p.not_confirmed()
+            for p in plan
+        ]
     done = apply_plan(settings, plan, target) if apply else []
     if apply:
         publish_table("cleanup-done", done, "what cleanup deleted")

@@ -277,8 +277,9 @@ def cleanup(
             console.print("[red]refusing to delete without a terminal to confirm; add --yes[/]")
             raise typer.Exit(2)
         typer.confirm(f"Delete these {len(deletions)} item(s)?", abort=True)
+    confirmed = [f"{p['kind']}:{p['name']}" for p in deletions]
     with embedded_prefect():
-        result = cleanup_flow(apply=True, **kwargs)
+        result = cleanup_flow(apply=True, confirmed=confirmed, **kwargs)
     _print_plan(result["done"], "cleanup applied")
 
 

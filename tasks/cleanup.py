@@ -21,7 +21,7 @@ and re-checks "in use" right before each delete (something may have moved since 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -61,6 +61,10 @@ class PlanItem:
     action: str
     reason: str
     details: dict[str, Any] = field(default_factory=dict)
+
+    def not_confirmed(self) -> PlanItem:
+        """This item kept: it was planned after the person confirmed the plan."""
+        return replace(self, action="keep", reason=f"not in the confirmed plan ({self.reason})")
 
 
 @dataclass
@@ -308,8 +312,18 @@ def apply_plan(
                         outcome = f"skipped: in use now ({exc})"
             elif kind == "store-version":
                 latest = read_latest(store, item.model) or {}
+                aliased = {
+                    r["tags"].get("store_version")
+                    for r in registry.list_versions(settings.tracking_uri, item.model)
+                    if r["aliases"]
+                }
+                serving = target.describe(item.model) if target else None
                 if item.version in (latest.get("version"), latest.get("previous")):
                     outcome = "skipped: champion or rollback target now"
+                elif item.version in aliased:
+                    outcome = "skipped: an MLflow alias points at it now"
+                elif serving is not None and item.version in _served_versions(serving):
+                    outcome = "skipped: the endpoint serves it now"
                 else:
                     for key in store.list(f"models/{item.model}/{item.version}/"):
                         store.delete(key)
@@ -332,6 +346,12 @@ def apply_plan(
                     )
             done.append({**asdict(item), "outcome": outcome})
     return done
+
+
+def _served_versions(serving: Any) -> set[str]:
+    """Every version an endpoint serves: its main one and any variant's."""
+    found = {serving.version} | {v.get("version") for v in serving.variants.values()}
+    return {str(v) for v in found if v}
 
 
 def plan_rows(plan: list[PlanItem]) -> list[dict[str, Any]]:
