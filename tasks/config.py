@@ -156,6 +156,14 @@ class EndpointConfig(Strict):
     timeout_seconds: int = Field(
         default=1800, ge=10, le=7200, description="Longest wait for the endpoint to settle."
     )
+    model_data: Literal["tarball", "uncompressed"] = Field(
+        default="tarball",
+        description=(
+            "What SageMaker loads: model.tar.gz, or the unpacked files published under "
+            "{version}/model/ (an S3Prefix data source: no download-and-untar on instance start, "
+            "for large models)."
+        ),
+    )
 
 
 class RetentionPolicy(Strict):

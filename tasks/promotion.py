@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import gate, registry
 from tasks.config import ModelConfig
 from tasks.publish import (
+    UNPACKED,
     PublishedVersion,
     make_tarball,
     publish_version,
@@ -105,6 +106,12 @@ def publish_model(
         )
         (staging / "schema.json").write_text(json.dumps(challenger.schema, indent=2, default=str))
         files = {name: staging / name for name in ("model.tar.gz", "metrics.json", "schema.json")}
+        if cfg.endpoint.model_data == "uncompressed":  # SageMaker's S3Prefix model data source
+            files |= {
+                f"{UNPACKED}/{path.name}": path
+                for path in sorted(challenger.model_dir.iterdir())
+                if path.is_file()
+            }
         full_lineage = {
             **lineage,
             "mlflow_run_id": challenger.run_id,

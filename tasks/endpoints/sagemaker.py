@@ -283,8 +283,6 @@ class SageMakerTarget:
         serving_image: ECR URI of the serving image.
         role_arn: an existing execution role; when None the project's role is ensured.
         kms_key_id: the store's KMS key (role policy, captured data).
-        uncompressed: serve the unpacked model under ``{version}/model/`` (``S3Prefix`` data
-            source) instead of ``model.tar.gz``: no download-and-untar on instance start.
         poll_seconds: pause between status polls.
         timeout_seconds: longest wait for the endpoint to settle; default each model's
             ``endpoint.timeout_seconds``.
@@ -308,7 +306,6 @@ class SageMakerTarget:
         serving_image: str | None,
         role_arn: str | None = None,
         kms_key_id: str | None = None,
-        uncompressed: bool = False,
         poll_seconds: float = 15.0,
         timeout_seconds: float | None = None,
         heartbeat_seconds: float = 60.0,
@@ -325,7 +322,6 @@ class SageMakerTarget:
         self.serving_image = serving_image
         self.role_arn = role_arn
         self.kms_key_id = kms_key_id
-        self.uncompressed = uncompressed
         self.poll_seconds = poll_seconds
         self.timeout_seconds = timeout_seconds
         self.heartbeat_seconds = heartbeat_seconds
@@ -342,7 +338,7 @@ class SageMakerTarget:
         Args:
             settings: where AWS is and which image and role to use.
             platform: project tag, pricing, retention.
-            **options: passed to the constructor (``uncompressed``, ``poll_seconds``...).
+            **options: passed to the constructor (``poll_seconds``, ``timeout_seconds``...).
         """
         import boto3  # local: importing the target must not cost boto3's import
         from botocore.config import Config
@@ -385,7 +381,7 @@ class SageMakerTarget:
             "Image": self.serving_image,
             "Environment": self._environment(target),
         }
-        if self.uncompressed:
+        if target.endpoint.model_data == "uncompressed":
             container["ModelDataSource"] = {
                 "S3DataSource": {
                     "S3Uri": f"{target.version_uri.rstrip('/')}/model/",
@@ -1129,6 +1125,11 @@ class SageMakerTarget:
             total += hourly * count * pricing.hours_per_month
         return round(total, 2) if config else None
 
+    def _ours(self, tags: dict[str, str]) -> bool:
+        """Whether a resource carries this project's tag (the name prefix alone is not enough:
+        ``intelli-rate-`` is also the prefix of a project tagged ``intelli-rate-staging``)."""
+        return tags.get(TAG_PROJECT) == self.platform.project_tag
+
     def _owner(self, name: str, tags: dict[str, str]) -> tuple[str, str | None]:
         """Model and version of a resource: from its tags, else from its name."""
         model = tags.get(TAG_MODEL)
@@ -1151,6 +1152,8 @@ class SageMakerTarget:
         for name, desc in sorted(live.endpoints.items()):
             config = live.config_descriptions.get(desc.get("EndpointConfigName", ""))
             tags = self._list_tags(desc["EndpointArn"])
+            if not self._ours(tags):
+                continue
             model, _ = self._owner(name, tags)
             version = self._config_version(config)
             created = desc["CreationTime"]
@@ -1170,6 +1173,8 @@ class SageMakerTarget:
             if not name.startswith(self.prefix):
                 continue
             tags = self._list_tags(summary["EndpointConfigArn"])
+            if not self._ours(tags):
+                continue
             model, version = self._owner(name, tags)
             found.append(
                 Resource(
@@ -1186,6 +1191,8 @@ class SageMakerTarget:
             if not name.startswith(self.prefix):
                 continue
             tags = self._list_tags(summary["ModelArn"])
+            if not self._ours(tags):
+                continue
             model, version = self._owner(name, tags)
             found.append(
                 Resource(

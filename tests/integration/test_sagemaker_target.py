@@ -655,8 +655,8 @@ def test_serverless_endpoint_without_data_capture(
 
 
 def test_data_capture_and_uncompressed_model_data(env: dict[str, Any]) -> None:
-    target = make_target(env, uncompressed=True)
-    v1 = version(env, 1, EndpointConfig(data_capture_percent=20))
+    target = make_target(env)
+    v1 = version(env, 1, EndpointConfig(data_capture_percent=20, model_data="uncompressed"))
     serving = target.deploy(v1, Log())
     client = sm(env)
     config = client.describe_endpoint_config(EndpointConfigName=serving.config_name)
