@@ -70,9 +70,9 @@ def retrain(
         name: retrain_model(name, force=force, reason=reason, return_state=True) for name in names
     }
     summary = summarise_run(settings, states)
-    failed = [o["model"] for o in summary["models"] if o["status"] == "failed"]
+    failed = [o for o in summary["models"] if o["status"] == "failed"]
     if failed:
-        return Failed(
-            message=f"failed: {', '.join(failed)}; see the summary artifact", data=summary
-        )
+        # The state message is what notifications carry: name the model and the reason.
+        why = "; ".join(f"{o['model']}: {o.get('note') or 'failed'}" for o in failed)
+        return Failed(message=f"failed: {why} (see the summary artifact)", data=summary)
     return Completed(message=summary["headline"], data=summary)

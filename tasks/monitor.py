@@ -587,7 +587,10 @@ def emit_threshold_events(
 def request_retrain(deployment: str, models: list[str], reason: str) -> dict[str, Any]:
     """Start a run of the retrain deployment for ``models`` and return without waiting.
 
-    Idempotent per monitor run: a retried task finds the run it already created.
+    Idempotent per monitor run: a retried task finds the run it already created. Not forced:
+    when the drifted data is already in a snapshot, a forced retrain would train on the same
+    data again (and publish a new version of the same model every day); unforced, the run says
+    "no new data" and the next week's data retrains.
 
     Returns:
         ``requested`` True with the flow run's id and name; or ``requested`` False with a note
