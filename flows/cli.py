@@ -281,6 +281,10 @@ def cleanup(
     with embedded_prefect():
         result = cleanup_flow(apply=True, confirmed=confirmed, **kwargs)
     _print_plan(result["done"], "cleanup applied")
+    failed = [d for d in result["done"] if str(d["outcome"]).startswith("failed")]
+    if failed:
+        console.print(f"[red]{len(failed)} deletion(s) failed[/]; run cleanup again to retry")
+        raise typer.Exit(1)
 
 
 def _print_plan(rows: list[dict[str, Any]], title: str) -> None:

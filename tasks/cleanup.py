@@ -31,7 +31,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import registry
 from tasks.config import RetentionPolicy
 from tasks.endpoints import EndpointTarget, Resource
-from tasks.publish import list_versions, read_latest
+from tasks.publish import CLAIM, MANIFEST, list_versions, read_latest
 from tasks.settings import Settings
 from tasks.store import KeyNotFound, Store
 from tasks.training import store_of
@@ -298,54 +298,70 @@ def apply_plan(
     done: list[dict[str, Any]] = []
     for kind in ORDER:
         for item in (p for p in plan if p.kind == kind and p.action == "delete"):
-            outcome = "deleted"
-            if kind in ("endpoint", "endpoint-config", "model"):
-                res = fresh.get((kind, item.name))
-                if res is None:
-                    outcome = "skipped: already gone"
-                elif res.in_use and kind != "endpoint":
-                    outcome = "skipped: in use now"
-                else:
-                    try:
-                        target.delete(res)  # type: ignore[union-attr]
-                    except ValueError as exc:  # the target re-checks use and refuses
-                        outcome = f"skipped: in use now ({exc})"
-            elif kind == "store-version":
-                latest = read_latest(store, item.model) or {}
-                aliased = {
-                    r["tags"].get("store_version")
-                    for r in registry.list_versions(settings.tracking_uri, item.model)
-                    if r["aliases"]
-                }
-                serving = target.describe(item.model) if target else None
-                if item.version in (latest.get("version"), latest.get("previous")):
-                    outcome = "skipped: champion or rollback target now"
-                elif item.version in aliased:
-                    outcome = "skipped: an MLflow alias points at it now"
-                elif serving is not None and item.version in _served_versions(serving):
-                    outcome = "skipped: the endpoint serves it now"
-                else:
-                    for key in store.list(f"models/{item.model}/{item.version}/"):
-                        store.delete(key)
-            else:
-                aliases = next(
-                    (
-                        r["aliases"]
-                        for r in registry.list_versions(settings.tracking_uri, item.model)
-                        if f"{item.model}/{r['version']}" == item.name
-                    ),
-                    None,
-                )
-                if aliases is None:
-                    outcome = "skipped: already gone"
-                elif aliases:
-                    outcome = f"skipped: alias {', '.join(aliases)} now"
-                else:
-                    registry.delete_version(
-                        settings.tracking_uri, item.model, item.name.split("/", 1)[1]
-                    )
+            try:
+                outcome = _apply_one(settings, store, item, fresh, target)
+            except Exception as exc:  # one failure must not hide what was already done
+                outcome = f"failed: {type(exc).__name__}: {exc}"
             done.append({**asdict(item), "outcome": outcome})
     return done
+
+
+def _apply_one(
+    settings: Settings,
+    store: Store,
+    item: PlanItem,
+    fresh: dict[tuple[str, str], Resource],
+    target: EndpointTarget | None,
+) -> str:
+    """Delete one planned item after re-checking it; return what happened."""
+    kind = item.kind
+    if kind in ("endpoint", "endpoint-config", "model"):
+        res = fresh.get((kind, item.name))
+        if res is None:
+            return "skipped: already gone"
+        if res.in_use and kind != "endpoint":
+            return "skipped: in use now"
+        try:
+            target.delete(res)  # type: ignore[union-attr]
+        except ValueError as exc:  # the target re-checks use and refuses
+            return f"skipped: in use now ({exc})"
+        return "deleted"
+    if kind == "store-version":
+        latest = read_latest(store, item.model) or {}
+        aliased = {
+            r["tags"].get("store_version")
+            for r in registry.list_versions(settings.tracking_uri, item.model)
+            if r["aliases"]
+        }
+        serving = target.describe(item.model) if target else None
+        if item.version in (latest.get("version"), latest.get("previous")):
+            return "skipped: champion or rollback target now"
+        if item.version in aliased:
+            return "skipped: an MLflow alias points at it now"
+        if serving is not None and item.version in _served_versions(serving):
+            return "skipped: the endpoint serves it now"
+        keys = store.list(f"models/{item.model}/{item.version}/")
+        # The manifest first (the version stops being complete), the claim last (its number
+        # stays taken until everything else is gone).
+        first = [k for k in keys if k.endswith(f"/{MANIFEST}")]
+        last = [k for k in keys if k.endswith(f"/{CLAIM}")]
+        for key in first + [k for k in keys if k not in first and k not in last] + last:
+            store.delete(key)
+        return "deleted"
+    aliases = next(
+        (
+            r["aliases"]
+            for r in registry.list_versions(settings.tracking_uri, item.model)
+            if f"{item.model}/{r['version']}" == item.name
+        ),
+        None,
+    )
+    if aliases is None:
+        return "skipped: already gone"
+    if aliases:
+        return f"skipped: alias {', '.join(aliases)} now"
+    registry.delete_version(settings.tracking_uri, item.model, item.name.split("/", 1)[1])
+    return "deleted"
 
 
 def _served_versions(serving: Any) -> set[str]:

@@ -143,3 +143,56 @@ def test_idle_endpoints_are_listed_with_cost_but_kept() -> None:
     assert idle.details["monthly_cost_usd"] == 83.95
     plan = plan_cleanup(_inventory(resources), RetentionPolicy(idle_days=60))
     assert not _by(plan, "idle-endpoint")
+
+
+class _Target:
+    """The two calls ``apply_plan`` makes of an endpoint target, one delete failing.
+
+    An in-process stand-in: the real targets are exercised by the SageMaker (moto server) and
+    local endpoint integration tests; this one checks the apply loop's bookkeeping.
+    """
+
+    kind = "test"
+
+    def __init__(self, resources: list[Resource], broken: str) -> None:
+        self._resources = resources
+        self.broken = broken
+        self.deleted: list[str] = []
+
+    def resources(self) -> list[Resource]:
+        return list(self._resources)
+
+    def delete(self, resource: Resource) -> None:
+        if resource.name == self.broken:
+            raise RuntimeError("ThrottlingException: rate exceeded")
+        self.deleted.append(resource.name)
+
+
+def test_apply_goes_on_after_a_failed_delete_and_reports_it(mlops_home: object) -> None:
+    from tasks.cleanup import apply_plan
+    from tasks.settings import load_settings
+
+    def res(kind: str, name: str) -> Resource:
+        return Resource(kind=kind, name=name, model="m", version="v1", in_use=False)
+
+    plan = [
+        PlanItem(
+            kind="endpoint-config",
+            name="c1",
+            model="m",
+            version="v1",
+            action="delete",
+            reason="old",
+        ),
+        PlanItem(kind="model", name="m1", model="m", version="v1", action="delete", reason="old"),
+        PlanItem(kind="model", name="m2", model="m", version="v2", action="keep", reason="used"),
+    ]
+    target = _Target([res("endpoint-config", "c1"), res("model", "m1")], broken="c1")
+
+    done = apply_plan.fn(load_settings(), plan, target)
+
+    assert [(d["name"], d["outcome"]) for d in done] == [
+        ("c1", "failed: RuntimeError: ThrottlingException: rate exceeded"),
+        ("m1", "deleted"),
+    ]
+    assert target.deleted == ["m1"]
