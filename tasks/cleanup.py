@@ -164,48 +164,26 @@ def plan_cleanup(
         for name, inv in sorted(inventory.models.items()):
             keep = keep_by_model[name]
             deleted: set[str] = set()
+
+            def store_item(v: str, action: str, reason: str, model: str = name) -> PlanItem:
+                return PlanItem("store-version", f"{model}/{v}", model, v, action, reason)
+
             for sv in inv.store_versions:
                 v = sv["version"]
                 if v in keep:
-                    plan.append(PlanItem("store-version", f"{name}/{v}", name, v, "keep", keep[v]))
+                    plan.append(store_item(v, "keep", keep[v]))
                 elif not sv.get("complete"):
                     claimed = sv.get("claimed_at")
-                    stale = claimed is not None and inventory.now - claimed > STALE_CLAIM
-                    if stale:
+                    if claimed is not None and inventory.now - claimed > STALE_CLAIM:
                         deleted.add(v)
-                        plan.append(
-                            PlanItem(
-                                "store-version",
-                                f"{name}/{v}",
-                                name,
-                                v,
-                                "delete",
-                                "incomplete publish, claim older than a day",
-                            )
-                        )
+                        why = "incomplete publish, claim older than a day"
+                        plan.append(store_item(v, "delete", why))
                     else:
-                        plan.append(
-                            PlanItem(
-                                "store-version",
-                                f"{name}/{v}",
-                                name,
-                                v,
-                                "keep",
-                                "incomplete, may still be publishing",
-                            )
-                        )
+                        plan.append(store_item(v, "keep", "incomplete, may still be publishing"))
                 else:
                     deleted.add(v)
-                    plan.append(
-                        PlanItem(
-                            "store-version",
-                            f"{name}/{v}",
-                            name,
-                            v,
-                            "delete",
-                            f"older than the newest {retention.keep_last}, unused",
-                        )
-                    )
+                    why = f"older than the newest {retention.keep_last}, unused"
+                    plan.append(store_item(v, "delete", why))
             known = {sv["version"] for sv in inv.store_versions}
             for rv in inv.registry_versions:
                 sv = rv["tags"].get("store_version")

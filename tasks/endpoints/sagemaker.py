@@ -460,29 +460,24 @@ class SageMakerTarget:
 
     # --- reads -----------------------------------------------------------------------------------
 
-    def _describe_endpoint(self, name: str) -> dict[str, Any] | None:
+    @staticmethod
+    def _found(describe: Any, **name: str) -> dict[str, Any] | None:
+        """``describe(**name)`` as a dict; None when SageMaker says there is no such thing."""
         try:
-            return dict(self.sm.describe_endpoint(EndpointName=name))
+            return dict(describe(**name))
         except Exception as exc:
             if _is_client_error(exc) and _not_found(exc):
                 return None
             raise
+
+    def _describe_endpoint(self, name: str) -> dict[str, Any] | None:
+        return self._found(self.sm.describe_endpoint, EndpointName=name)
 
     def _describe_config(self, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(self.sm.describe_endpoint_config(EndpointConfigName=name))
-        except Exception as exc:
-            if _is_client_error(exc) and _not_found(exc):
-                return None
-            raise
+        return self._found(self.sm.describe_endpoint_config, EndpointConfigName=name)
 
     def _describe_model(self, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(self.sm.describe_model(ModelName=name))
-        except Exception as exc:
-            if _is_client_error(exc) and _not_found(exc):
-                return None
-            raise
+        return self._found(self.sm.describe_model, ModelName=name)
 
     def _list_tags(self, arn: str) -> dict[str, str]:
         tags: list[dict[str, str]] = []
