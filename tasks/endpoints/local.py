@@ -847,7 +847,9 @@ class LocalTarget:
             return
         if resource.kind != "model" or not _NAME.match(resource.name):
             raise ValueError(f"cannot delete {resource.kind} {resource.name!r}")
-        with self._lock("routes"):
+        # The model's lock first, as deploy takes it: a variant being started (no route yet,
+        # maybe no variant.json yet) is never taken for an unused one.
+        with self._lock(f"model-{resource.model}"), self._lock("routes"):
             state = self._state()
             names = {v["name"] for r in state["models"].values() for v in r["variants"]}
             if resource.name in names:
