@@ -152,5 +152,7 @@ def prepare_environment() -> Settings:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     # The ephemeral Prefect server otherwise tries to send telemetry (and logs an error offline).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Its default 20 s is short on a busy 2-core machine (the first start migrates a database).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
     return settings
