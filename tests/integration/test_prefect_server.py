@@ -313,6 +313,37 @@ def _retrain_and_queue(server: Server, api: httpx.Client) -> None:
     }
 
 
+def test_notification_automations_register_as_documented(server: Server) -> None:
+    """The README's notification set-up, as typed: a block, then the automations file."""
+    script = f"""
+set -euo pipefail
+{BIN / "python"} -c "
+from prefect.blocks.notifications import SlackWebhook
+hook = SlackWebhook(url='https://hooks.slack.com/services/T000/B000/XXXX')
+hook.save('intelli-rate-alerts', overwrite=True)"
+BLOCK_ID=$({BIN / "python"} -c "
+from prefect.blocks.notifications import SlackWebhook
+print(SlackWebhook.load('intelli-rate-alerts')._block_document_id)")
+sed "s/NOTIFY_BLOCK_ID/$BLOCK_ID/" deployments/automations.yaml > {server.logs}/automations.yaml
+{BIN / "prefect"} automation create --from-file {server.logs}/automations.yaml
+echo "$BLOCK_ID"
+"""
+    done = server.run("bash", "-c", script, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    block_id = done.stdout.strip().splitlines()[-1]
+    automations = server.client().post("/automations/filter", json={}).json()
+    names = {a["name"] for a in automations}
+    assert names >= {
+        "intelli-rate run failed or crashed",
+        "intelli-rate rollback",
+        "intelli-rate monitor threshold crossed",
+    }, names
+    for automation in automations:
+        (action,) = automation["actions"]
+        assert action["type"] == "send-notification"
+        assert action["block_document_id"] == block_id
+
+
 def _entrypoint(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLOPS_"))}
     return subprocess.run(
