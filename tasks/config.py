@@ -38,12 +38,22 @@ class DatasetConfig(Strict):
     columns: dict[str, ColumnType] = Field(
         min_length=2, description="Exported columns and their Arrow types, in order."
     )
+    nullable: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Columns that may hold nulls. Every other column gets a not-null expectation in the "
+            "suite, so a null can never pass validation and then break training."
+        ),
+    )
 
     @model_validator(mode="after")
     def _columns_known(self) -> DatasetConfig:
-        for col in [self.watermark, self.event_time, *self.key_columns]:
+        for col in [self.watermark, self.event_time, *self.key_columns, *self.nullable]:
             if col not in self.columns:
                 raise ValueError(f"column {col!r} is not listed in dataset.columns")
+        for col in [self.watermark, self.event_time, *self.key_columns]:
+            if col in self.nullable:
+                raise ValueError(f"column {col!r} identifies or orders rows: it cannot be nullable")
         if self.columns[self.event_time] != "timestamp":
             raise ValueError(f"event_time column {self.event_time!r} must be a timestamp")
         if self.columns[self.watermark] != "int64":

@@ -1,9 +1,11 @@
 """Data validation with a Great Expectations 1.x suite built from the model's config.
 
 The suite lives in ``configs/models/<model>.yaml`` (``validation:``), one entry per
-expectation with the reason it exists. :func:`validate_frame` runs it on a pandas frame with
-an ephemeral GX context and returns a :class:`ValidationReport` that names each failed
-expectation, its column(s) and sample bad values.
+expectation with the reason it exists, plus a not-null expectation for every column of
+``dataset.columns`` that ``dataset.nullable`` does not name (:func:`schema_expectations`).
+:func:`validate_frame` runs it on a pandas frame with an ephemeral GX context and returns a
+:class:`ValidationReport` that names each failed expectation, its column(s) and sample bad
+values.
 
 GX reports a broken check (for example a column that does not exist) as ``success=False``
 with ``exception_info``, not as an exception. Those are told apart from bad data: they raise
@@ -20,7 +22,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.config import ModelConfig
+from tasks.config import ExpectationConfig, ModelConfig
 from tasks.export import record_validation
 from tasks.report import publish_markdown
 from tasks.settings import Settings
@@ -104,6 +106,30 @@ def _class_name(expectation: str) -> str:
     return "".join(part.capitalize() for part in expectation.split("_"))
 
 
+def schema_expectations(cfg: ModelConfig) -> list[ExpectationConfig]:
+    """A not-null expectation for every column of ``dataset.columns`` not declared nullable.
+
+    Listed after the config's own expectations, and only for columns that do not already have
+    one there (whose ``why`` is more specific). Range checks skip nulls, and the families
+    refuse them: a null that passed validation would be accepted into a snapshot and break
+    every training window that holds it.
+    """
+    covered = {
+        item.kwargs.get("column")
+        for item in cfg.validation
+        if item.expectation == "expect_column_values_to_not_be_null"
+    }
+    return [
+        ExpectationConfig(
+            expectation="expect_column_values_to_not_be_null",
+            kwargs={"column": column},
+            why="Declared in dataset.columns and not in dataset.nullable: a null breaks training.",
+        )
+        for column in cfg.dataset.columns
+        if column not in covered and column not in cfg.dataset.nullable
+    ]
+
+
 def build_suite(cfg: ModelConfig) -> Any:
     """Turn the config's ``validation`` list into a ``gx.ExpectationSuite``.
 
@@ -113,7 +139,7 @@ def build_suite(cfg: ModelConfig) -> Any:
     import great_expectations as gx
 
     expectations = []
-    for i, item in enumerate(cfg.validation):
+    for i, item in enumerate([*cfg.validation, *schema_expectations(cfg)]):
         cls = getattr(gx.expectations, _class_name(item.expectation), None)
         if cls is None:
             raise SuiteError(

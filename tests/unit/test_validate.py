@@ -10,7 +10,7 @@ import pytest
 from tasks.config import load_model_config
 from tasks.settings import PROJECT_ROOT
 from tasks.synth import generate
-from tasks.validate import SuiteError, build_suite, validate_frame
+from tasks.validate import SuiteError, build_suite, schema_expectations, validate_frame
 
 START = datetime(2026, 1, 5)
 
@@ -35,7 +35,7 @@ def frame(table: str, days: int = 2) -> pd.DataFrame:
 def test_generated_data_passes_its_suite(model: str, table: str) -> None:
     report = validate_frame(frame(table, days=8), cfg(model), "snap")
     assert report.success, report.summary()
-    assert report.evaluated == len(cfg(model).validation)
+    assert report.evaluated == len(cfg(model).validation) + len(schema_expectations(cfg(model)))
 
 
 def test_each_kind_of_bad_row_is_named_with_samples() -> None:
@@ -79,3 +79,35 @@ def test_unknown_expectation_type_is_a_suite_error() -> None:
     broken = c.model_copy(update={"validation": [*c.validation, bad]})
     with pytest.raises(SuiteError, match="expect_the_moon"):
         build_suite(broken)
+
+
+@pytest.mark.parametrize(
+    ("model", "table", "column"),
+    [
+        ("abuse_detector", "client_windows", "login_attempts"),
+        ("abuse_detector", "client_windows", "is_abuse"),
+        ("limit_optimiser", "client_limits", "p99_rps"),
+        ("traffic_forecaster", "service_traffic", "ts"),
+    ],
+)
+def test_a_null_in_any_column_fails_validation(model: str, table: str, column: str) -> None:
+    # These columns have range or set checks (which skip nulls) or none: the schema-derived
+    # not-null expectation is what catches them, before a trainer would refuse the snapshot.
+    df = frame(table, days=8)
+    df[column] = df[column].astype("object")
+    df.loc[5, column] = None
+    report = validate_frame(df, cfg(model), "snap-null")
+    assert not report.success
+    failed = {(f.expectation, tuple(f.columns)) for f in report.failures}
+    assert ("expect_column_values_to_not_be_null", (column,)) in failed
+
+
+def test_every_column_is_not_null_unless_declared_nullable() -> None:
+    for name in ("abuse_detector", "limit_optimiser", "traffic_forecaster"):
+        c = cfg(name)
+        checked = {
+            e.kwargs["column"]
+            for e in [*c.validation, *schema_expectations(c)]
+            if e.expectation == "expect_column_values_to_not_be_null"
+        }
+        assert checked == set(c.dataset.columns) - set(c.dataset.nullable), name
