@@ -107,6 +107,14 @@ class GatePolicy(Strict):
         default="enforce",
         description="enforce: a failed rule blocks promotion; warn: promote and record warnings.",
     )
+    unscored_champion: Literal["reject", "floors"] = Field(
+        default="reject",
+        description=(
+            "A champion exists but cannot be re-scored (its files are gone or no longer load): "
+            "reject the challenger (nothing to compare it with), or apply the floors only (set "
+            "it to replace a broken champion on purpose)."
+        ),
+    )
 
 
 class ServerlessConfig(Strict):

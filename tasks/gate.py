@@ -111,6 +111,7 @@ def decide(
     challenger: dict[str, float],
     champion: dict[str, float] | None,
     policy: GatePolicy,
+    champion_error: str | None = None,
 ) -> Decision:
     """Decide whether the challenger replaces the champion.
 
@@ -119,6 +120,9 @@ def decide(
         champion: the champion's metrics on the same holdout, or ``None`` when there is no
             champion yet (then only the absolute floors apply).
         policy: floors, allowed regression per metric, and the enforce/warn mode.
+        champion_error: a champion exists but could not be re-scored, and why. Unless
+            ``policy.unscored_champion`` is ``floors``, the challenger is rejected: passing the
+            floors alone would let a regression through unnoticed.
 
     Returns:
         The decision with one :class:`Check` per rule applied. In ``warn`` mode failed rules
@@ -130,6 +134,11 @@ def decide(
         checks.extend(_check_metric(name, rule, _finite(challenger.get(name)), champ_value))
     failed = [c.detail for c in checks if not c.passed]
     champion_scored = champion is not None
+    if champion_error and not champion_scored and policy.unscored_champion == "reject":
+        failed.append(
+            f"the champion could not be re-scored ({champion_error}); nothing to compare with "
+            "(gate.unscored_champion: floors accepts the floors alone)"
+        )
     if policy.mode == "warn" and failed:
         return Decision(
             True,

@@ -66,7 +66,10 @@ def decide_promotion(
     settings: Settings, cfg: ModelConfig, challenger: Challenger, champion: ChampionScore
 ) -> gate.Decision:
     """Apply the gate and record the decision on the challenger's MLflow run and in Prefect."""
-    decision = gate.decide(challenger.metrics, champion.metrics, cfg.gate)
+    unscored = champion.version is not None and champion.metrics is None
+    decision = gate.decide(
+        challenger.metrics, champion.metrics, cfg.gate, champion.note if unscored else None
+    )
     record = {
         **decision.to_dict(),
         "champion_version": champion.version,

@@ -129,8 +129,14 @@ class Settings(BaseSettings):
         return self.mlflow_tracking_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
 
     @property
-    def mlflow_artifact_root(self) -> str:
-        """Artifact root for experiments created against the embedded SQLite store."""
+    def mlflow_artifact_root(self) -> str | None:
+        """Artifact root for experiments created against the embedded SQLite store.
+
+        None when ``MLFLOW_TRACKING_URI`` names a tracking server: its experiments use the
+        server's artifact root (its proxied store, S3...), never the runner's disk.
+        """
+        if self.tracking_uri.startswith(("http://", "https://", "databricks")):
+            return None
         return (self.home_dir / "mlartifacts").as_uri()
 
 

@@ -197,7 +197,7 @@ def train_challenger(
     params = family.Params.model_validate(cfg.params)
     experiment_id = registry.ensure_experiment(
         settings.tracking_uri, cfg.name, settings.mlflow_artifact_root
-    )
+    )  # a tracking server keeps its own artifact root
     tags = {
         "model": cfg.name,
         "family": cfg.family,
@@ -267,8 +267,9 @@ def load_published_model(settings: Settings, cfg: ModelConfig, version: str, des
 def score_champion(settings: Settings, cfg: ModelConfig, data: TrainingData) -> ChampionScore:
     """Re-score the current champion (what ``latest.json`` points at) on the new holdout.
 
-    No champion yet, or one that cannot be loaded, gives ``metrics=None`` and a note; the gate
-    then applies the floors only, and the note is recorded with the decision.
+    No champion yet gives ``metrics=None`` and the gate applies the floors only. A champion
+    that cannot be loaded or scored also gives ``metrics=None``, with the reason as the note:
+    the gate then rejects the challenger unless ``gate.unscored_champion`` is ``floors``.
     """
     latest = read_latest(store_of(settings), cfg.name)
     if latest is None:

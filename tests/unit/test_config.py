@@ -140,3 +140,15 @@ def test_bad_platform_config_fails_naming_the_field(
 
 def test_platform_config_defaults_when_absent(tmp_path: Path) -> None:
     assert load_platform_config(tmp_path).project_tag == "intelli-rate"
+
+
+def test_mlflow_artifacts_go_to_the_home_only_with_the_embedded_store(
+    mlops_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.settings import load_settings
+
+    assert load_settings().mlflow_artifact_root == (mlops_home / "mlartifacts").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{mlops_home}/other.db")
+    assert load_settings().mlflow_artifact_root == (mlops_home / "mlartifacts").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    assert load_settings().mlflow_artifact_root is None

@@ -123,3 +123,16 @@ def test_promotes_iff_every_rule_holds(
         expected = expected and c_mae <= k_mae + 0.5
     assert d.promote is expected
     assert d.promote is all(c.passed for c in d.checks)
+
+
+def test_a_champion_that_cannot_be_rescored_rejects_unless_told_floors() -> None:
+    policy = GatePolicy(metrics={"auc": MetricPolicy(direction="higher", floor=0.5)})
+    good = {"auc": 0.9}
+    rejected = decide(good, None, policy, champion_error="v3 model.tar.gz is missing")
+    assert not rejected.promote
+    assert any("could not be re-scored" in r and "v3 model.tar.gz" in r for r in rejected.reasons)
+
+    floors = policy.model_copy(update={"unscored_champion": "floors"})
+    assert decide(good, None, floors, champion_error="v3 model.tar.gz is missing").promote
+    # No champion at all: floors only, whatever the setting.
+    assert decide(good, None, policy).promote
