@@ -202,6 +202,11 @@ def test_deployments_on_a_real_server(server: Server) -> None:
     assert rollout["global_concurrency_limit"]["id"] == weekly["global_concurrency_limit"]["id"]
     for name in ("cleanup/weekly-dry-run", "monitor/daily"):
         assert api.get(f"/deployments/name/{name}").status_code == 200, name
+    # What a person types to see them (the CLI's list calls need a compatible server).
+    listed = server.run(str(BIN / "prefect"), "deployment", "ls", timeout=60)
+    assert listed.returncode == 0, listed.stdout[-2000:] + listed.stderr[-2000:]
+    for name in ("weekly", "on-demand", "weekly-dry-run", "daily"):
+        assert name in listed.stdout, listed.stdout
     # Registering again changes nothing, and keeps the shared limit.
     again = server.run(str(BIN / "python"), "deployments/deploy.py", timeout=180)
     assert again.returncode == 0, again.stderr[-3000:]
