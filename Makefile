@@ -38,15 +38,16 @@ status: install ## What is published and registered, per model
 mlflow-ui: install ## MLflow UI on the embedded store (http://127.0.0.1:5000)
 	$(UV) run mlflow ui --backend-store-uri sqlite:///$${MLOPS_HOME:-.mlops}/mlflow.db --host 127.0.0.1 --port 5000
 
-server: install ## Prefect server and UI on loopback (http://127.0.0.1:4200); then export PREFECT_API_URL
-	$(UV) run prefect server start --host 127.0.0.1 --port 4200
+server: install ## Prefect server and UI on loopback (http://127.0.0.1:4200), state under MLOPS_HOME
+	PREFECT_HOME=$${MLOPS_HOME:-$(CURDIR)/.mlops}/prefect-server PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	  $(UV) run prefect server start --host 127.0.0.1 --port 4200
 
 deploy: install ## Register the deployments, schedules and writers' limit on the server at PREFECT_API_URL
 	@test -n "$$PREFECT_API_URL" || { echo "set PREFECT_API_URL (for example http://127.0.0.1:4200/api)"; exit 2; }
 	$(UV) run mlops seed --if-empty
 	$(UV) run python deployments/deploy.py
 
-worker: install ## A worker on the process pool that runs the deployments' flow runs
+worker: install ## A worker on the process pool (needs PREFECT_API_URL; runs inherit this shell's MLOPS_*)
 	@test -n "$$PREFECT_API_URL" || { echo "set PREFECT_API_URL (for example http://127.0.0.1:4200/api)"; exit 2; }
 	$(UV) run prefect worker start --pool intelli-rate-process
 
