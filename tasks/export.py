@@ -42,7 +42,7 @@ from sqlalchemy.engine import make_url
 
 from tasks.config import DatasetConfig, ModelConfig
 from tasks.settings import Settings
-from tasks.store import KeyNotFound, open_store, sha256_file
+from tasks.store import KeyNotFound, sha256_file, store_for
 
 log = logging.getLogger(__name__)
 
@@ -522,9 +522,7 @@ def _run_logger() -> Any:
 
 
 def _store(settings: Settings) -> Any:
-    return open_store(
-        settings.store, kms_key_id=settings.kms_key_id, endpoint_url=settings.aws_endpoint_url
-    )
+    return store_for(settings)
 
 
 @task(name="export-snapshot", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

@@ -16,7 +16,10 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from tasks.settings import Settings
 
 CHUNK = 1 << 20
 CONFLICT_RETRIES = 5
@@ -219,6 +222,8 @@ class S3Store:
         *,
         kms_key_id: str | None = None,
         endpoint_url: str | None = None,
+        profile: str | None = None,
+        region: str | None = None,
         client: Any = None,
     ) -> None:
         if not uri.startswith("s3://"):
@@ -234,7 +239,9 @@ class S3Store:
             import boto3  # local: keep the local store free of boto3's import cost
 
             # A session of its own: boto3's default session is not safe to share across threads.
-            client = boto3.session.Session().client("s3", endpoint_url=endpoint_url)
+            # The profile and region SageMaker uses too (settings), so both act as one account.
+            session = boto3.session.Session(profile_name=profile, region_name=region)
+            client = session.client("s3", endpoint_url=endpoint_url)
         self.client = client
 
     def _key(self, key: str) -> str:
@@ -327,9 +334,27 @@ class S3Store:
 
 
 def open_store(
-    uri: str, *, kms_key_id: str | None = None, endpoint_url: str | None = None
+    uri: str,
+    *,
+    kms_key_id: str | None = None,
+    endpoint_url: str | None = None,
+    profile: str | None = None,
+    region: str | None = None,
 ) -> LocalStore | S3Store:
     """Open the store at ``uri``: ``s3://bucket/prefix`` or a local path."""
     if uri.startswith("s3://"):
-        return S3Store(uri, kms_key_id=kms_key_id, endpoint_url=endpoint_url)
+        return S3Store(
+            uri, kms_key_id=kms_key_id, endpoint_url=endpoint_url, profile=profile, region=region
+        )
     return LocalStore(uri)
+
+
+def store_for(settings: Settings) -> LocalStore | S3Store:
+    """The store the settings name, with their KMS key, AWS endpoint, profile and region."""
+    return open_store(
+        settings.store,
+        kms_key_id=settings.kms_key_id,
+        endpoint_url=settings.aws_endpoint_url,
+        profile=settings.aws_profile,
+        region=settings.aws_region,
+    )

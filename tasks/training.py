@@ -25,7 +25,7 @@ from tasks.config import ModelConfig
 from tasks.export import list_snapshots, read_snapshots
 from tasks.publish import extract_tarball, read_latest, verify_version
 from tasks.settings import Settings
-from tasks.store import open_store
+from tasks.store import store_for
 from tasks.train import Evaluation, get_family
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,7 @@ class ChampionScore:
 
 def store_of(settings: Settings) -> Any:
     """The configured store (local directory or S3)."""
-    return open_store(
-        settings.store, kms_key_id=settings.kms_key_id, endpoint_url=settings.aws_endpoint_url
-    )
+    return store_for(settings)
 
 
 def workdir(settings: Settings, prefix: str) -> Path:
