@@ -170,8 +170,8 @@ def status(
         "mlflow champion",
         "endpoint",
         "agree",
-        "metrics",
-        "lineage",
+        "metrics, gate",
+        "published, lineage",
     ):
         table.add_column(col, overflow="fold")
     for r in report:
@@ -195,8 +195,8 @@ def status(
             f"{r.get('champion_alias') or '-'} ({r.get('champion_store_version') or '-'})",
             endpoint,
             agree,
-            metrics or "-",
-            f"{lineage}\nrollback: {r['rollback']}".strip(),
+            f"{metrics or '-'}\ngate: {r.get('gate') or '-'}",
+            f"{r.get('uri') or '-'}\n{lineage}\nrollback: {r['rollback']}".strip(),
         )
     console.print(table)
 

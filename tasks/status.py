@@ -86,6 +86,9 @@ def model_status(settings: Settings, names: list[str] | None = None) -> list[dic
                 row["gate_metrics"] = {
                     k: row["metrics"][k] for k in cfg.gate.metrics if k in row["metrics"]
                 }
+                gate = metrics.get("gate") or {}
+                row["gate"] = gate.get("verdict")
+                row["gate_reasons"] = list(gate.get("reasons") or [])
             except (PublishError, KeyNotFound) as exc:
                 problems.append(f"latest.json points at an unreadable version: {exc}")
         row["agree"] = not problems
