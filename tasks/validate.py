@@ -23,7 +23,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import ExpectationConfig, ModelConfig
-from tasks.export import record_validation
+from tasks.export import current_watermark, read_manifest, record_validation
 from tasks.report import publish_markdown
 from tasks.settings import Settings
 from tasks.training import WindowData, store_of
@@ -235,6 +235,34 @@ def validate_frame(
     )
 
 
+class SnapshotSuperseded(RuntimeError):
+    """Another run accepted rows past this snapshot's start since it was exported."""
+
+
+def _refuse_if_superseded(store: Any, cfg: ModelConfig, snapshot_id: str) -> None:
+    """Reject ``snapshot_id`` when the watermark moved past its start since the export.
+
+    Two runs (say a scheduled one and ``mlops retrain`` by hand) can export the same rows;
+    accepting both would put every row twice in every later training window. The second to
+    finish validating is marked rejected (its rows are the other's) and stops here.
+
+    Raises:
+        SnapshotSuperseded: the accepted watermark is past this snapshot's ``from``.
+    """
+    manifest = read_manifest(store, cfg.dataset.name, snapshot_id)
+    start = manifest["watermark"]["from"]
+    accepted = current_watermark(store, cfg.dataset.name)
+    if accepted is not None and (start is None or accepted > int(start)):
+        reason = (
+            f"{cfg.dataset.name}: snapshot {snapshot_id} starts after watermark {start}, but "
+            f"another run accepted rows up to {accepted} since; its rows are that run's"
+        )
+        record_validation(
+            store, cfg.dataset.name, snapshot_id, {"success": False, "superseded": reason}
+        )
+        raise SnapshotSuperseded(reason)
+
+
 class ValidationFailed(RuntimeError):
     """The data broke the suite; the message is the readable report."""
 
@@ -255,7 +283,10 @@ def validate_data(
     """
     report = validate_frame(window.frame, cfg, new_snapshot or window.newest_snapshot)
     if new_snapshot:
-        record_validation(store_of(settings), cfg.dataset.name, new_snapshot, report.to_dict())
+        store = store_of(settings)
+        if report.success:
+            _refuse_if_superseded(store, cfg, new_snapshot)
+        record_validation(store, cfg.dataset.name, new_snapshot, report.to_dict())
     publish_markdown(
         f"validation-{cfg.name}", report.to_markdown(), f"Validation of {cfg.dataset.name}"
     )

@@ -359,3 +359,25 @@ def test_prefect_tasks_wrap_the_plain_functions(
     assert made.uri.startswith(str(mlops_home / "store"))
     accept(LocalStore(settings.store), made)
     assert export_new_data.fn(settings, cfg) is None
+
+
+def test_two_runs_exporting_the_same_rows_never_both_accept_them(
+    url: str, store: LocalStore
+) -> None:
+    from tasks.config import load_model_config
+    from tasks.validate import SnapshotSuperseded, _refuse_if_superseded
+
+    cfg = load_model_config(ROOT / "configs" / "models" / "limit_optimiser.yaml")
+    # Two runs export before either has validated: both snapshots hold the same rows.
+    first = export_snapshot(url, store, LIMITS)
+    second = export_snapshot(url, store, LIMITS)
+    assert first is not None and second is not None
+    assert (first.watermark_from, second.watermark_from) == (None, None)
+
+    _refuse_if_superseded(store, cfg, first.snapshot_id)  # nothing accepted yet: fine
+    accept(store, first)
+    with pytest.raises(SnapshotSuperseded, match="another run accepted rows"):
+        _refuse_if_superseded(store, cfg, second.snapshot_id)
+    statuses = {m["snapshot_id"]: m["status"] for m in list_snapshots(store, "client_limits")}
+    assert statuses == {first.snapshot_id: "accepted", second.snapshot_id: "rejected"}
+    assert current_watermark(store, "client_limits") == first.watermark_to
