@@ -189,38 +189,12 @@ def plan_cleanup(
                 sv = rv["tags"].get("store_version")
                 label = f"{name}/{rv['version']}"
                 if rv["aliases"]:
-                    plan.append(
-                        PlanItem(
-                            "registry-version",
-                            label,
-                            name,
-                            sv,
-                            "keep",
-                            f"MLflow alias {', '.join(sorted(rv['aliases']))}",
-                        )
-                    )
+                    action, why = "keep", f"MLflow alias {', '.join(sorted(rv['aliases']))}"
                 elif sv in deleted or (sv is not None and sv not in known):
-                    plan.append(
-                        PlanItem(
-                            "registry-version",
-                            label,
-                            name,
-                            sv,
-                            "delete",
-                            f"store version {sv} is deleted or gone",
-                        )
-                    )
+                    action, why = "delete", f"store version {sv} is deleted or gone"
                 else:
-                    plan.append(
-                        PlanItem(
-                            "registry-version",
-                            label,
-                            name,
-                            sv,
-                            "keep",
-                            f"store version {sv} is kept",
-                        )
-                    )
+                    action, why = "keep", f"store version {sv} is kept"
+                plan.append(PlanItem("registry-version", label, name, sv, action, why))
     rank = {kind: i for i, kind in enumerate(("idle-endpoint", *ORDER))}
     return sorted(plan, key=lambda p: (rank.get(p.kind, 99), p.model, p.name))
 

@@ -810,32 +810,19 @@ class SageMakerTarget:
             progress(f"{names.endpoint} already serves {target.version} ({names.config})")
             return self._serving(target.model, before)
 
-        try:
-            self._create_model(names.model, target, role, progress)
-        except RolloutFailed:
-            raise
-        except Exception as exc:
-            raise self._fail(
-                "create-model",
-                _error(exc)[1],
-                names,
-                progress,
-                delete_endpoint=False,
-                timeout=timeout,
-            ) from exc
-        try:
-            self._create_config(names, target, progress)
-        except RolloutFailed:
-            raise
-        except Exception as exc:
-            raise self._fail(
-                "create-endpoint-config",
-                _error(exc)[1],
-                names,
-                progress,
-                delete_endpoint=False,
-                timeout=timeout,
-            ) from exc
+        steps = (
+            ("create-model", lambda: self._create_model(names.model, target, role, progress)),
+            ("create-endpoint-config", lambda: self._create_config(names, target, progress)),
+        )
+        for step, create in steps:
+            try:
+                create()
+            except RolloutFailed:
+                raise
+            except Exception as exc:
+                raise self._fail(
+                    step, _error(exc)[1], names, progress, delete_endpoint=False, timeout=timeout
+                ) from exc
 
         if before is None:
             before = self._create_endpoint(names, target, progress, timeout)
