@@ -52,7 +52,7 @@ class Server:
     logs: Path
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.api, timeout=30)
+        return httpx.Client(base_url=self.api, timeout=30, transport=_RetryServerErrors())
 
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """Run a command to completion in the project directory with the server's env."""
@@ -77,6 +77,28 @@ class Server:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # so teardown can stop its children too
         )
+
+
+class _RetryServerErrors(httpx.BaseTransport):
+    """Send a request again when the server answers 5xx (SQLite's "database is locked" under
+    load); the Prefect client retries such answers too. A 4xx is returned at once."""
+
+    def __init__(self, attempts: int = 5) -> None:
+        self._inner = httpx.HTTPTransport()
+        self._attempts = attempts
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(1, self._attempts + 1):
+            response = self._inner.handle_request(request)
+            if response.status_code < 500 or attempt == self._attempts:
+                return response
+            response.read()
+            response.close()
+            time.sleep(attempt)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def _free_port() -> int:
@@ -217,7 +239,9 @@ def test_deployments_on_a_real_server(server: Server) -> None:
 
     # 2. The flow-runner image's entry point runs a flow run as the ECS pool starts it.
     monitor_id = api.get("/deployments/name/monitor/daily").json()["id"]
-    created = api.post(f"/deployments/{monitor_id}/create_flow_run", json={}).json()
+    response = api.post(f"/deployments/{monitor_id}/create_flow_run", json={})
+    assert response.status_code == 201, f"{response.status_code} {response.text[:2000]}"
+    created = response.json()
     env = {**server.env, "PREFECT__FLOW_RUN_ID": created["id"]}
     executed = subprocess.run(
         ["bash", "docker/flow-runner-entrypoint.sh", "prefect", "flow-run", "execute"],
