@@ -10,7 +10,7 @@ from prefect.states import Completed, Failed, State
 
 from tasks.config import ModelConfig, load_model_configs, load_platform_config
 from tasks.endpoints import EndpointTarget, RolloutFailed, VersionToServe
-from tasks.publish import PublishError, read_latest
+from tasks.publish import PublishError, read_latest, version_number
 from tasks.rollout import (
     deploy_endpoint,
     describe_endpoint,
@@ -114,7 +114,7 @@ def rollback(model: str, to: str | None = None, reason: str = "rollback") -> Sta
     current = (latest or {}).get("version")
     # Going back to an older version marks the current one as rolled back from; going forward
     # again with --to (after a rollback) does not mark the older one.
-    backwards = bool(current) and _number(target_version) < _number(str(current))
+    backwards = bool(current) and version_number(target_version) < version_number(str(current))
     state = rollout(
         model,
         target_version,
@@ -125,9 +125,3 @@ def rollback(model: str, to: str | None = None, reason: str = "rollback") -> Sta
     if state.is_completed():
         return Completed(message=state.message)
     return Failed(message=state.message)
-
-
-def _number(version: str) -> int:
-    """``v12`` -> 12 (0 for anything else)."""
-    digits = version.lstrip("v")
-    return int(digits) if digits.isdigit() else 0

@@ -369,14 +369,20 @@ def read_latest(store: Store, model: str) -> dict[str, Any] | None:
         return None
 
 
-def promotion_history(store: Store, model: str) -> list[dict[str, Any]]:
-    """Every pointer move of ``model``, oldest first."""
+def _promotions(store: Store, model: str) -> dict[int, dict[str, Any]]:
+    """Every promotion record of ``model`` by sequence number."""
     prefix = f"{_model_prefix(model)}/{PROMOTIONS}"
     by_seq = {}
     for key in store.list(prefix):
         match = _SEQ_FILE.match(key.rsplit("/", 1)[-1])
         if match:
             by_seq[int(match[1])] = json.loads(store.get_bytes(key))
+    return by_seq
+
+
+def promotion_history(store: Store, model: str) -> list[dict[str, Any]]:
+    """Every pointer move of ``model``, oldest first."""
+    by_seq = _promotions(store, model)
     return [by_seq[seq] for seq in sorted(by_seq)]
 
 
@@ -397,14 +403,6 @@ def rollback_target(history: list[dict[str, Any]], current: str) -> str | None:
         if version and version != current and version not in bad:
             return str(version)
     return None
-
-
-def _next_seq(store: Store, model: str) -> int:
-    prefix = f"{_model_prefix(model)}/{PROMOTIONS}"
-    seqs = [
-        int(m[1]) for key in store.list(prefix) if (m := _SEQ_FILE.match(key.rsplit("/", 1)[-1]))
-    ]
-    return max(seqs, default=0) + 1
 
 
 def move_latest(
@@ -457,10 +455,10 @@ def move_latest(
         return current
 
     for _ in range(max_attempts):
-        seq = _next_seq(store, model)
+        by_seq = _promotions(store, model)
+        seq = max(by_seq, default=0) + 1
         now = _now()
-        history = promotion_history(store, model)
-        moves = [*history, {"version": version, **extra}]
+        moves = [*(by_seq[s] for s in sorted(by_seq)), {"version": version, **extra}]
         record = {
             "seq": seq,
             "model": model,
@@ -474,8 +472,7 @@ def move_latest(
         }
         if _create_once(store, f"{prefix}/{PROMOTIONS}/{seq:06d}.json", _dumps(record)):
             break
-        # Someone else moved the pointer meanwhile: record what it points at now.
-        current = read_latest(store, model)
+        # Someone else moved the pointer meanwhile: the next attempt reads their record too.
     else:
         raise PublishError(f"{model}: no promotion record appended after {max_attempts} attempts")
 
