@@ -280,16 +280,16 @@ def _apply_one(
         return "deleted"
     if kind == "store-version":
         latest = read_latest(store, item.model) or {}
+        if item.version in (latest.get("version"), latest.get("previous")):
+            return "skipped: champion or rollback target now"
         aliased = {
             r["tags"].get("store_version")
             for r in registry.list_versions(settings.tracking_uri, item.model)
             if r["aliases"]
         }
-        serving = target.describe(item.model) if target else None
-        if item.version in (latest.get("version"), latest.get("previous")):
-            return "skipped: champion or rollback target now"
         if item.version in aliased:
             return "skipped: an MLflow alias points at it now"
+        serving = target.describe(item.model) if target else None
         if serving is not None and item.version in _served_versions(serving):
             return "skipped: the endpoint serves it now"
         keys = store.list(f"models/{item.model}/{item.version}/")
