@@ -34,7 +34,7 @@ from tasks.source import seed_source
 from tasks.status import model_status
 from tasks.training import store_of
 from tests.conftest import _LEAKY
-from tests.fixtures.serving import our_processes
+from tests.fixtures.serving import our_processes, post_until
 
 pytestmark = pytest.mark.integration
 
@@ -116,25 +116,13 @@ def test_first_retrain_ends_serving_v1(local: Local) -> None:
 
 def test_forced_retrain_swaps_to_v2_without_a_failed_request(local: Local) -> None:
     stop = threading.Event()
-    versions: list[str] = []
+    log: list[tuple[str | None, float]] = []
     failures: list[str] = []
-    example = _example(local)
     url = local.target.address(MODEL)
 
-    def load() -> None:
-        with httpx.Client(trust_env=False, timeout=30) as client:
-            while not stop.is_set():
-                try:
-                    r = client.post(url, json={"instances": example})
-                except httpx.HTTPError as exc:
-                    failures.append(repr(exc))
-                    continue
-                if r.status_code != 200:
-                    failures.append(f"{r.status_code} {r.text}")
-                else:
-                    versions.append(r.headers["x-model-version"])
-
-    thread = threading.Thread(target=load, daemon=True)
+    thread = threading.Thread(
+        target=post_until, args=(url, _example(local), stop, log, failures), daemon=True
+    )
     thread.start()
     try:
         state = retrain(models=[MODEL], force=True, reason="second", return_state=True)
@@ -144,6 +132,7 @@ def test_forced_retrain_swaps_to_v2_without_a_failed_request(local: Local) -> No
 
     assert state.result()["models"][0]["status"] == "promoted"
     assert failures == []
+    versions = [version for version, _ in log]
     assert versions and set(versions) <= {"v1", "v2"}
     assert versions[-1] == "v2"
     assert everywhere(local) == ("v2", "v2", "v2", True)

@@ -29,7 +29,13 @@ from typer.testing import CliRunner
 from tasks.endpoints import RolloutFailed, VersionToServe
 from tasks.endpoints.local import LocalTarget, free_port, is_alive
 from tasks.store import LocalStore
-from tests.fixtures.serving import TinyModel, build_model_dir, our_processes, publish_tiny
+from tests.fixtures.serving import (
+    TinyModel,
+    build_model_dir,
+    our_processes,
+    post_until,
+    publish_tiny,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -119,21 +125,10 @@ def test_swap_to_v2_under_load_fails_no_request(endpoint: Endpoint) -> None:
     seen: list[list[tuple[str | None, float]]] = [[], []]
     failures: list[str] = []
 
-    def hammer(log: list[tuple[str | None, float]]) -> None:
-        with httpx.Client(trust_env=False, timeout=30) as client:
-            while not stop.is_set():
-                start = time.perf_counter()
-                try:
-                    response = client.post(url, json={"instances": records})
-                except httpx.HTTPError as exc:
-                    failures.append(repr(exc))
-                    continue
-                if response.status_code != 200:
-                    failures.append(f"{response.status_code}: {response.text[:200]}")
-                    continue
-                log.append((response.json()["version"], time.perf_counter() - start))
-
-    threads = [threading.Thread(target=hammer, args=(log,)) for log in seen]
+    threads = [
+        threading.Thread(target=post_until, args=(url, records, stop, log, failures))
+        for log in seen
+    ]
     for thread in threads:
         thread.start()
     try:
