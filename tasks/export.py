@@ -521,10 +521,6 @@ def _run_logger() -> Any:
         return log
 
 
-def _store(settings: Settings) -> Any:
-    return store_for(settings)
-
-
 @task(name="export-snapshot", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def export_task(
     url: str,
@@ -547,7 +543,7 @@ def export_new_data(settings: Settings, cfg: ModelConfig) -> SnapshotInfo | None
     logger = _run_logger()
     info = export_snapshot(
         settings.source_url,
-        _store(settings),
+        store_for(settings),
         cfg.dataset,
         chunk_rows=settings.export_chunk_rows,
         part_rows=settings.part_rows,

@@ -1148,44 +1148,21 @@ class SageMakerTarget:
                 "monthly_cost_usd": self._endpoint_cost(desc, config),
             }
             found.append(Resource("endpoint", name, model, version, True, details))
-        for summary in self._paginate(
-            "list_endpoint_configs", "EndpointConfigs", NameContains=self.prefix
-        ):
-            name = summary["EndpointConfigName"]
-            if not name.startswith(self.prefix):
-                continue
-            tags = self._list_tags(summary["EndpointConfigArn"])
-            if not self._ours(tags):
-                continue
-            model, version = self._owner(name, tags)
-            found.append(
-                Resource(
-                    "endpoint-config",
-                    name,
-                    model,
-                    version,
-                    name in live.configs,
-                    {"created": summary["CreationTime"].isoformat()},
-                )
-            )
-        for summary in self._paginate("list_models", "Models", NameContains=self.prefix):
-            name = summary["ModelName"]
-            if not name.startswith(self.prefix):
-                continue
-            tags = self._list_tags(summary["ModelArn"])
-            if not self._ours(tags):
-                continue
-            model, version = self._owner(name, tags)
-            found.append(
-                Resource(
-                    "model",
-                    name,
-                    model,
-                    version,
-                    name in live.models,
-                    {"created": summary["CreationTime"].isoformat()},
-                )
-            )
+        listings = (
+            ("endpoint-config", "list_endpoint_configs", "EndpointConfig", live.configs),
+            ("model", "list_models", "Model", live.models),
+        )
+        for kind, call, noun, used in listings:
+            for summary in self._paginate(call, f"{noun}s", NameContains=self.prefix):
+                name = summary[f"{noun}Name"]
+                if not name.startswith(self.prefix):
+                    continue
+                tags = self._list_tags(summary[f"{noun}Arn"])
+                if not self._ours(tags):
+                    continue
+                model, version = self._owner(name, tags)
+                created = {"created": summary["CreationTime"].isoformat()}
+                found.append(Resource(kind, name, model, version, name in used, created))
         return found
 
     def delete(self, resource: Resource) -> None:
