@@ -74,7 +74,7 @@ class Spec:
 
 def specs(config_dir: Path) -> list[Spec]:
     """The deployments, with crons from ``configs/platform.yaml``."""
-    from tasks.config import load_platform_config
+    from core.config import load_platform_config
 
     schedule = load_platform_config(config_dir).schedule
     return [
@@ -194,7 +194,7 @@ def register(
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound
 
-    from tasks.config import load_platform_config
+    from core.config import load_platform_config
 
     platform = load_platform_config(config_dir)
     wanted = [s for s in specs(config_dir) if not only or s.full_name in only]
@@ -231,7 +231,7 @@ def register(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point."""
-    from tasks.settings import PROJECT_ROOT, load_settings
+    from core.settings import PROJECT_ROOT, load_settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pool", default=DEFAULT_POOL, help="Work pool name.")

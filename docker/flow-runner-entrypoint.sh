@@ -56,8 +56,8 @@ import flows.cleanup
 import flows.monitor
 import flows.retrain
 import flows.rollout  # noqa: F401  (importing is the check)
-from tasks.config import load_model_configs, load_platform_config
-from tasks.settings import load_settings
+from core.config import load_model_configs, load_platform_config
+from core.settings import load_settings
 
 settings = load_settings()
 print(json.dumps({

@@ -19,9 +19,12 @@ WORKDIR /opt/app
 COPY pyproject.toml uv.lock README.md ./
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-install-project
-# Then the project itself, installed editable: tasks.settings finds configs/ next to tasks/.
+# Then the project itself, installed editable: core.settings finds configs/ next to core/.
+COPY cli ./cli
 COPY flows ./flows
 COPY tasks ./tasks
+COPY core ./core
+COPY adapters ./adapters
 COPY serving ./serving
 COPY configs ./configs
 COPY docker/flow-runner-entrypoint.sh ./docker/flow-runner-entrypoint.sh

@@ -33,8 +33,9 @@ RUN --mount=type=cache,target=/root/.cache/uv \
  && uv pip install --python /opt/app/.venv/bin/python \
         --constraints /tmp/lock.txt ${SERVING_PACKAGES}
 # Only the modules the server imports: the families, the tarball checks and their store helper.
-COPY tasks/__init__.py tasks/publish.py tasks/store.py ./tasks/
-COPY tasks/train ./tasks/train
+COPY adapters/__init__.py adapters/publish.py adapters/store.py ./adapters/
+COPY core/__init__.py ./core/
+COPY core/families ./core/families
 COPY serving ./serving
 # Fail the build, not the endpoint: import the server and every family.
 RUN PYTHONPATH=/opt/app MPLBACKEND=Agg /opt/app/.venv/bin/python -m serving check

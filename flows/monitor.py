@@ -10,7 +10,8 @@ from typing import Any
 
 from prefect import flow
 
-from tasks.config import load_model_configs, load_platform_config
+from core.config import load_model_configs, load_platform_config
+from core.settings import load_settings
 from tasks.monitor import (
     assess_model,
     compare_distributions,
@@ -24,7 +25,6 @@ from tasks.monitor import (
     score_live,
     trigger_reason,
 )
-from tasks.settings import load_settings
 
 
 @flow(name="monitor")

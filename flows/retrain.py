@@ -11,13 +11,13 @@ from typing import Any
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
+from core.config import load_model_configs
+from core.lineage import describe_lineage
+from core.settings import load_settings
 from flows.rollout import rollout
-from tasks.config import load_model_configs
 from tasks.export import export_new_data
-from tasks.lineage import describe_lineage
 from tasks.promotion import decide_promotion, publish_model, register_model
 from tasks.report import outcome, summarise_run
-from tasks.settings import load_settings
 from tasks.training import load_training_window, score_champion, split_holdout, train_challenger
 from tasks.validate import validate_data
 

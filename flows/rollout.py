@@ -8,9 +8,10 @@ from __future__ import annotations
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
-from tasks.config import ModelConfig, load_model_configs, load_platform_config
-from tasks.endpoints import EndpointTarget, RolloutFailed, VersionToServe
-from tasks.publish import PublishError, read_latest, version_number
+from adapters.endpoints import EndpointTarget, RolloutFailed, VersionToServe
+from adapters.publish import PublishError, read_latest, version_number
+from core.config import ModelConfig, load_model_configs, load_platform_config
+from core.settings import Settings, load_settings
 from tasks.rollout import (
     deploy_endpoint,
     describe_endpoint,
@@ -23,7 +24,6 @@ from tasks.rollout import (
     target_for,
     version_to_restore,
 )
-from tasks.settings import Settings, load_settings
 from tasks.training import store_of
 
 

@@ -45,14 +45,14 @@ def check() -> int:
 
     import uvicorn
 
+    import core.families
     import serving.app  # noqa: F401  (importing is the check)
-    import tasks.train
-    from tasks.train import Family
+    from core.families import Family
 
     families: dict[str, str] = {}
-    for module in pkgutil.iter_modules(tasks.train.__path__):
+    for module in pkgutil.iter_modules(core.families.__path__):
         try:
-            found = getattr(importlib.import_module(f"tasks.train.{module.name}"), "FAMILY", None)
+            found = getattr(importlib.import_module(f"core.families.{module.name}"), "FAMILY", None)
         except ImportError as exc:
             families[module.name] = f"cannot import: {exc}"
             continue

@@ -28,12 +28,12 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import registry
-from tasks.config import RetentionPolicy
-from tasks.endpoints import EndpointTarget, Resource
-from tasks.publish import CLAIM, MANIFEST, list_versions, read_latest
-from tasks.settings import Settings
-from tasks.store import KeyNotFound, Store
+from adapters import registry
+from adapters.endpoints import EndpointTarget, Resource
+from adapters.publish import CLAIM, MANIFEST, list_versions, read_latest
+from adapters.store import KeyNotFound, Store
+from core.config import RetentionPolicy
+from core.settings import Settings
 from tasks.training import store_of
 
 ORDER = ("endpoint", "endpoint-config", "model", "store-version", "registry-version")

@@ -40,9 +40,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import make_url
 
-from tasks.config import DatasetConfig, ModelConfig
-from tasks.settings import Settings
-from tasks.store import KeyNotFound, sha256_file, store_for
+from adapters.store import KeyNotFound, sha256_file, store_for
+from core.config import DatasetConfig, ModelConfig
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ def export_snapshot(
 
     Args:
         url: SQLAlchemy URL of the source database.
-        store: a :mod:`tasks.store` store (local or S3).
+        store: a :mod:`adapters.store` store (local or S3).
         dataset: what to export (table, columns and their types, watermark, event time).
         chunk_rows: rows fetched from the database per chunk.
         part_rows: rows per Parquet part file.

@@ -34,8 +34,8 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.config import ModelConfig, MonitorPolicy
-from tasks.settings import Settings
+from core.config import ModelConfig, MonitorPolicy
+from core.settings import Settings
 
 MAX_ROWS = 200_000
 """Rows per side kept for the comparison; a seeded random sample above that (KS is O(n log n),
@@ -389,7 +389,7 @@ class Champion:
 @task(name="find-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def find_champion(settings: Settings, cfg: ModelConfig) -> Champion | None:
     """Read ``latest.json`` and the champion's manifest; None when nothing was promoted yet."""
-    from tasks.publish import read_latest, read_manifest
+    from adapters.publish import read_latest, read_manifest
     from tasks.training import store_of
 
     store = store_of(settings)
@@ -474,7 +474,7 @@ def score_live(
         ``(metrics, note)``: empty metrics and a note saying why when the recent rows cannot be
         scored (no labels, one class only, a champion that does not load).
     """
-    from tasks.train import get_family
+    from core.families import get_family
     from tasks.training import load_published_model, workdir
 
     if recent.empty:

@@ -1,6 +1,6 @@
 """Gate, publish, register, promote: the side effects that follow a decision.
 
-:func:`tasks.gate.decide` decides; the tasks here record the decision, publish the version
+:func:`core.gate.decide` decides; the tasks here record the decision, publish the version
 to the store, register it in MLflow and move the pointer and the alias. Each task is named for
 its effect and returns identifiers.
 """
@@ -14,17 +14,18 @@ from dataclasses import dataclass
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import gate, registry
-from tasks.config import ModelConfig
-from tasks.publish import (
+from adapters import registry
+from adapters.publish import (
     UNPACKED,
     PublishedVersion,
     make_tarball,
     publish_version,
     write_contents,
 )
+from core import gate
+from core.config import ModelConfig
+from core.settings import Settings
 from tasks.report import publish_markdown
-from tasks.settings import Settings
 from tasks.training import Challenger, ChampionScore, metrics_json, store_of, workdir
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect.states import State
 
-from tasks.settings import Settings
+from core.settings import Settings
 
 
 def artifact_key(*parts: str) -> str:
@@ -99,7 +99,7 @@ def summarise_run(settings: Settings, states: dict[str, State]) -> dict[str, Any
     A plain function, not a task: Prefect would treat the states passed in as upstream
     dependencies and refuse to run it when one of them failed.
     """
-    from tasks.config import load_model_configs
+    from core.config import load_model_configs
 
     outcomes = []
     for model, state in states.items():

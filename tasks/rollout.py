@@ -15,12 +15,12 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import registry
-from tasks.config import ModelConfig, PlatformConfig
-from tasks.endpoints import EndpointTarget, RolloutFailed, Serving, VersionToServe, open_target
-from tasks.publish import PublishError, move_latest, read_latest, read_manifest
+from adapters import registry
+from adapters.endpoints import EndpointTarget, RolloutFailed, Serving, VersionToServe, open_target
+from adapters.publish import PublishError, move_latest, read_latest, read_manifest
+from core.config import ModelConfig, PlatformConfig
+from core.settings import Settings
 from tasks.report import publish_markdown
-from tasks.settings import Settings
 from tasks.training import store_of
 
 SETTLED = frozenset({"InService", "running"})

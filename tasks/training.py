@@ -20,13 +20,13 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import registry
-from tasks.config import ModelConfig
+from adapters import registry
+from adapters.publish import extract_tarball, read_latest, verify_version
+from adapters.store import store_for
+from core.config import ModelConfig
+from core.families import Evaluation, get_family
+from core.settings import Settings
 from tasks.export import list_snapshots, read_snapshots
-from tasks.publish import extract_tarball, read_latest, verify_version
-from tasks.settings import Settings
-from tasks.store import store_for
-from tasks.train import Evaluation, get_family
 
 log = logging.getLogger(__name__)
 

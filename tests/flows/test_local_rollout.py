@@ -23,15 +23,15 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from adapters import registry
+from adapters.endpoints.local import LocalTarget, free_port
+from adapters.publish import promotion_history, read_latest
+from adapters.source import seed_source
+from cli.status import model_status
+from core.config import load_platform_config
+from core.settings import PROJECT_ROOT, Settings, load_settings
 from flows.retrain import retrain
 from flows.rollout import rollback, rollout
-from tasks import registry
-from tasks.config import load_platform_config
-from tasks.endpoints.local import LocalTarget, free_port
-from tasks.publish import promotion_history, read_latest
-from tasks.settings import PROJECT_ROOT, Settings, load_settings
-from tasks.source import seed_source
-from tasks.status import model_status
 from tasks.training import store_of
 from tests.conftest import _LEAKY
 from tests.fixtures.serving import our_processes, post_until
@@ -170,7 +170,7 @@ def test_rollback_serves_v1_again_with_pointer_and_alias(local: Local) -> None:
 
 
 def test_endpoint_stop_ends_every_process_and_status_says_so(local: Local) -> None:
-    from flows.cli import app
+    from cli import app
 
     result = CliRunner().invoke(app, ["endpoint", "stop"])
     assert result.exit_code == 0, result.output

@@ -10,10 +10,10 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from adapters.source import seed_source
+from core.settings import load_settings
 from flows.monitor import monitor
 from flows.retrain import retrain
-from tasks.settings import load_settings
-from tasks.source import seed_source
 
 SMALL = {"n_clients": 40, "n_services": 2, "seed": 7, "today": date(2026, 3, 2)}
 DEPLOYMENT = "retrain/monitor-test"

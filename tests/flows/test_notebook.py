@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from tasks.settings import PROJECT_ROOT
+from core.settings import PROJECT_ROOT
 
 
 def test_notebook_runs_tasks_one_by_one(mlops_home: Path) -> None:

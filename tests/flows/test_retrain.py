@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from adapters import registry
+from adapters.publish import list_versions, promotion_history, read_latest
+from adapters.source import corrupt_source, seed_source
+from cli.status import model_status
+from core.settings import load_settings
 from flows.retrain import retrain
-from tasks import registry
 from tasks.export import list_snapshots
-from tasks.publish import list_versions, promotion_history, read_latest
-from tasks.settings import load_settings
-from tasks.source import corrupt_source, seed_source
-from tasks.status import model_status
 from tasks.training import store_of
 
 MODELS = ["abuse_detector", "limit_optimiser", "traffic_forecaster"]

@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
+from adapters import registry
+from adapters.publish import list_versions, promotion_history, read_latest
+from adapters.source import seed_source
+from cli.status import model_status
+from core.settings import PROJECT_ROOT, load_settings
 from flows.cleanup import cleanup
 from flows.retrain import retrain
 from flows.rollout import rollback, rollout
-from tasks import registry
-from tasks.publish import list_versions, promotion_history, read_latest
-from tasks.settings import PROJECT_ROOT, load_settings
-from tasks.source import seed_source
-from tasks.status import model_status
 from tasks.training import store_of
 from tests.conftest import _LEAKY
 

@@ -16,7 +16,9 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from tasks.config import DatasetConfig
+from adapters.source import corrupt_source, seed_source, source_extent, source_tables
+from adapters.store import LocalStore, sha256_file
+from core.config import DatasetConfig
 from tasks.export import (
     current_watermark,
     export_snapshot,
@@ -24,8 +26,6 @@ from tasks.export import (
     read_snapshots,
     record_validation,
 )
-from tasks.source import corrupt_source, seed_source, source_extent, source_tables
-from tasks.store import LocalStore, sha256_file
 from tests.fixtures.postgres import postgres_url  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.integration

@@ -26,9 +26,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from tasks.endpoints import RolloutFailed, VersionToServe
-from tasks.endpoints.local import LocalTarget, free_port, is_alive
-from tasks.store import LocalStore
+from adapters.endpoints import RolloutFailed, VersionToServe
+from adapters.endpoints.local import LocalTarget, free_port, is_alive
+from adapters.store import LocalStore
 from tests.fixtures.serving import (
     TinyModel,
     build_model_dir,
@@ -227,7 +227,7 @@ def cli_environment(endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch) -> None
 def test_cli_status_shows_what_serves(
     endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch, mlops_home: Path
 ) -> None:
-    from flows.cli_endpoint import app
+    from cli.endpoint import app
 
     cli_environment(endpoint, monkeypatch)
     result = CliRunner().invoke(app, ["status", "--json"])
@@ -244,7 +244,7 @@ def test_cli_status_shows_what_serves(
 def test_stop_ends_every_process(
     endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch, mlops_home: Path
 ) -> None:
-    from flows.cli_endpoint import app
+    from cli.endpoint import app
 
     assert our_processes(endpoint.home)
     cli_environment(endpoint, monkeypatch)
@@ -257,18 +257,38 @@ def test_stop_ends_every_process(
         post(endpoint.target.address(MODEL), endpoint.tiny.example_request)
 
 
+def _image_copies(dockerfile: Path) -> list[tuple[list[str], str]]:
+    """The project files a Dockerfile copies: ``COPY src... dest`` lines without ``--from``."""
+    lines = []
+    for line in dockerfile.read_text().splitlines():
+        words = line.split()
+        if words[:1] != ["COPY"] or any(w.startswith("--") for w in words):
+            continue
+        *sources, dest = words[1:]
+        if any(s.endswith((".toml", ".lock", ".md")) for s in sources):
+            continue  # the lock and metadata of the dependency layer, not code
+        lines.append((sources, dest.removeprefix("./")))
+    return lines
+
+
 def test_the_image_entry_point_serves_with_only_the_files_the_image_holds(
     tmp_path: Path,
 ) -> None:
-    # docker/serving.Dockerfile copies a subset of tasks/ and runs `python -m serving serve`
-    # with the model in MLOPS_MODEL_DIR. Same here, as a plain process, from that subset only.
+    # docker/serving.Dockerfile copies a subset of the project and runs `python -m serving serve`
+    # with the model in MLOPS_MODEL_DIR. Same here, as a plain process, from exactly the files
+    # the Dockerfile's project COPY lines name.
     root = Path(__file__).resolve().parents[2]
     app = tmp_path / "app"
-    (app / "tasks").mkdir(parents=True)
-    for name in ("__init__.py", "publish.py", "store.py"):
-        shutil.copy2(root / "tasks" / name, app / "tasks" / name)
-    shutil.copytree(root / "tasks" / "train", app / "tasks" / "train")
-    shutil.copytree(root / "serving", app / "serving")
+    copied = _image_copies(root / "docker" / "serving.Dockerfile")
+    assert copied, "no project COPY lines found in docker/serving.Dockerfile"
+    for sources, dest in copied:  # Docker's semantics: a directory's contents go into dest
+        for source in sources:
+            if (root / source).is_dir():
+                shutil.copytree(root / source, app / dest)
+                continue
+            target = app / dest / Path(source).name if dest.endswith("/") else app / dest
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / source, target)
     tiny = build_model_dir("traffic_forecaster", tmp_path / "opt-ml-model")
     port = free_port()
     env = {

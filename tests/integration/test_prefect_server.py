@@ -31,8 +31,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tasks.settings import PROJECT_ROOT
-from tasks.source import seed_source
+from adapters.source import seed_source
+from core.settings import PROJECT_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

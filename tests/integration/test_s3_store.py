@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tasks.publish import (
+from adapters.publish import (
     PublishError,
     claim_version,
     list_versions,
@@ -26,7 +26,7 @@ from tasks.publish import (
     read_manifest,
     verify_version,
 )
-from tasks.store import KeyNotFound, PreconditionFailed, S3Store, StoreError, open_store
+from adapters.store import KeyNotFound, PreconditionFailed, S3Store, StoreError, open_store
 from tests.fixtures.moto import boto_client, moto_server, s3_store_uri  # noqa: F401
 
 pytestmark = pytest.mark.integration

@@ -29,15 +29,15 @@ from typing import Any
 
 import pytest
 
+from adapters import registry
+from adapters.endpoints.sagemaker import endpoint_name
+from adapters.publish import list_versions, promotion_history, read_latest
+from adapters.source import seed_source
+from cli.status import model_status
+from core.settings import PROJECT_ROOT, Settings, load_settings
 from flows.cleanup import cleanup
 from flows.retrain import retrain
 from flows.rollout import rollback, rollout
-from tasks import registry
-from tasks.endpoints.sagemaker import endpoint_name
-from tasks.publish import list_versions, promotion_history, read_latest
-from tasks.settings import PROJECT_ROOT, Settings, load_settings
-from tasks.source import seed_source
-from tasks.status import model_status
 from tasks.training import store_of
 from tests.conftest import _LEAKY
 from tests.fixtures.moto import boto_client, moto_server, use_moto_env  # noqa: F401

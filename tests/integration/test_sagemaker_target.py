@@ -17,29 +17,29 @@ from typing import Any
 
 import pytest
 
-from tasks.cleanup import Inventory, ModelInventory, plan_cleanup
-from tasks.config import (
-    DeploymentStrategy,
-    EndpointConfig,
-    RetentionPolicy,
-    ServerlessConfig,
-    load_platform_config,
-)
-from tasks.endpoints import Resource, RolloutFailed, VersionToServe, open_target
-from tasks.endpoints.iam import (
+from adapters.endpoints import Resource, RolloutFailed, VersionToServe, open_target
+from adapters.endpoints.iam import (
     ensure_role,
     permission_policy,
     role_name,
     trust_policy,
 )
-from tasks.endpoints.sagemaker import (
+from adapters.endpoints.sagemaker import (
     MAX_NAME,
     SageMakerTarget,
     deployment_config,
     endpoint_name,
     resource_name,
 )
-from tasks.settings import PROJECT_ROOT, load_settings
+from core.config import (
+    DeploymentStrategy,
+    EndpointConfig,
+    RetentionPolicy,
+    ServerlessConfig,
+    load_platform_config,
+)
+from core.settings import PROJECT_ROOT, load_settings
+from tasks.cleanup import Inventory, ModelInventory, plan_cleanup
 from tests.fixtures.moto import boto_client, moto_server, s3_store_uri  # noqa: F401
 from tests.fixtures.sagemaker_moto import SageMakerSim, sagemaker_sim  # noqa: F401
 
@@ -757,7 +757,7 @@ def test_configured_role_is_used_and_no_role_is_created(
 
 
 def test_permission_policy_needs_an_s3_store() -> None:
-    from tasks.endpoints.iam import RoleError
+    from adapters.endpoints.iam import RoleError
 
     with pytest.raises(RoleError, match="S3"):
         permission_policy("/var/lib/store", region="us-east-1", serving_image=IMAGE)

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from adapters.endpoints import Resource
+from core.config import RetentionPolicy
 from tasks.cleanup import Inventory, ModelInventory, PlanItem, plan_cleanup
-from tasks.config import RetentionPolicy
-from tasks.endpoints import Resource
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -169,8 +169,8 @@ class _Target:
 
 
 def test_apply_goes_on_after_a_failed_delete_and_reports_it(mlops_home: object) -> None:
+    from core.settings import load_settings
     from tasks.cleanup import apply_plan
-    from tasks.settings import load_settings
 
     def res(kind: str, name: str) -> Resource:
         return Resource(kind=kind, name=name, model="m", version="v1", in_use=False)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import ConfigError, load_model_config, load_model_configs, load_platform_config
-from tasks.settings import PROJECT_ROOT
+from core.config import ConfigError, load_model_config, load_model_configs, load_platform_config
+from core.settings import PROJECT_ROOT
 
 CONFIG_DIR = PROJECT_ROOT / "configs"
 SHIPPED = sorted((CONFIG_DIR / "models").glob("*.yaml"))
@@ -145,7 +145,7 @@ def test_platform_config_defaults_when_absent(tmp_path: Path) -> None:
 def test_mlflow_artifacts_go_to_the_home_only_with_the_embedded_store(
     mlops_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tasks.settings import load_settings
+    from core.settings import load_settings
 
     assert load_settings().mlflow_artifact_root == (mlops_home / "mlartifacts").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{mlops_home}/other.db")

@@ -13,7 +13,9 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from tasks.config import DatasetConfig
+from adapters.source import corrupt_source, seed_source
+from adapters.store import KeyNotFound, LocalStore, sha256_file
+from core.config import DatasetConfig
 from tasks.export import (
     SnapshotInfo,
     combined_sha256,
@@ -26,8 +28,6 @@ from tasks.export import (
     read_snapshots,
     record_validation,
 )
-from tasks.source import corrupt_source, seed_source
-from tasks.store import KeyNotFound, LocalStore, sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"n_clients": 4, "n_services": 2, "seed": 5}
@@ -347,8 +347,8 @@ def test_prefect_tasks_wrap_the_plain_functions(
     info = export_task.fn(url, store, TRAFFIC)
     assert isinstance(info, SnapshotInfo)
 
-    from tasks.config import ModelConfig
-    from tasks.settings import load_settings
+    from core.config import ModelConfig
+    from core.settings import load_settings
 
     monkeypatch.setenv("MLOPS_DATABASE_URL", url)
     raw = yaml.safe_load((ROOT / "configs" / "models" / "limit_optimiser.yaml").read_text())
@@ -364,7 +364,7 @@ def test_prefect_tasks_wrap_the_plain_functions(
 def test_two_runs_exporting_the_same_rows_never_both_accept_them(
     url: str, store: LocalStore
 ) -> None:
-    from tasks.config import load_model_config
+    from core.config import load_model_config
     from tasks.validate import SnapshotSuperseded, _refuse_if_superseded
 
     cfg = load_model_config(ROOT / "configs" / "models" / "limit_optimiser.yaml")

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from tasks.train import Family, get_family
+from core.families import Family, get_family
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ["abuse_detector", "limit_optimiser", "traffic_forecaster"]
@@ -465,7 +465,7 @@ def mlflow_experiment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
 def _pyfunc_input(name: str, records: pd.DataFrame) -> pd.DataFrame:
     if name == "limit_optimiser":
-        from tasks.train.limit_optimiser import encode
+        from core.families.limit_optimiser import encode
 
         return encode(records)  # the xgboost flavour takes the booster's encoded features
     columns = list(get_family(name).input_columns())

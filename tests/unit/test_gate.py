@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from tasks.config import GatePolicy, MetricPolicy
-from tasks.gate import decide
+from core.config import GatePolicy, MetricPolicy
+from core.gate import decide
 
 
 def policy(mode: str = "enforce", **metrics: MetricPolicy) -> GatePolicy:

@@ -15,7 +15,7 @@ import pytest
 from matplotlib._pylab_helpers import Gcf
 from matplotlib.figure import Figure
 
-from tasks.train import metrics as m
+from core.families import metrics as m
 
 Y = [1.0, 2.0, 3.0, 4.0]
 P = [2.0, 2.0, 2.0, 2.0]

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.config import MonitorPolicy, load_model_config
+from core.config import MonitorPolicy, load_model_config
+from core.settings import PROJECT_ROOT
 from tasks.monitor import (
     MAX_REASON_CHARS,
     FeatureDrift,
@@ -24,7 +25,6 @@ from tasks.monitor import (
     psi,
     trigger_reason,
 )
-from tasks.settings import PROJECT_ROOT
 
 POLICY = MonitorPolicy()
 

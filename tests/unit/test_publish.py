@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-import tasks.publish as publish_module
-from tasks.publish import (
+import adapters.publish as publish_module
+from adapters.publish import (
     PublishedVersion,
     PublishError,
     claim_version,
@@ -32,7 +32,7 @@ from tasks.publish import (
     verify_version,
     version_number,
 )
-from tasks.store import LocalStore, PreconditionFailed
+from adapters.store import LocalStore, PreconditionFailed
 
 MODEL = "abuse_detector"
 LINEAGE = {"snapshot_id": "20261116T000000Z-ab12", "config_hash": "c0ffee", "flow_run_id": "run-1"}
@@ -200,8 +200,8 @@ def test_concurrent_claims_in_threads_get_distinct_numbers(store: LocalStore) ->
 _CLAIMER = """
 import json, os, sys, time
 from pathlib import Path
-from tasks.publish import claim_version
-from tasks.store import LocalStore
+from adapters.publish import claim_version
+from adapters.store import LocalStore
 
 root, model, count, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 store = LocalStore(root)

@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from core.families import get_family
 from serving.__main__ import main as serving_main
 from serving.app import ModelSettings, ServerSettings, create_app
-from tasks.train import get_family
 from tests.fixtures.serving import FAMILIES, TinyModel, build_model_dir, copy_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from tasks.source import (
+from adapters.source import (
     corrupt_source,
     create_source_tables,
     last_monday,
@@ -19,7 +19,7 @@ from tasks.source import (
     source_has_data,
     source_tables,
 )
-from tasks.synth import EVENT_TIME, KEYS, SCHEMAS, TABLES, generate
+from core.synth import EVENT_TIME, KEYS, SCHEMAS, TABLES, generate
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"n_clients": 4, "n_services": 2, "seed": 5}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.store import KeyNotFound, LocalStore, PreconditionFailed, StoreError, open_store
+from adapters.store import KeyNotFound, LocalStore, PreconditionFailed, StoreError, open_store
 
 
 @pytest.fixture

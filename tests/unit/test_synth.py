@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from tasks.config import DatasetConfig
-from tasks.synth import EVENT_TIME, KEYS, SCHEMAS, TABLES, clients, generate, holidays
+from core.config import DatasetConfig
+from core.synth import EVENT_TIME, KEYS, SCHEMAS, TABLES, clients, generate, holidays
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = {

@@ -7,9 +7,9 @@ from datetime import datetime
 import pandas as pd
 import pytest
 
-from tasks.config import load_model_config
-from tasks.settings import PROJECT_ROOT
-from tasks.synth import generate
+from core.config import load_model_config
+from core.settings import PROJECT_ROOT
+from core.synth import generate
 from tasks.validate import SuiteError, build_suite, schema_expectations, validate_frame
 
 START = datetime(2026, 1, 5)

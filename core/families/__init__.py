@@ -96,10 +96,10 @@ def get_family(name: str) -> Family:
     Raises:
         ImportError: no such family module, or it defines no ``FAMILY``.
     """
-    module = importlib.import_module(f"tasks.train.{name}")
+    module = importlib.import_module(f"core.families.{name}")
     family = getattr(module, "FAMILY", None)
     if not isinstance(family, Family):
-        raise ImportError(f"tasks.train.{name} defines no FAMILY of type Family")
+        raise ImportError(f"core.families.{name} defines no FAMILY of type Family")
     return family
 
 

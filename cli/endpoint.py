@@ -11,18 +11,17 @@ on the first promotion); these commands find them through ``$MLOPS_HOME/endpoint
 from __future__ import annotations
 
 import json
-import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from tasks.settings import prepare_environment
+from cli.common import console
+from core.settings import prepare_environment
 
 if TYPE_CHECKING:
-    from tasks.endpoints.local import LocalTarget
-    from tasks.settings import Settings
+    from adapters.endpoints.local import LocalTarget
+    from core.settings import Settings
 
 app = typer.Typer(
     name="endpoint",
@@ -30,12 +29,11 @@ app = typer.Typer(
     no_args_is_help=True,
     help="The local endpoint: a router on loopback and one serving process per model.",
 )
-console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _local() -> tuple[Settings, LocalTarget]:
     settings = prepare_environment()
-    from tasks.endpoints.local import LocalTarget
+    from adapters.endpoints.local import LocalTarget
 
     if settings.resolved_endpoint_target != "local":
         console.print(
@@ -108,9 +106,9 @@ def start(
 ) -> None:
     """Serve, for each model, the version its latest.json names; then smoke-test it."""
     settings, target = _local()
-    from tasks.config import load_model_configs
-    from tasks.endpoints import RolloutFailed
-    from tasks.publish import PublishError, read_latest
+    from adapters.endpoints import RolloutFailed
+    from adapters.publish import PublishError, read_latest
+    from core.config import load_model_configs
     from tasks.rollout import resolve_version
     from tasks.training import store_of
 

@@ -11,7 +11,7 @@ duplicates, and a changed instance type gets a new config rather than an error.
 A rollout ends one of two ways:
 
 - the endpoint is ``InService`` on the new config: success;
-- anything else raises :class:`~tasks.endpoints.RolloutFailed`, after putting things back: an
+- anything else raises :class:`~adapters.endpoints.RolloutFailed`, after putting things back: an
   endpoint created by this attempt is deleted, an updated one is left on the config SageMaker
   rolled it back to, and the config and model made for the attempt are deleted unless an endpoint
   still references them.
@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from tasks.endpoints import Resource, RolloutFailed, Serving, VersionToServe
-from tasks.endpoints.iam import (
+from adapters.endpoints import Resource, RolloutFailed, Serving, VersionToServe
+from adapters.endpoints.iam import (
     RoleError,
     ensure_role,
     permission_policy,
@@ -45,8 +45,8 @@ from tasks.endpoints.iam import (
 )
 
 if TYPE_CHECKING:
-    from tasks.config import DeploymentStrategy, EndpointConfig, PlatformConfig
-    from tasks.settings import Settings
+    from core.config import DeploymentStrategy, EndpointConfig, PlatformConfig
+    from core.settings import Settings
 
 VARIANT = "AllTraffic"
 """The single production variant. Blue/green updates need the same variant name in both configs."""

@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from tasks.config import GatePolicy, MetricPolicy
+from core.config import GatePolicy, MetricPolicy
 
 Rule = Literal["floor", "champion", "present"]
 

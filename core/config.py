@@ -3,7 +3,7 @@
 Each file is loaded once into :class:`ModelConfig`, a strict, frozen pydantic model
 (``extra="forbid"``): a typo in a key is an error naming the key, not a silently ignored
 setting. The family's own hyperparameters are checked by the family's ``Params`` model
-(see :mod:`tasks.train`).
+(see :mod:`core.families`).
 """
 
 from __future__ import annotations
@@ -325,7 +325,7 @@ def load_model_config(path: Path) -> ModelConfig:
         raise ConfigError(f"{path}: {exc}") from exc
     if cfg.name != path.stem:
         raise ConfigError(f"{path}: name {cfg.name!r} must match the file name {path.stem!r}")
-    from tasks.train import get_family  # local: families import heavy libraries
+    from core.families import get_family  # local: families import heavy libraries
 
     try:
         get_family(cfg.family).Params.model_validate(cfg.params)

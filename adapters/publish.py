@@ -18,7 +18,7 @@ The rules that make this safe with many writers and no locks:
 * ``latest.json`` moves only to a complete version, and each move first appends a record to
   ``promotions/`` (conditional create of the next sequence number), so history is never rewritten.
 
-Plain functions over a :class:`tasks.store.Store`; the Prefect tasks that wrap them live in
+Plain functions over a :class:`adapters.store.Store`; the Prefect tasks that wrap them live in
 :mod:`tasks.promotion`.
 """
 
@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tasks.store import KeyNotFound, PreconditionFailed, Store, sha256_file
+from adapters.store import KeyNotFound, PreconditionFailed, Store, sha256_file
 
 MODELS = "models"
 CLAIM = "claim.json"

@@ -7,10 +7,10 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-from tasks.settings import PROJECT_ROOT
+from core.settings import PROJECT_ROOT
 
 if TYPE_CHECKING:
-    from tasks.config import ModelConfig
+    from core.config import ModelConfig
     from tasks.training import TrainingData
 
 

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.train import Evaluation, Family, check_columns, json_records
-from tasks.train import metrics as m
+from core.families import Evaluation, Family, check_columns, json_records
+from core.families import metrics as m
 
 FEATURES: dict[str, str] = {
     "requests": "int64",

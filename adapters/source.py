@@ -1,6 +1,6 @@
 """The source database: table definitions, seeding with synthetic data, and deliberate damage.
 
-Tables are SQLAlchemy Core definitions built from :data:`tasks.synth.SCHEMAS`, plus an ``id``
+Tables are SQLAlchemy Core definitions built from :data:`core.synth.SCHEMAS`, plus an ``id``
 autoincrement primary key that the exporter uses as its watermark. The natural keys are
 deliberately *not* unique in the database: duplicates are a data-quality problem that the
 pipeline's validation must be able to see, so the database must be able to hold them.
@@ -23,7 +23,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from tasks.synth import EVENT_TIME, KEYS, SCHEMAS, TABLES, generate
+from core.synth import EVENT_TIME, KEYS, SCHEMAS, TABLES, generate
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def source_tables(metadata: sa.MetaData | None = None) -> dict[str, sa.Table]:
     """The source tables, defined on ``metadata`` (a new one when not given).
 
     Each table has ``id`` (a BigInteger autoincrement primary key; INTEGER on SQLite so that it
-    is the rowid and autoincrements) followed by the columns of :data:`tasks.synth.SCHEMAS`, all
+    is the rowid and autoincrements) followed by the columns of :data:`core.synth.SCHEMAS`, all
     nullable, and a non-unique index on the event time.
     """
     metadata = metadata if metadata is not None else sa.MetaData()
@@ -255,7 +255,7 @@ def seed_source(
         url: SQLAlchemy URL (SQLite or PostgreSQL with psycopg).
         weeks: weeks to create in an empty table.
         append_weeks: weeks to append to a table that has data (default 1).
-        drift: distribution shift of the new rows (0 = baseline); see :func:`tasks.synth.generate`.
+        drift: distribution shift of the new rows (0 = baseline); see :func:`core.synth.generate`.
         seed: random seed; the same seed gives the same clients and services.
         n_clients: clients in the client tables.
         n_services: services in ``service_traffic``.

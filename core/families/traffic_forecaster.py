@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.train import Evaluation, Family, check_columns, json_records
-from tasks.train import metrics as m
+from core.families import Evaluation, Family, check_columns, json_records
+from core.families import metrics as m
 
 INPUTS: dict[str, str] = {"service": "string", "ts": "timestamp"}
 """The request schema; ``is_holiday`` (0/1) may be sent too, see the module docstring."""
@@ -419,7 +419,7 @@ class TrafficForecaster(Family):
 
         The model directory written by :meth:`save` is the pyfunc's data, and this module is
         its loader (``_load_pyfunc``): the pyfunc's ``predict`` is :meth:`predict`. The
-        ``tasks.train`` modules it needs ship with the model as code, so loading it needs the
+        ``core.families`` modules it needs ship with the model as code, so loading it needs the
         pinned libraries, not this project.
         """
         import shutil
@@ -437,12 +437,12 @@ class TrafficForecaster(Family):
             data = Path(tmp) / "model"
             data.mkdir()
             self.save(model, data)
-            package = Path(__file__).resolve().parents[1]  # .../tasks
-            code = Path(tmp) / "tasks"
-            (code / "train").mkdir(parents=True)
+            package = Path(__file__).resolve().parents[1]  # .../core
+            code = Path(tmp) / "core"
+            (code / "families").mkdir(parents=True)
             (code / "__init__.py").write_text("")
             for module in ("__init__.py", "metrics.py", "traffic_forecaster.py"):
-                shutil.copy2(package / "train" / module, code / "train" / module)
+                shutil.copy2(package / "families" / module, code / "families" / module)
             info = mlflow.pyfunc.log_model(
                 name=name,
                 loader_module=__name__,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from tasks.settings import Settings
+    from core.settings import Settings
 
 CHUNK = 1 << 20
 CONFLICT_RETRIES = 5

@@ -3,9 +3,9 @@
 A target rolls a published version out to a live endpoint and reports what serves now. Two
 targets implement the same interface, so the rollout flow never branches on where it deploys:
 
-- ``local`` (:mod:`tasks.endpoints.local`): the serving app as background processes on
+- ``local`` (:mod:`adapters.endpoints.local`): the serving app as background processes on
   loopback, behind a small router. The embedded default, used when no AWS setting is present.
-- ``sagemaker`` (:mod:`tasks.endpoints.sagemaker`): a SageMaker real-time or serverless
+- ``sagemaker`` (:mod:`adapters.endpoints.sagemaker`): a SageMaker real-time or serverless
   endpoint through boto3 (moto server in tests).
 
 Contract every target keeps:
@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from tasks.config import EndpointConfig, PlatformConfig
-    from tasks.settings import Settings
+    from core.config import EndpointConfig, PlatformConfig
+    from core.settings import Settings
 
 
 class RolloutFailed(RuntimeError):
@@ -169,9 +169,9 @@ def open_target(settings: Settings, platform: PlatformConfig) -> EndpointTarget 
     if kind == "none":
         return None
     if kind == "local":
-        from tasks.endpoints.local import LocalTarget
+        from adapters.endpoints.local import LocalTarget
 
         return LocalTarget.from_settings(settings, platform)
-    from tasks.endpoints.sagemaker import SageMakerTarget
+    from adapters.endpoints.sagemaker import SageMakerTarget
 
     return SageMakerTarget.from_settings(settings, platform)

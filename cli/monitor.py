@@ -1,8 +1,7 @@
 """``mlops monitor``: run the monitor flow and print what it found.
 
-Registered on the main app in :mod:`flows.cli` with ``register(app)`` (or
-``app.command("monitor")(monitor)``). Like every command there, Prefect is imported only after
-:func:`tasks.settings.prepare_environment` has pointed its embedded state at ``$MLOPS_HOME``.
+Like every command, it imports Prefect only after :func:`core.settings.prepare_environment` has
+pointed its embedded state at ``$MLOPS_HOME``.
 
     mlops monitor                     # report; request retrain/weekly if a threshold is crossed
     mlops monitor --retrain           # ... and, without a server, run the retrain here
@@ -17,9 +16,11 @@ from typing import Annotated, Any
 
 import typer
 
-from tasks.settings import prepare_environment
+from cli.common import app, console, embedded_prefect
+from core.settings import prepare_environment
 
 
+@app.command(name="monitor")
 def monitor(
     model: Annotated[
         list[str] | None,
@@ -41,12 +42,8 @@ def monitor(
 ) -> None:
     """Compare recent data with each champion's training data; ask for a retrain on drift."""
     prepare_environment()
-    from rich.console import Console
-
-    from flows.cli import embedded_prefect
     from flows.monitor import monitor as monitor_flow
 
-    console = Console(width=None if sys.stdout.isatty() else 160)
     with embedded_prefect():
         result = monitor_flow(
             models=model or None, retrain_deployment=deployment if trigger else None
@@ -54,7 +51,7 @@ def monitor(
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
     else:
-        _print_findings(console, result)
+        _print_findings(result)
     request = result.get("request") or {}
     if result["triggered"] and retrain and not request.get("requested"):
         from flows.retrain import retrain as retrain_flow
@@ -69,7 +66,7 @@ def monitor(
             raise typer.Exit(1)
 
 
-def _print_findings(console: Any, result: dict[str, Any]) -> None:
+def _print_findings(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title="monitor", show_lines=True)
@@ -109,8 +106,3 @@ def _headline(metrics: dict[str, float]) -> dict[str, float]:
         for k, v in sorted(metrics.items())
         if not k.startswith(skip) and "__" not in k and k != "k"
     }
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``monitor`` to ``app`` (the ``mlops`` command)."""
-    app.command(name="monitor")(monitor)

@@ -117,7 +117,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_endpoint_target(self) -> str:
-        """``endpoint_target`` with ``auto`` resolved (see :func:`tasks.endpoints.open_target`)."""
+        """``endpoint_target``, ``auto`` resolved (see :func:`adapters.endpoints.open_target`)."""
         if self.endpoint_target != "auto":
             return self.endpoint_target
         aws = self.aws_endpoint_url or self.aws_profile or self.store.startswith("s3://")

@@ -50,13 +50,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.endpoints import Resource, RolloutFailed, Serving, VersionToServe
+from adapters.endpoints import Resource, RolloutFailed, Serving, VersionToServe
 
 if TYPE_CHECKING:
     import httpx
 
-    from tasks.config import EndpointConfig, PlatformConfig
-    from tasks.settings import Settings
+    from core.config import EndpointConfig, PlatformConfig
+    from core.settings import Settings
 
 Progress = Callable[[str], None]
 
@@ -497,8 +497,8 @@ class LocalTarget:
 
     def _fetch(self, target: VersionToServe, instance: Path, progress: Progress) -> Path:
         """Download and verify the version into ``instance``; unpack its model; return it."""
-        from tasks.publish import extract_tarball, verify_version
-        from tasks.store import open_store
+        from adapters.publish import extract_tarball, verify_version
+        from adapters.store import open_store
 
         store = open_store(
             self.store_uri, kms_key_id=self.kms_key_id, endpoint_url=self.aws_endpoint_url

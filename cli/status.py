@@ -1,4 +1,4 @@
-"""What is serving, where it came from, how to roll back: one answer per model.
+"""``mlops status``: what is serving, where it came from, how to roll back; one answer per model.
 
 Three sources are read side by side and must agree: the store's ``latest.json``, the MLflow
 ``champion`` alias and what the endpoint actually serves.
@@ -7,14 +7,19 @@ Three sources are read side by side and must agree: the store's ``latest.json``,
 from __future__ import annotations
 
 import json
-from typing import Any
+import sys
+from typing import Annotated, Any
 
-from tasks import registry
-from tasks.config import load_model_configs, load_platform_config
-from tasks.endpoints import open_target
-from tasks.publish import PublishError, promotion_history, read_latest, read_manifest
-from tasks.settings import Settings
-from tasks.store import KeyNotFound
+import typer
+from rich.table import Table
+
+from adapters import registry
+from adapters.endpoints import open_target
+from adapters.publish import PublishError, promotion_history, read_latest, read_manifest
+from adapters.store import KeyNotFound
+from cli.common import ModelOpt, app, console
+from core.config import load_model_configs, load_platform_config
+from core.settings import Settings, prepare_environment
 from tasks.training import store_of
 
 
@@ -96,3 +101,52 @@ def model_status(settings: Settings, names: list[str] | None = None) -> list[dic
             row["problem"] = "; ".join(problems)
         report.append(row)
     return report
+
+
+@app.command()
+def status(
+    model: ModelOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Per model: latest.json, champion alias, endpoint, metrics, lineage; flags disagreement."""
+    settings = prepare_environment()
+    report = model_status(settings, model or None)
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
+        return
+    table = Table(title=f"store {settings.store}", show_lines=True)
+    for col in (
+        "model",
+        "latest.json",
+        "mlflow champion",
+        "endpoint",
+        "agree",
+        "metrics, gate",
+        "published, lineage",
+    ):
+        table.add_column(col, overflow="fold")
+    for r in report:
+        metrics = ", ".join(f"{k}={v:.3f}" for k, v in (r.get("gate_metrics") or {}).items())
+        lin = r.get("lineage") or {}
+        lineage = "\n".join(
+            f"{k}: {lin[k]}"
+            for k in ("snapshot_id", "code_version", "flow_run_id", "mlflow_run_id")
+            if k in lin
+        )
+        agree = "[green]yes[/]" if r["agree"] else f"[red]NO[/] {r.get('problem', '')}"
+        ep = r.get("endpoint")
+        endpoint = (
+            f"{ep['version']} {ep['status']}\n{ep['address']}"
+            if ep
+            else ("-" if not r.get("endpoint_target") else "none")
+        )
+        table.add_row(
+            r["model"],
+            str(r.get("latest_version") or "-"),
+            f"{r.get('champion_alias') or '-'} ({r.get('champion_store_version') or '-'})",
+            endpoint,
+            agree,
+            f"{metrics or '-'}\ngate: {r.get('gate') or '-'}",
+            f"{r.get('uri') or '-'}\n{lineage}\nrollback: {r['rollback']}".strip(),
+        )
+    console.print(table)

@@ -1,0 +1,29 @@
+"""``mlops``: a thin command line over the flows and tasks.
+
+    mlops seed [--weeks N] [--append-weeks N] [--drift X] [--corrupt TABLE] [--if-empty]
+    mlops retrain [--model NAME ...] [--force] [--reason TEXT]
+    mlops status [--model NAME ...] [--json]
+    mlops rollout MODEL [--version vN]
+    mlops rollback MODEL [--to vN]
+    mlops endpoint status|stop|start
+    mlops cleanup [--apply] [--yes] [--all] [--clean-s3] [--region R]
+    mlops monitor [--model NAME ...] [--trigger/--no-trigger]
+
+Prefect's embedded state is pointed at ``$MLOPS_HOME`` before Prefect is imported, so the
+imports of flows and tasks happen inside the commands.
+"""
+
+from cli import data, endpoint, models, monitor, status
+from cli.common import app
+
+app.add_typer(endpoint.app, name="endpoint")
+__all__ = ["app", "data", "main", "models", "monitor", "status"]
+
+
+def main() -> None:
+    """Entry point of the ``mlops`` command."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
