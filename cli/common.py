@@ -66,12 +66,14 @@ def print_serving(settings: Settings) -> None:
 
     from adapters.endpoints import open_target
     from adapters.publish import PublishError
+    from adapters.store import store_for
     from core.config import load_model_configs, load_platform_config
     from tasks.rollout import resolve_version
 
     target = open_target(settings, load_platform_config(settings.config_dir))
     if target is None:
         return
+    store = store_for(settings)
     lines = []
     for cfg in load_model_configs(settings.config_dir):
         serving = target.describe(cfg.name) if cfg.endpoint.enabled else None
@@ -81,7 +83,7 @@ def print_serving(settings: Settings) -> None:
         if target.kind != "local":
             continue
         try:
-            example = resolve_version.fn(settings, cfg, serving.version).example_request[:1]
+            example = resolve_version.fn(store, cfg, serving.version).example_request[:1]
         except (PublishError, OSError, ValueError):
             continue
         body = shlex.quote(json.dumps({"instances": example}))

@@ -108,12 +108,12 @@ def start(
     settings, target = _local()
     from adapters.endpoints import RolloutFailed
     from adapters.publish import PublishError, read_latest
+    from adapters.store import store_for
     from core.config import load_model_configs
     from tasks.rollout import resolve_version
-    from tasks.training import store_of
 
     failed = []
-    store = store_of(settings)
+    store = store_for(settings)
     for cfg in load_model_configs(settings.config_dir, model or None):
         if not cfg.endpoint.enabled:
             console.print(f"{cfg.name}: endpoint disabled in its config, skipped")
@@ -122,7 +122,7 @@ def start(
             console.print(f"{cfg.name}: nothing promoted yet, skipped")
             continue
         try:
-            wanted = resolve_version.fn(settings, cfg, None)
+            wanted = resolve_version.fn(store, cfg, None)
             serving = target.deploy(wanted, lambda message: console.print(f"  {message}"))
             if wanted.example_request:
                 target.invoke(cfg.name, wanted.example_request)

@@ -13,24 +13,31 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from adapters import registry
-from adapters.endpoints import open_target
+from adapters.endpoints import EndpointTarget, open_target
 from adapters.publish import PublishError, promotion_history, read_latest, read_manifest
-from adapters.store import KeyNotFound
+from adapters.registry import CHAMPION, Registry
+from adapters.store import KeyNotFound, Store, store_for
 from cli.common import ModelOpt, app, console
-from core.config import load_model_configs, load_platform_config
+from core.config import ModelConfig, load_model_configs, load_platform_config
+from core.lineage import SHOWN_KEYS, Lineage
 from core.settings import Settings, prepare_environment
-from tasks.training import store_of
 
 
-def model_status(settings: Settings, names: list[str] | None = None) -> list[dict[str, Any]]:
-    """Per model: ``latest.json``, the ``champion`` alias, whether they agree, metrics, lineage."""
-    store = store_of(settings)
-    target = open_target(settings, load_platform_config(settings.config_dir))
+def model_status(
+    store: Store, registry: Registry, target: EndpointTarget | None, cfgs: list[ModelConfig]
+) -> list[dict[str, Any]]:
+    """Per model: ``latest.json``, the ``champion`` alias, whether they agree, metrics, lineage.
+
+    Args:
+        store: the model store.
+        registry: the MLflow registry.
+        target: the endpoint target; ``None`` when rollouts serve nowhere.
+        cfgs: the models to report on.
+    """
     report = []
-    for cfg in load_model_configs(settings.config_dir, names):
+    for cfg in cfgs:
         latest = read_latest(store, cfg.name)
-        alias = registry.get_alias(settings.tracking_uri, cfg.name, registry.CHAMPION)
+        alias = registry.get_alias(cfg.name, CHAMPION)
         row: dict[str, Any] = {
             "model": cfg.name,
             "latest": latest,
@@ -46,54 +53,15 @@ def model_status(settings: Settings, names: list[str] | None = None) -> list[dic
                 f"is store version {row['champion_store_version']}"
             )
         row["endpoint_target"] = target.kind if target and cfg.endpoint.enabled else None
-        if row["endpoint_target"]:
-            try:
-                serving = target.describe(cfg.name)  # type: ignore[union-attr]
-            except Exception as exc:  # an unreachable endpoint is a finding, not a crash
-                serving = None
-                problems.append(f"endpoint cannot be read: {exc}")
-            else:
-                if serving is None and row["latest_version"]:
-                    problems.append("no endpoint serves it")
-            if serving is not None:
-                row["endpoint"] = {
-                    "name": serving.endpoint_name,
-                    "status": serving.status,
-                    "version": serving.version,
-                    "address": serving.address,
-                    "config": serving.config_name,
-                    "variants": serving.variants,
-                }
-                row["endpoint_version"] = serving.version
-                if serving.version is None:
-                    problems.append(
-                        f"the endpoint is {serving.status} and serves no version "
-                        f"(latest.json says {row['latest_version']})"
-                    )
-                elif serving.version != row["latest_version"]:
-                    problems.append(
-                        f"the endpoint serves {serving.version}, latest.json says "
-                        f"{row['latest_version']}"
-                    )
+        if target is not None and row["endpoint_target"]:
+            problems += _endpoint_findings(row, target, cfg.name)
         previous = (latest or {}).get("previous")
         row["rollback"] = f"mlops rollback {cfg.name}" + (
             f"  # back to {previous}" if previous else " --to vN"
         )
         if latest:
             try:
-                manifest = read_manifest(store, cfg.name, latest["version"])
-                row["lineage"] = manifest.get("lineage", {})
-                row["uri"] = store.url(f"models/{cfg.name}/{latest['version']}")
-                metrics = json.loads(
-                    store.get_bytes(f"models/{cfg.name}/{latest['version']}/metrics.json")
-                )
-                row["metrics"] = metrics.get("holdout", {})
-                row["gate_metrics"] = {
-                    k: row["metrics"][k] for k in cfg.gate.metrics if k in row["metrics"]
-                }
-                gate = metrics.get("gate") or {}
-                row["gate"] = gate.get("verdict")
-                row["gate_reasons"] = list(gate.get("reasons") or [])
+                row |= _published(store, cfg, str(latest["version"]))
             except (PublishError, KeyNotFound) as exc:
                 problems.append(f"latest.json points at an unreadable version: {exc}")
         row["agree"] = not problems
@@ -103,6 +71,59 @@ def model_status(settings: Settings, names: list[str] | None = None) -> list[dic
     return report
 
 
+def _endpoint_findings(row: dict[str, Any], target: EndpointTarget, model: str) -> list[str]:
+    """Add what the endpoint serves to ``row``; return where it disagrees with the pointer."""
+    try:
+        serving = target.describe(model)
+    except Exception as exc:  # an unreachable endpoint is a finding, not a crash
+        return [f"endpoint cannot be read: {exc}"]
+    if serving is None:
+        return ["no endpoint serves it"] if row["latest_version"] else []
+    row["endpoint"] = {
+        "name": serving.endpoint_name,
+        "status": serving.status,
+        "version": serving.version,
+        "address": serving.address,
+        "config": serving.config_name,
+        "variants": serving.variants,
+    }
+    row["endpoint_version"] = serving.version
+    if serving.version is None:
+        return [
+            f"the endpoint is {serving.status} and serves no version "
+            f"(latest.json says {row['latest_version']})"
+        ]
+    if serving.version != row["latest_version"]:
+        return [f"the endpoint serves {serving.version}, latest.json says {row['latest_version']}"]
+    return []
+
+
+def _published(store: Store, cfg: ModelConfig, version: str) -> dict[str, Any]:
+    """The champion version's lineage, location, metrics and gate verdict."""
+    manifest = read_manifest(store, cfg.name, version)
+    metrics = json.loads(store.get_bytes(f"models/{cfg.name}/{version}/metrics.json"))
+    holdout = metrics.get("holdout", {})
+    gate = metrics.get("gate") or {}
+    return {
+        "lineage": manifest.get("lineage", {}),
+        "uri": store.url(f"models/{cfg.name}/{version}"),
+        "metrics": holdout,
+        "gate_metrics": {k: holdout[k] for k in cfg.gate.metrics if k in holdout},
+        "gate": gate.get("verdict"),
+        "gate_reasons": list(gate.get("reasons") or []),
+    }
+
+
+def status_of(settings: Settings, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """:func:`model_status` of the store, registry and endpoint the settings name."""
+    return model_status(
+        store_for(settings),
+        Registry.from_settings(settings),
+        open_target(settings, load_platform_config(settings.config_dir)),
+        load_model_configs(settings.config_dir, names),
+    )
+
+
 @app.command()
 def status(
     model: ModelOpt = None,
@@ -110,7 +131,7 @@ def status(
 ) -> None:
     """Per model: latest.json, champion alias, endpoint, metrics, lineage; flags disagreement."""
     settings = prepare_environment()
-    report = model_status(settings, model or None)
+    report = status_of(settings, model or None)
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
         return
@@ -127,12 +148,8 @@ def status(
         table.add_column(col, overflow="fold")
     for r in report:
         metrics = ", ".join(f"{k}={v:.3f}" for k, v in (r.get("gate_metrics") or {}).items())
-        lin = r.get("lineage") or {}
-        lineage = "\n".join(
-            f"{k}: {lin[k]}"
-            for k in ("snapshot_id", "code_version", "flow_run_id", "mlflow_run_id")
-            if k in lin
-        )
+        shown = Lineage.from_dict(r.get("lineage") or {}).tags(SHOWN_KEYS)
+        lineage = "\n".join(f"{k}: {v}" for k, v in shown.items())
         agree = "[green]yes[/]" if r["agree"] else f"[red]NO[/] {r.get('problem', '')}"
         ep = r.get("endpoint")
         endpoint = (

@@ -102,6 +102,11 @@ class Settings(BaseSettings):
         return self.home.expanduser().resolve()
 
     @property
+    def work_dir(self) -> Path:
+        """Scratch space of runs (a model's files before they are published)."""
+        return self.home_dir / "work"
+
+    @property
     def source_url(self) -> str:
         """SQLAlchemy URL of the source database."""
         return self.database_url or f"sqlite:///{self.home_dir / 'source.db'}"

@@ -11,6 +11,8 @@ from typing import Any
 from prefect import flow
 
 from adapters.endpoints import open_target
+from adapters.registry import Registry
+from adapters.store import store_for
 from core.config import load_model_configs, load_platform_config
 from core.settings import load_settings
 from tasks.cleanup import apply_plan, plan_cleanup, plan_rows, take_inventory
@@ -49,9 +51,10 @@ def cleanup(
     if models and not all_models:
         load_model_configs(settings.config_dir, models)  # an unknown name is an error
     scope = set(models) if models else None
+    store, registry = store_for(settings), Registry.from_settings(settings)
     target = open_target(settings, platform)
 
-    inventory = take_inventory(settings, configured, target, all_models)
+    inventory = take_inventory(store, registry, configured, target, all_models)
     plan = plan_cleanup(
         inventory, platform.retention, clean_store=clean_store, include_orphans=all_models
     )
@@ -65,7 +68,7 @@ def cleanup(
             p if f"{p.kind}:{p.name}" in allowed or p.action != "delete" else p.not_confirmed()
             for p in plan
         ]
-    done = apply_plan(settings, plan, target) if apply else []
+    done = apply_plan(store, registry, plan, target) if apply else []
     if apply:
         publish_table("cleanup-done", done, "what cleanup deleted")
     return {"plan": plan_rows(plan), "done": done, "applied": apply}

@@ -10,6 +10,7 @@ from typing import Any
 
 from prefect import flow
 
+from adapters.store import store_for
 from core.config import load_model_configs, load_platform_config
 from core.settings import load_settings
 from tasks.monitor import (
@@ -41,16 +42,17 @@ def monitor(
     settings = load_settings()
     platform = load_platform_config(settings.config_dir)
     policy = platform.monitor
+    store = store_for(settings)
     findings = []
     for cfg in load_model_configs(settings.config_dir, models or None):
-        champion = find_champion(settings, cfg)
+        champion = find_champion(store, cfg)
         if champion is None:
             findings.append(no_champion(cfg))
             continue
-        reference = load_reference(settings, cfg, champion)
+        reference = load_reference(store, cfg, champion)
         recent = load_recent(settings, cfg, policy.recent_days)
         drift = compare_distributions(cfg, reference, recent, policy)
-        live = score_live(settings, cfg, champion, recent, reference)
+        live = score_live(store, cfg, champion, recent, reference, settings.work_dir)
         findings.append(assess_model(cfg, policy, champion, reference, recent, drift, live))
 
     wanted = [f.model for f in findings if f.triggered]

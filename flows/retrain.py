@@ -6,45 +6,54 @@ by its gate does not stop the others; the parent ends with one summary of all of
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
+from adapters.registry import Registry
+from adapters.store import store_for
 from core.config import load_model_configs
-from core.lineage import describe_lineage
+from core.outcome import ModelOutcome
 from core.settings import load_settings
 from flows.rollout import rollout
 from tasks.export import export_new_data
 from tasks.promotion import decide_promotion, publish_model, register_model
 from tasks.report import outcome, summarise_run
-from tasks.training import load_training_window, score_champion, split_holdout, train_challenger
+from tasks.training import (
+    describe_lineage,
+    load_training_window,
+    score_champion,
+    split_holdout,
+    train_challenger,
+)
 from tasks.validate import validate_data
 
 
 @flow(name="retrain-model", flow_run_name="retrain-{model}")
-def retrain_model(model: str, force: bool = False, reason: str = "scheduled") -> dict[str, Any]:
-    """Run the whole path for one model; return its summary line."""
+def retrain_model(model: str, force: bool = False, reason: str = "scheduled") -> ModelOutcome:
+    """Run the whole path for one model; return its outcome."""
     settings = load_settings()
     (cfg,) = load_model_configs(settings.config_dir, [model])
+    store, registry, work = store_for(settings), Registry.from_settings(settings), settings.work_dir
 
-    snapshot = export_new_data(settings, cfg)
+    snapshot = export_new_data(
+        settings.source_url, store, cfg, settings.export_chunk_rows, settings.part_rows
+    )
     if snapshot is None and not force:
         return outcome(model, "skipped", note="no new data since the last snapshot (use --force)")
     new_id = snapshot.snapshot_id if snapshot else None
-    window = load_training_window(settings, cfg, new_id)
-    validate_data(settings, cfg, window, new_id)
+    window = load_training_window(store, cfg, new_id)
+    validate_data(store, cfg, window, new_id)
     data = split_holdout(cfg, window)
 
     lineage = describe_lineage(cfg, data, reason)
-    challenger = train_challenger(settings, cfg, data, lineage)
-    champion = score_champion(settings, cfg, data)
-    decision = decide_promotion(settings, cfg, challenger, champion)
+    challenger = train_challenger(registry, cfg, data, lineage, work)
+    champion = score_champion(store, cfg, data, work)
+    decision = decide_promotion(registry, cfg, challenger, champion)
     if not decision.promote:
         return outcome(model, "rejected", champion.note, challenger, champion, decision)
 
-    published = publish_model(settings, cfg, challenger, champion, decision, lineage)
-    registered = register_model(settings, cfg, challenger, published)
+    published = publish_model(store, cfg, challenger, champion, decision, lineage, work)
+    registered = register_model(registry, cfg, challenger, published)
     rolled = rollout(model, published.version, reason=reason, return_state=True)
     if not rolled.is_completed():
         note = f"published, not promoted: {rolled.message}"
@@ -65,11 +74,12 @@ def retrain(
         reason: why this run happens (schedule, a person, a drift alert); kept in lineage.
     """
     settings = load_settings()
-    names = [cfg.name for cfg in load_model_configs(settings.config_dir, models or None)]
+    cfgs = load_model_configs(settings.config_dir, models or None)
     states = {
-        name: retrain_model(name, force=force, reason=reason, return_state=True) for name in names
+        cfg.name: retrain_model(cfg.name, force=force, reason=reason, return_state=True)
+        for cfg in cfgs
     }
-    summary = summarise_run(settings, states)
+    summary = summarise_run(cfgs, states)
     failed = [o for o in summary["models"] if o["status"] == "failed"]
     if failed:
         # The state message is what notifications carry: name the model and the reason.

@@ -10,8 +10,10 @@ from prefect.states import Completed, Failed, State
 
 from adapters.endpoints import EndpointTarget, RolloutFailed, VersionToServe
 from adapters.publish import PublishError, read_latest, version_number
+from adapters.registry import Registry
+from adapters.store import Store, store_for
 from core.config import ModelConfig, load_model_configs, load_platform_config
-from core.settings import Settings, load_settings
+from core.settings import load_settings
 from tasks.rollout import (
     deploy_endpoint,
     describe_endpoint,
@@ -24,7 +26,6 @@ from tasks.rollout import (
     target_for,
     version_to_restore,
 )
-from tasks.training import store_of
 
 
 @flow(name="rollout", flow_run_name="rollout-{model}-{version}")
@@ -45,39 +46,40 @@ def rollout(
     """
     settings = load_settings()
     (cfg,) = load_model_configs(settings.config_dir, [model])
+    store, registry = store_for(settings), Registry.from_settings(settings)
     target = target_for(settings, load_platform_config(settings.config_dir), cfg)
-    wanted = resolve_version(settings, cfg, version)
+    wanted = resolve_version(store, cfg, version)
     # Before anything is deployed: a version MLflow does not know could never become champion.
-    registered = registered_version(settings, cfg, wanted)
+    registered = registered_version(registry, cfg, wanted)
     extra = {"rolled_back_from": rolled_back_from} if rolled_back_from else {}
     if target is None:
-        promote_version(settings, cfg, wanted, None, reason, registered, extra)
+        promote_version(store, registry, cfg, wanted, None, reason, registered, extra)
         return Completed(message=f"{model} {wanted.version} promoted (no endpoint configured)")
 
     before = describe_endpoint(target, model)
-    previous = version_to_restore(settings, cfg, before, wanted)
+    previous = version_to_restore(store, cfg, before, wanted)
     step = "deploy"
     try:
         serving = deploy_endpoint(target, wanted)
         step = "smoke-test"
         smoke_test(target, wanted)
         step = "promote"
-        promote_version(settings, cfg, wanted, serving, reason, registered, extra)
+        promote_version(store, registry, cfg, wanted, serving, reason, registered, extra)
     except Exception as exc:
         failure = str(exc) if isinstance(exc, RolloutFailed) else f"rollout failed at {step}: {exc}"
-        latest = read_latest(store_of(settings), model) or {}
+        latest = read_latest(store, model) or {}
         if step == "promote" and latest.get("version") == wanted.version:
             # The pointer moved (the endpoint serves what it names); only the alias lags.
             return Failed(
                 message=f"{model} {wanted.version} serves and latest.json names it, but the "
                 f"champion alias did not move ({failure}); run `mlops rollout {model}` again"
             )
-        return _put_back(settings, cfg, target, wanted, previous, failure)
+        return _put_back(store, cfg, target, wanted, previous, failure)
     return Completed(message=f"{model} {wanted.version} serves at {serving.address}")
 
 
 def _put_back(
-    settings: Settings,
+    store: Store,
     cfg: ModelConfig,
     target: EndpointTarget,
     wanted: VersionToServe,
@@ -86,7 +88,7 @@ def _put_back(
 ) -> State:
     """Serve ``previous`` again after a failed rollout; the state names both outcomes."""
     try:
-        restored = restore_endpoint(settings, cfg, target, previous, wanted.version)
+        restored = restore_endpoint(store, cfg, target, previous, wanted.version)
     except Exception as exc:  # the endpoint may still serve the failed version: say so
         restored = (
             f"PUTTING {previous or 'nothing'} BACK FAILED ({exc}); the endpoint may serve "
@@ -106,8 +108,7 @@ def rollback(model: str, to: str | None = None, reason: str = "rollback") -> Sta
             the promotion history that is not the champion and was never rolled back from.
         reason: recorded in the promotion history.
     """
-    settings = load_settings()
-    latest = read_latest(store_of(settings), model)
+    latest = read_latest(store_for(load_settings()), model)
     target_version = to or (latest or {}).get("previous")
     if not target_version:
         raise PublishError(f"{model}: no previous version to roll back to; name one with --to")

@@ -28,13 +28,11 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from adapters import registry
-from adapters.endpoints import EndpointTarget, Resource
+from adapters.endpoints import EndpointTarget, Resource, Serving
 from adapters.publish import CLAIM, MANIFEST, list_versions, read_latest
+from adapters.registry import Registry
 from adapters.store import KeyNotFound, Store
 from core.config import RetentionPolicy
-from core.settings import Settings
-from tasks.training import store_of
 
 ORDER = ("endpoint", "endpoint-config", "model", "store-version", "registry-version")
 STALE_CLAIM = timedelta(days=1)
@@ -209,10 +207,13 @@ def _claimed_at(store: Store, model: str, version: str) -> datetime | None:
 
 @task(name="take-inventory", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def take_inventory(
-    settings: Settings, configured: list[str], target: EndpointTarget | None, all_models: bool
+    store: Store,
+    registry: Registry,
+    configured: list[str],
+    target: EndpointTarget | None,
+    all_models: bool,
 ) -> Inventory:
     """List store versions, registry versions and endpoint resources."""
-    store = store_of(settings)
     resources = target.resources() if target is not None else []
     names = set(configured)
     if all_models:
@@ -231,27 +232,26 @@ def take_inventory(
             champion=latest.get("version"),
             rollback_target=latest.get("previous"),
             store_versions=versions,
-            registry_versions=registry.list_versions(settings.tracking_uri, name),
+            registry_versions=registry.list_versions(name),
         )
     return Inventory(models=models, resources=resources, now=datetime.now(UTC))
 
 
 @task(name="delete-planned", cache_policy=NO_CACHE)
 def apply_plan(
-    settings: Settings, plan: list[PlanItem], target: EndpointTarget | None
+    store: Store, registry: Registry, plan: list[PlanItem], target: EndpointTarget | None
 ) -> list[dict[str, Any]]:
     """Delete every ``delete`` item in :data:`ORDER`, re-checking use right before each.
 
     Returns:
         One record per item: what happened (``deleted``, ``skipped: <why>``).
     """
-    store = store_of(settings)
     fresh = {(r.kind, r.name): r for r in (target.resources() if target else [])}
     done: list[dict[str, Any]] = []
     for kind in ORDER:
         for item in (p for p in plan if p.kind == kind and p.action == "delete"):
             try:
-                outcome = _apply_one(settings, store, item, fresh, target)
+                outcome = _apply_one(store, registry, item, fresh, target)
             except Exception as exc:  # one failure must not hide what was already done
                 outcome = f"failed: {type(exc).__name__}: {exc}"
             done.append({**asdict(item), "outcome": outcome})
@@ -259,8 +259,8 @@ def apply_plan(
 
 
 def _apply_one(
-    settings: Settings,
     store: Store,
+    registry: Registry,
     item: PlanItem,
     fresh: dict[tuple[str, str], Resource],
     target: EndpointTarget | None,
@@ -284,7 +284,7 @@ def _apply_one(
             return "skipped: champion or rollback target now"
         aliased = {
             r["tags"].get("store_version")
-            for r in registry.list_versions(settings.tracking_uri, item.model)
+            for r in registry.list_versions(item.model)
             if r["aliases"]
         }
         if item.version in aliased:
@@ -303,7 +303,7 @@ def _apply_one(
     aliases = next(
         (
             r["aliases"]
-            for r in registry.list_versions(settings.tracking_uri, item.model)
+            for r in registry.list_versions(item.model)
             if f"{item.model}/{r['version']}" == item.name
         ),
         None,
@@ -312,11 +312,11 @@ def _apply_one(
         return "skipped: already gone"
     if aliases:
         return f"skipped: alias {', '.join(aliases)} now"
-    registry.delete_version(settings.tracking_uri, item.model, item.name.split("/", 1)[1])
+    registry.delete_version(item.model, item.name.split("/", 1)[1])
     return "deleted"
 
 
-def _served_versions(serving: Any) -> set[str]:
+def _served_versions(serving: Serving) -> set[str]:
     """Every version an endpoint serves: its main one and any variant's."""
     found = {serving.version} | {v.get("version") for v in serving.variants.values()}
     return {str(v) for v in found if v}

@@ -40,9 +40,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import make_url
 
-from adapters.store import KeyNotFound, sha256_file, store_for
+from adapters.store import KeyNotFound, Store, sha256_file
 from core.config import DatasetConfig, ModelConfig
-from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -534,19 +533,24 @@ def export_task(
 
 
 @task(name="export-new-data", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def export_new_data(settings: Settings, cfg: ModelConfig) -> SnapshotInfo | None:
-    """Export the model's dataset from the configured source into the configured store.
+def export_new_data(
+    source_url: str, store: Store, cfg: ModelConfig, chunk_rows: int, part_rows: int
+) -> SnapshotInfo | None:
+    """Export the model's dataset from the source database into the store.
+
+    Args:
+        source_url: SQLAlchemy URL of the source database.
+        store: where snapshots go.
+        cfg: the model whose dataset is exported.
+        chunk_rows: rows fetched per database round trip.
+        part_rows: rows per Parquet part file.
 
     Returns:
         The new snapshot, or ``None`` when no rows arrived since the last accepted snapshot.
     """
     logger = _run_logger()
     info = export_snapshot(
-        settings.source_url,
-        store_for(settings),
-        cfg.dataset,
-        chunk_rows=settings.export_chunk_rows,
-        part_rows=settings.part_rows,
+        source_url, store, cfg.dataset, chunk_rows=chunk_rows, part_rows=part_rows
     )
     if info is None:
         logger.info("%s: no new rows since the last accepted snapshot", cfg.dataset.name)

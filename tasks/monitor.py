@@ -27,6 +27,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,9 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from adapters.store import Store
 from core.config import ModelConfig, MonitorPolicy
+from core.lineage import Lineage
 from core.settings import Settings
 
 MAX_ROWS = 200_000
@@ -387,40 +390,33 @@ class Champion:
 
 
 @task(name="find-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def find_champion(settings: Settings, cfg: ModelConfig) -> Champion | None:
+def find_champion(store: Store, cfg: ModelConfig) -> Champion | None:
     """Read ``latest.json`` and the champion's manifest; None when nothing was promoted yet."""
     from adapters.publish import read_latest, read_manifest
-    from tasks.training import store_of
 
-    store = store_of(settings)
     latest = read_latest(store, cfg.name)
     if latest is None:
         return None
     version = str(latest["version"])
-    lineage = read_manifest(store, cfg.name, version).get("lineage") or {}
-    snapshots = [s for s in str(lineage.get("snapshots") or "").split(",") if s]
-    if not snapshots and lineage.get("snapshot_id"):
-        snapshots = [str(lineage["snapshot_id"])]
-    holdout_start = str(lineage.get("holdout") or "").split("..")[0] or None
+    lineage = Lineage.from_dict(read_manifest(store, cfg.name, version).get("lineage") or {})
     start = None
-    if holdout_start:
-        start = (pd.Timestamp(holdout_start) - timedelta(days=cfg.split.training_days)).isoformat()
+    if lineage.holdout_start:
+        start = pd.Timestamp(lineage.holdout_start) - timedelta(days=cfg.split.training_days)
     return Champion(
         model=cfg.name,
         version=version,
         promoted_at=latest.get("promoted_at"),
-        snapshot_ids=snapshots,
-        training_start=start,
+        snapshot_ids=list(lineage.snapshot_ids),
+        training_start=start.isoformat() if start is not None else None,
     )
 
 
 @task(name="load-champion-data", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def load_reference(settings: Settings, cfg: ModelConfig, champion: Champion) -> pd.DataFrame:
+def load_reference(store: Store, cfg: ModelConfig, champion: Champion) -> pd.DataFrame:
     """The rows the champion was trained and evaluated on (its lineage's snapshots)."""
     from tasks.export import read_snapshots
-    from tasks.training import store_of
 
-    frame = read_snapshots(store_of(settings), cfg.dataset, champion.snapshot_ids)
+    frame = read_snapshots(store, cfg.dataset, champion.snapshot_ids)
     if champion.training_start:
         times = pd.to_datetime(frame[cfg.dataset.event_time])
         frame = frame[times >= pd.Timestamp(champion.training_start)].reset_index(drop=True)
@@ -462,11 +458,12 @@ def compare_distributions(
 
 @task(name="score-live", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def score_live(
-    settings: Settings,
+    store: Store,
     cfg: ModelConfig,
     champion: Champion,
     recent: pd.DataFrame,
     reference: pd.DataFrame,
+    work_dir: Path,
 ) -> tuple[dict[str, float], str | None]:
     """The champion's metrics on the recent labelled rows, with its family's ``evaluate``.
 
@@ -475,16 +472,16 @@ def score_live(
         scored (no labels, one class only, a champion that does not load).
     """
     from core.families import get_family
-    from tasks.training import load_published_model, workdir
+    from tasks.training import load_published_model, scratch_dir
 
     if recent.empty:
         return {}, "no recent rows to score"
-    scratch = workdir(settings, f"{cfg.name}-monitor-")
+    scratch = scratch_dir(work_dir, f"{cfg.name}-monitor-")
     try:
         # Baselines (the forecaster's seasonal naive) need history strictly before the rows.
         col = cfg.dataset.event_time
         history = reference[reference[col] < recent[col].min()].reset_index(drop=True)
-        model = load_published_model(settings, cfg, champion.version, scratch)
+        model = load_published_model(store, cfg, champion.version, scratch)
         evaluation = get_family(cfg.family).evaluate(model, recent, history)
         for fig in evaluation.figures.values():
             fig.clear()

@@ -1,8 +1,9 @@
-"""Gate, publish, register, promote: the side effects that follow a decision.
+"""Gate, publish, register: the side effects that follow a decision.
 
-:func:`core.gate.decide` decides; the tasks here record the decision, publish the version
-to the store, register it in MLflow and move the pointer and the alias. Each task is named for
-its effect and returns identifiers.
+:func:`core.gate.decide` decides; the tasks here record the decision, publish the version to
+the store and register it in MLflow (alias ``challenger``). Promotion itself, moving
+``latest.json`` and the ``champion`` alias, happens only once the endpoint serves the version
+(:mod:`tasks.rollout`). Each task is named for its effect and returns identifiers.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from adapters import registry
 from adapters.publish import (
     UNPACKED,
     PublishedVersion,
@@ -22,11 +23,13 @@ from adapters.publish import (
     publish_version,
     write_contents,
 )
+from adapters.registry import CHALLENGER, Registry
+from adapters.store import Store
 from core import gate
 from core.config import ModelConfig
-from core.settings import Settings
+from core.lineage import TAG_KEYS, Lineage
 from tasks.report import publish_markdown
-from tasks.training import Challenger, ChampionScore, metrics_json, store_of, workdir
+from tasks.training import Challenger, ChampionScore, metrics_json, scratch_dir
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ def gate_markdown(cfg: ModelConfig, decision: gate.Decision, champion: ChampionS
 
 @task(name="decide-promotion", cache_policy=NO_CACHE)
 def decide_promotion(
-    settings: Settings, cfg: ModelConfig, challenger: Challenger, champion: ChampionScore
+    registry: Registry, cfg: ModelConfig, challenger: Challenger, champion: ChampionScore
 ) -> gate.Decision:
     """Apply the gate and record the decision on the challenger's MLflow run and in Prefect."""
     unscored = champion.version is not None and champion.metrics is None
@@ -76,14 +79,12 @@ def decide_promotion(
         "champion_version": champion.version,
         "champion_note": champion.note,
     }
-    registry.log_dict(challenger.run_id, settings.tracking_uri, record, "gate.json")
+    registry.log_dict(challenger.run_id, record, "gate.json")
     tags = {"gate.verdict": decision.verdict, "gate.champion_version": str(champion.version)}
-    registry.set_run_tags(challenger.run_id, settings.tracking_uri, tags)
+    registry.set_run_tags(challenger.run_id, tags)
     if champion.metrics:
         registry.log_metrics_to_run(
-            challenger.run_id,
-            settings.tracking_uri,
-            {f"champion.{k}": v for k, v in champion.metrics.items()},
+            challenger.run_id, {f"champion.{k}": v for k, v in champion.metrics.items()}
         )
     publish_markdown(
         f"gate-{cfg.name}", gate_markdown(cfg, decision, champion), f"Gate decision for {cfg.name}"
@@ -93,15 +94,16 @@ def decide_promotion(
 
 @task(name="publish-model-version", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def publish_model(
-    settings: Settings,
+    store: Store,
     cfg: ModelConfig,
     challenger: Challenger,
     champion: ChampionScore,
     decision: gate.Decision,
-    lineage: dict[str, str],
+    lineage: Lineage,
+    work_dir: Path,
 ) -> PublishedVersion:
     """Claim ``v{N}`` and write model.tar.gz, metrics.json, schema.json, then the manifest."""
-    staging = workdir(settings, f"{cfg.name}-publish-")
+    staging = scratch_dir(work_dir, f"{cfg.name}-publish-")
     try:
         contents_sha256 = write_contents(challenger.model_dir, cfg.name, cfg.family)
         make_tarball(challenger.model_dir, staging / "model.tar.gz")
@@ -116,19 +118,11 @@ def publish_model(
                 for path in sorted(challenger.model_dir.iterdir())
                 if path.is_file()
             }
-        full_lineage = {
-            **lineage,
-            "mlflow_run_id": challenger.run_id,
-            "mlflow_experiment_id": challenger.experiment_id,
-            "mlflow_model_uri": challenger.model_uri,
-            "model_contents_sha256": contents_sha256,
-        }
+        full = lineage.trained(
+            challenger.run_id, challenger.experiment_id, challenger.model_uri
+        ).packaged(contents_sha256)
         return publish_version(
-            store_of(settings),
-            cfg.name,
-            files,
-            full_lineage,
-            claimed_by={"flow_run_id": lineage.get("flow_run_id")},
+            store, cfg.name, files, full.to_dict(), claimed_by={"flow_run_id": lineage.flow_run_id}
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -136,33 +130,22 @@ def publish_model(
 
 @task(name="register-model-version", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def register_model(
-    settings: Settings, cfg: ModelConfig, challenger: Challenger, published: PublishedVersion
+    registry: Registry, cfg: ModelConfig, challenger: Challenger, published: PublishedVersion
 ) -> Registered:
     """Register the published version in MLflow with lineage tags; alias it ``challenger``."""
-    lineage = published.manifest.get("lineage", {})
+    lineage = Lineage.from_dict(published.manifest.get("lineage", {}))
     tags = {
         "store_version": published.version,
         "store_uri": published.uri,
         "manifest_sha256": published.manifest_sha256,
-        **{k: str(v) for k, v in lineage.items() if k in LINEAGE_TAGS},
+        **lineage.tags(TAG_KEYS),
     }
     version = registry.register_version(
-        settings.tracking_uri,
         cfg.name,
         challenger.model_uri,
         challenger.run_id,
         tags,
         description=f"{cfg.name} {published.version}: {cfg.description}",
     )
-    registry.set_alias(settings.tracking_uri, cfg.name, registry.CHALLENGER, version)
+    registry.set_alias(cfg.name, CHALLENGER, version)
     return Registered(cfg.name, version, published.version)
-
-
-LINEAGE_TAGS = (
-    "snapshot_id",
-    "data_sha256",
-    "config_hash",
-    "code_version",
-    "flow_run_id",
-    "reason",
-)

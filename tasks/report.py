@@ -7,11 +7,18 @@ functions here do nothing but return the text, so every task stays usable there.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect.states import State
 
-from core.settings import Settings
+from adapters.publish import PublishedVersion
+from core.config import ModelConfig
+from core.gate import Decision
+from core.outcome import ModelOutcome, Status, headline, summary_rows
+
+if TYPE_CHECKING:
+    from tasks.promotion import Registered
+    from tasks.training import Challenger, ChampionScore
 
 
 def artifact_key(*parts: str) -> str:
@@ -45,63 +52,38 @@ def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> lis
 
 def outcome(
     model: str,
-    status: str,
+    status: Status,
     note: str = "",
-    challenger: Any = None,
-    champion: Any = None,
-    decision: Any = None,
-    published: Any = None,
-    registered: Any = None,
-) -> dict[str, Any]:
-    """One model's line in the run summary (JSON-ready)."""
-    return {
-        "model": model,
-        "status": status,
-        "note": note,
-        "version": getattr(published, "version", None),
-        "uri": getattr(published, "uri", None),
-        "mlflow_version": getattr(registered, "version", None),
-        "mlflow_run_id": getattr(challenger, "run_id", None),
-        "metrics": dict(getattr(challenger, "metrics", None) or {}),
-        "champion_version": getattr(champion, "version", None),
-        "champion_metrics": dict(getattr(champion, "metrics", None) or {}),
-        "verdict": getattr(decision, "verdict", None),
-        "reasons": list(getattr(decision, "reasons", ()) or ())
-        + list(getattr(decision, "warnings", ()) or ()),
-    }
+    challenger: Challenger | None = None,
+    champion: ChampionScore | None = None,
+    decision: Decision | None = None,
+    published: PublishedVersion | None = None,
+    registered: Registered | None = None,
+) -> ModelOutcome:
+    """One model's outcome from what its retrain got as far as."""
+    return ModelOutcome(
+        model=model,
+        status=status,
+        note=note,
+        version=published.version if published else None,
+        uri=published.uri if published else None,
+        mlflow_version=registered.version if registered else None,
+        mlflow_run_id=challenger.run_id if challenger else None,
+        metrics=dict(challenger.metrics) if challenger else {},
+        champion_version=champion.version if champion else None,
+        champion_metrics=dict(champion.metrics or {}) if champion else {},
+        verdict=decision.verdict if decision else None,
+        reasons=[*decision.reasons, *decision.warnings] if decision else [],
+    )
 
 
-def summary_rows(
-    outcomes: list[dict[str, Any]], gate_metrics: dict[str, list[str]]
-) -> list[dict[str, Any]]:
-    """Flatten outcomes into table rows: model, status, version, key metrics, verdict, where."""
-    rows = []
-    for o in outcomes:
-        keys = gate_metrics.get(o["model"], [])
-        metrics = ", ".join(f"{k}={o['metrics'][k]:.3f}" for k in keys if k in o["metrics"])
-        rows.append(
-            {
-                "model": o["model"],
-                "status": o["status"],
-                "version": o["version"] or "-",
-                "metrics": metrics or "-",
-                "gate": o["verdict"] or "-",
-                "published": o["uri"] or "-",
-                "note": o["note"] or "; ".join(o["reasons"]) or "-",
-            }
-        )
-    return rows
-
-
-def summarise_run(settings: Settings, states: dict[str, State]) -> dict[str, Any]:
+def summarise_run(cfgs: list[ModelConfig], states: dict[str, State]) -> dict[str, Any]:
     """Collect every model's outcome (a failed subflow becomes a ``failed`` line naming why).
 
     A plain function, not a task: Prefect would treat the states passed in as upstream
     dependencies and refuse to run it when one of them failed.
     """
-    from core.config import load_model_configs
-
-    outcomes = []
+    outcomes: list[ModelOutcome] = []
     for model, state in states.items():
         if state.is_completed():
             outcomes.append(state.result())
@@ -109,15 +91,9 @@ def summarise_run(settings: Settings, states: dict[str, State]) -> dict[str, Any
             error = state.result(raise_on_failure=False)
             message = state.message or state.name or "failed"
             note = str(error) if isinstance(error, BaseException) else message
-            outcomes.append(outcome(model, "failed", note=note))
-    cfgs = {c.name: c for c in load_model_configs(settings.config_dir, list(states))}
-    gate_metrics = {name: list(c.gate.metrics) for name, c in cfgs.items()}
-    counts: dict[str, int] = {}
-    for o in outcomes:
-        counts[o["status"]] = counts.get(o["status"], 0) + 1
-    headline = f"{len(outcomes)} model(s): " + ", ".join(
-        f"{n} {s}" for s, n in sorted(counts.items())
-    )
+            outcomes.append(ModelOutcome(model, "failed", note=note))
+    gate_metrics = {c.name: list(c.gate.metrics) for c in cfgs}
+    title = headline(outcomes)
     rows = summary_rows(outcomes, gate_metrics)
-    publish_table("retrain-summary", rows, headline)
-    return {"headline": headline, "models": outcomes, "rows": rows}
+    publish_table("retrain-summary", rows, title)
+    return {"headline": title, "models": [o.to_dict() for o in outcomes], "rows": rows}

@@ -15,18 +15,17 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from adapters import registry
 from adapters.endpoints import EndpointTarget, RolloutFailed, Serving, VersionToServe, open_target
 from adapters.publish import PublishError, move_latest, read_latest, read_manifest
+from adapters.registry import CHAMPION, Registry
+from adapters.store import Store
 from core.config import ModelConfig, PlatformConfig
+from core.lineage import ENDPOINT_TAG_KEYS, Lineage
 from core.settings import Settings
 from tasks.report import publish_markdown
-from tasks.training import store_of
 
 SETTLED = frozenset({"InService", "running"})
 """Endpoint statuses (SageMaker, local) in which the version reported is the one that serves."""
-
-LINEAGE_TAG_KEYS = ("snapshot_id", "config_hash", "code_version", "flow_run_id", "mlflow_run_id")
 
 
 def _log(message: str) -> None:
@@ -46,13 +45,12 @@ def target_for(
 
 
 @task(name="resolve-version", cache_policy=NO_CACHE)  # a missing version stays missing
-def resolve_version(settings: Settings, cfg: ModelConfig, version: str | None) -> VersionToServe:
+def resolve_version(store: Store, cfg: ModelConfig, version: str | None) -> VersionToServe:
     """What the target needs to serve ``version`` (default: the one ``latest.json`` names).
 
     Raises:
         PublishError: no such complete version, or nothing promoted yet and no version given.
     """
-    store = store_of(settings)
     if version is None:
         latest = read_latest(store, cfg.name)
         if latest is None:
@@ -61,8 +59,8 @@ def resolve_version(settings: Settings, cfg: ModelConfig, version: str | None) -
     manifest = read_manifest(store, cfg.name, version)
     prefix = f"models/{cfg.name}/{version}"
     schema = json.loads(store.get_bytes(f"{prefix}/schema.json"))
-    lineage = manifest.get("lineage", {})
-    contents = lineage.get("model_contents_sha256")
+    lineage = Lineage.from_dict(manifest.get("lineage", {}))
+    contents = lineage.model_contents_sha256
     if not contents:
         raise PublishError(f"{cfg.name} {version}: the manifest has no model_contents_sha256")
     body = store.get_bytes(f"{prefix}/manifest.json")
@@ -77,7 +75,7 @@ def resolve_version(settings: Settings, cfg: ModelConfig, version: str | None) -
         contents_sha256=str(contents),
         example_request=list(schema.get("example_request", [])),
         endpoint=cfg.endpoint,
-        tags={k: str(lineage[k]) for k in LINEAGE_TAG_KEYS if k in lineage},
+        tags=lineage.tags(ENDPOINT_TAG_KEYS),
     )
 
 
@@ -130,7 +128,7 @@ def smoke_test(target: EndpointTarget, wanted: VersionToServe) -> dict[str, Any]
 
 @task(name="restore-endpoint", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def restore_endpoint(
-    settings: Settings,
+    store: Store,
     cfg: ModelConfig,
     target: EndpointTarget,
     previous: str | None,
@@ -152,7 +150,7 @@ def restore_endpoint(
     if now is not None and now.version == previous and now.status in SETTLED:
         restored = f"{cfg.name}: {previous} still serves"
     else:
-        target.deploy(resolve_version.fn(settings, cfg, previous), _log)
+        target.deploy(resolve_version.fn(store, cfg, previous), _log)
         restored = f"{cfg.name}: {previous} serves again"
     if failed is None or failed == previous:
         return restored
@@ -197,13 +195,13 @@ def discard_version(
 
 
 @task(name="registered-version", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def registered_version(settings: Settings, cfg: ModelConfig, wanted: VersionToServe) -> str:
+def registered_version(registry: Registry, cfg: ModelConfig, wanted: VersionToServe) -> str:
     """The MLflow model version registered for ``wanted`` (checked before deploying it).
 
     Raises:
         PublishError: the store version has no registered MLflow version to alias.
     """
-    found = registry.version_for_store_version(settings.tracking_uri, cfg.name, wanted.version)
+    found = registry.version_for_store_version(cfg.name, wanted.version)
     if found is None:
         raise PublishError(
             f"{cfg.name} {wanted.version}: no registered MLflow version; nothing was deployed"
@@ -212,7 +210,7 @@ def registered_version(settings: Settings, cfg: ModelConfig, wanted: VersionToSe
 
 
 def version_to_restore(
-    settings: Settings, cfg: ModelConfig, before: Serving | None, wanted: VersionToServe
+    store: Store, cfg: ModelConfig, before: Serving | None, wanted: VersionToServe
 ) -> str | None:
     """What should serve if this rollout fails: the champion ``latest.json`` names.
 
@@ -220,7 +218,7 @@ def version_to_restore(
     champion itself): after a crashed run an endpoint may serve a version never promoted, and
     after a reboot a local route may be down with no version at all.
     """
-    champion = (read_latest(store_of(settings), cfg.name) or {}).get("version")
+    champion = (read_latest(store, cfg.name) or {}).get("version")
     if champion and champion != wanted.version:
         return str(champion)
     served = before.version if before else None
@@ -229,7 +227,8 @@ def version_to_restore(
 
 @task(name="promote-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def promote_version(
-    settings: Settings,
+    store: Store,
+    registry: Registry,
     cfg: ModelConfig,
     wanted: VersionToServe,
     serving: Serving | None,
@@ -250,8 +249,8 @@ def promote_version(
             "endpoint_config": serving.config_name,
             "endpoint_address": serving.address,
         }
-    latest = move_latest(store_of(settings), cfg.name, wanted.version, reason=reason, extra=extra)
-    registry.set_alias(settings.tracking_uri, cfg.name, registry.CHAMPION, mlflow_version)
+    latest = move_latest(store, cfg.name, wanted.version, reason=reason, extra=extra)
+    registry.set_alias(cfg.name, CHAMPION, mlflow_version)
     publish_markdown(
         f"rollout-{cfg.name}",
         rollout_markdown(wanted, serving, "promoted", reason),

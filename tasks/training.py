@@ -20,12 +20,13 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from adapters import registry
+from adapters.git import code_version
 from adapters.publish import extract_tarball, read_latest, verify_version
-from adapters.store import store_for
+from adapters.registry import Registry
+from adapters.store import Store
 from core.config import ModelConfig
 from core.families import Evaluation, get_family
-from core.settings import Settings
+from core.lineage import Lineage
 from tasks.export import list_snapshots, read_snapshots
 
 log = logging.getLogger(__name__)
@@ -71,16 +72,10 @@ class ChampionScore:
     latest: dict[str, Any] | None = field(default=None)
 
 
-def store_of(settings: Settings) -> Any:
-    """The configured store (local directory or S3)."""
-    return store_for(settings)
-
-
-def workdir(settings: Settings, prefix: str) -> Path:
-    """A fresh scratch directory under ``$MLOPS_HOME/work``."""
-    root = settings.home_dir / "work"
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+def scratch_dir(work_dir: Path, prefix: str) -> Path:
+    """A fresh scratch directory under ``work_dir`` (``$MLOPS_HOME/work``)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=work_dir))
 
 
 def split_window(
@@ -128,16 +123,13 @@ class WindowData:
 
 
 @task(name="load-training-window", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def load_training_window(
-    settings: Settings, cfg: ModelConfig, new_snapshot: str | None
-) -> WindowData:
+def load_training_window(store: Store, cfg: ModelConfig, new_snapshot: str | None) -> WindowData:
     """Read the accepted snapshots in the training window, plus the new one.
 
     The new snapshot is included before it is validated: validation runs on exactly this frame
     so that duplicates across snapshots are caught too. Rows without an event time stay in so
     that validation can report them.
     """
-    store = store_of(settings)
     manifests = [
         m
         for m in list_snapshots(store, cfg.dataset.name)
@@ -183,30 +175,43 @@ def _close(evaluation: Evaluation) -> None:
             fig.clear()
 
 
+@task(name="describe-lineage", cache_policy=NO_CACHE)
+def describe_lineage(cfg: ModelConfig, data: TrainingData, reason: str) -> Lineage:
+    """Lineage of a training: snapshots and data hash, config hash, code version, flow run."""
+    from prefect.runtime import flow_run
+
+    return Lineage(
+        snapshot_id=data.newest_snapshot,
+        snapshot_ids=tuple(data.snapshot_ids),
+        data_sha256=data.data_sha256,
+        config_hash=cfg.config_hash(),
+        code_version=code_version(),
+        flow_run_id=str(flow_run.id or "none"),
+        holdout_start=data.holdout_start,
+        holdout_end=data.holdout_end,
+        reason=reason,
+    )
+
+
 @task(name="train-challenger", cache_policy=NO_CACHE)
 def train_challenger(
-    settings: Settings, cfg: ModelConfig, data: TrainingData, lineage: dict[str, str]
+    registry: Registry, cfg: ModelConfig, data: TrainingData, lineage: Lineage, work_dir: Path
 ) -> Challenger:
     """Fit the family on the training window and score it on the holdout, in one MLflow run.
 
-    Logs params, holdout metrics, backtest metrics, plots and the model (with its flavour).
+    Logs params, holdout metrics, backtest metrics, plots and the model (with its flavour);
+    the model's files go to a new scratch directory under ``work_dir``.
     """
     family = get_family(cfg.family)
     params = family.Params.model_validate(cfg.params)
-    experiment_id = registry.ensure_experiment(
-        settings.tracking_uri, cfg.name, settings.mlflow_artifact_root
-    )  # a tracking server keeps its own artifact root
+    experiment_id = registry.ensure_experiment(cfg.name)
     tags = {
         "model": cfg.name,
         "family": cfg.family,
-        **{f"lineage.{k}": str(v) for k, v in lineage.items()},
+        **{f"lineage.{k}": v for k, v in lineage.to_dict().items()},
     }
-    with registry.training_run(
-        settings.tracking_uri, experiment_id, f"{cfg.name}-train", tags
-    ) as run:
-        import mlflow
-
-        mlflow.log_params(
+    with registry.training_run(experiment_id, f"{cfg.name}-train", tags) as run_id:
+        registry.log_params(
             {
                 **params.model_dump(),
                 "seed": cfg.seed,
@@ -223,13 +228,13 @@ def train_challenger(
             backtest = family.backtest(data.train, params, cfg.seed)
         except ValueError as exc:  # diagnostics only: too little history must not block training
             log.warning("%s: backtest skipped: %s", cfg.name, exc)
-            mlflow.set_tag("backtest.skipped", str(exc)[:500])
+            registry.set_tag("backtest.skipped", str(exc)[:500])
             backtest = {}
         if backtest:
             registry.log_evaluation("", backtest)
         example = family.example_request(data.holdout)
-        model_uri = family.log_model(model, "model", pd.DataFrame(example))
-        model_dir = workdir(settings, f"{cfg.name}-model-")
+        model_uri = registry.log_model(family.mlflow_model(model, pd.DataFrame(example)))
+        model_dir = scratch_dir(work_dir, f"{cfg.name}-model-")
         family.save(model, model_dir)
         schema = {
             "model": cfg.name,
@@ -237,11 +242,11 @@ def train_challenger(
             "input": family.input_columns(),
             "example_request": example,
         }
-        mlflow.log_dict(schema, "schema.json")
+        registry.log_dict(run_id, schema, "schema.json")
     return Challenger(
         model=cfg.name,
         family=cfg.family,
-        run_id=run.info.run_id,
+        run_id=run_id,
         experiment_id=experiment_id,
         model_uri=model_uri,
         metrics=evaluation.metrics,
@@ -253,29 +258,30 @@ def train_challenger(
     )
 
 
-def load_published_model(settings: Settings, cfg: ModelConfig, version: str, dest: Path) -> Any:
+def load_published_model(store: Store, cfg: ModelConfig, version: str, dest: Path) -> Any:
     """Download a published version, check every sha256, unpack and load it."""
-    store = store_of(settings)
     verify_version(store, cfg.name, version, dest)
     unpacked = extract_tarball(dest / "model.tar.gz", dest / "model")
     return get_family(cfg.family).load(unpacked)
 
 
 @task(name="score-champion", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def score_champion(settings: Settings, cfg: ModelConfig, data: TrainingData) -> ChampionScore:
+def score_champion(
+    store: Store, cfg: ModelConfig, data: TrainingData, work_dir: Path
+) -> ChampionScore:
     """Re-score the current champion (what ``latest.json`` points at) on the new holdout.
 
     No champion yet gives ``metrics=None`` and the gate applies the floors only. A champion
     that cannot be loaded or scored also gives ``metrics=None``, with the reason as the note:
     the gate then rejects the challenger unless ``gate.unscored_champion`` is ``floors``.
     """
-    latest = read_latest(store_of(settings), cfg.name)
+    latest = read_latest(store, cfg.name)
     if latest is None:
         return ChampionScore(None, None, "no champion yet: floors only")
     version = str(latest["version"])
-    scratch = workdir(settings, f"{cfg.name}-champion-")
+    scratch = scratch_dir(work_dir, f"{cfg.name}-champion-")
     try:
-        model = load_published_model(settings, cfg, version, scratch)
+        model = load_published_model(store, cfg, version, scratch)
         evaluation = get_family(cfg.family).evaluate(model, data.holdout, data.train)
         _close(evaluation)
     except Exception as exc:  # a champion that cannot be re-scored must not block a fix

@@ -22,11 +22,11 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from adapters.store import Store
 from core.config import ExpectationConfig, ModelConfig
-from core.settings import Settings
 from tasks.export import current_watermark, read_manifest, record_validation
 from tasks.report import publish_markdown
-from tasks.training import WindowData, store_of
+from tasks.training import WindowData
 
 SAMPLE_VALUES = 5
 
@@ -239,7 +239,7 @@ class SnapshotSuperseded(RuntimeError):
     """Another run accepted rows past this snapshot's start since it was exported."""
 
 
-def _refuse_if_superseded(store: Any, cfg: ModelConfig, snapshot_id: str) -> None:
+def _refuse_if_superseded(store: Store, cfg: ModelConfig, snapshot_id: str) -> None:
     """Reject ``snapshot_id`` when the watermark moved past its start since the export.
 
     Two runs (say a scheduled one and ``mlops retrain`` by hand) can export the same rows;
@@ -273,7 +273,7 @@ class ValidationFailed(RuntimeError):
 
 @task(name="validate-snapshot", cache_policy=NO_CACHE)
 def validate_data(
-    settings: Settings, cfg: ModelConfig, window: WindowData, new_snapshot: str | None
+    store: Store, cfg: ModelConfig, window: WindowData, new_snapshot: str | None
 ) -> ValidationReport:
     """Run the suite on the training window; record the outcome next to the new snapshot.
 
@@ -283,7 +283,6 @@ def validate_data(
     """
     report = validate_frame(window.frame, cfg, new_snapshot or window.newest_snapshot)
     if new_snapshot:
-        store = store_of(settings)
         if report.success:
             _refuse_if_superseded(store, cfg, new_snapshot)
         record_validation(store, cfg.dataset.name, new_snapshot, report.to_dict())

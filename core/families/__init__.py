@@ -1,15 +1,17 @@
 """Model families behind one interface, so flows and the gate never branch on the family.
 
-A family is a module ``tasks/train/<family>.py`` that defines ``FAMILY``, an instance of a
+A family is a module ``core/families/<family>.py`` that defines ``FAMILY``, an instance of a
 :class:`Family` subclass. Adding a fourth model takes that module and one
-``configs/models/<name>.yaml``. Families import no Prefect: the serving app and notebooks use
-them directly.
+``configs/models/<name>.yaml``. Families import neither Prefect nor MLflow: the serving app and
+notebooks use them directly, and a family says how MLflow should log it
+(:meth:`Family.mlflow_model`) while :mod:`adapters.registry` does the logging.
 """
 
 from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -32,6 +34,36 @@ class Evaluation:
 
     metrics: dict[str, float]
     figures: dict[str, Figure] = field(default_factory=dict)
+
+
+@dataclass
+class MlflowModel:
+    """How MLflow should log a family's model: the flavour and its arguments.
+
+    Attributes:
+        flavour: the MLflow flavour module (``sklearn``, ``xgboost``, ``pyfunc``).
+        model: the object the flavour logs (the estimator); ``None`` for a ``pyfunc``.
+        input_example: request rows as the logged model takes them.
+        pip_requirements: pinned libraries the logged model needs.
+        metadata: stored in the MLmodel file (the family's name and its settings).
+        options: further ``log_model`` keyword arguments of the flavour.
+        output_example: the model's answer to ``input_example``, where MLflow cannot run the
+            model to infer the signature (a loader-module pyfunc).
+        loader_module: ``pyfunc`` only: the module whose ``_load_pyfunc(data_path)`` loads it.
+        code_modules: ``pyfunc`` only: the modules shipped with the model as code.
+        save: ``pyfunc`` only: writes the model directory (the pyfunc's data) into a folder.
+    """
+
+    flavour: str
+    model: Any
+    input_example: pd.DataFrame
+    pip_requirements: list[str]
+    metadata: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)
+    output_example: pd.DataFrame | None = None
+    loader_module: str | None = None
+    code_modules: tuple[str, ...] = ()
+    save: Callable[[Path], None] = lambda directory: None
 
 
 class Family(ABC):
@@ -86,12 +118,12 @@ class Family(ABC):
         """A few JSON-ready request records taken from ``holdout`` (the smoke-test payload)."""
 
     @abstractmethod
-    def log_model(self, model: Any, name: str, input_example: pd.DataFrame) -> str:
-        """Log ``model`` to the active MLflow run with its flavour; return the model URI."""
+    def mlflow_model(self, model: Any, input_example: pd.DataFrame) -> MlflowModel:
+        """How MLflow logs ``model`` (flavour, example, requirements), for the registry."""
 
 
 def get_family(name: str) -> Family:
-    """Return the ``FAMILY`` object of ``tasks/train/<name>.py``.
+    """Return the ``FAMILY`` object of ``core/families/<name>.py``.
 
     Raises:
         ImportError: no such family module, or it defines no ``FAMILY``.

@@ -13,7 +13,6 @@ the MLflow pyfunc returns) always agree.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.families import Evaluation, Family, check_columns, json_records
+from core.families import Evaluation, Family, MlflowModel, check_columns, json_records
 from core.families import metrics as m
 
 FEATURES: dict[str, str] = {
@@ -221,33 +220,26 @@ class AbuseDetector(Family):
         """The first three holdout windows' behaviour columns, JSON-ready."""
         return json_records(holdout.head(3), FEATURES)
 
-    def log_model(self, model: AbuseModel, name: str, input_example: pd.DataFrame) -> str:
-        """Log the forest with the ``mlflow.sklearn`` flavour (skops format).
+    def mlflow_model(self, model: AbuseModel, input_example: pd.DataFrame) -> MlflowModel:
+        """The forest with the ``mlflow.sklearn`` flavour, in skops format (no pickle).
 
         The pyfunc's ``predict`` returns IsolationForest's labels: ``-1`` where
         :meth:`predict` says ``is_abuse`` (same threshold), ``1`` otherwise.
         """
-        import mlflow.sklearn
         import sklearn
         import skops
 
-        with warnings.catch_warnings():
-            # MLflow hints that integer columns cannot carry missing values: none may, here
-            # (check_columns refuses nulls), and int64 counts are the schema on purpose.
-            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-            info = mlflow.sklearn.log_model(
-                model.estimator,
-                name=name,
-                input_example=check_columns(input_example, FEATURES),
-                serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
-                skops_trusted_types=TRUSTED_TYPES,
-                pip_requirements=[
-                    f"scikit-learn=={sklearn.__version__}",
-                    f"skops=={skops.__version__}",
-                ],
-                metadata={"family": self.name, "threshold": model.threshold},
-            )
-        return str(info.model_uri)
+        return MlflowModel(
+            flavour="sklearn",
+            model=model.estimator,
+            input_example=check_columns(input_example, FEATURES),
+            pip_requirements=[
+                f"scikit-learn=={sklearn.__version__}",
+                f"skops=={skops.__version__}",
+            ],
+            metadata={"family": self.name, "threshold": model.threshold},
+            options={"serialization_format": "skops", "skops_trusted_types": TRUSTED_TYPES},
+        )
 
 
 FAMILY = AbuseDetector()

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.families import Evaluation, Family, check_columns, json_records
+from core.families import Evaluation, Family, MlflowModel, check_columns, json_records
 from core.families import metrics as m
 
 TIERS = ("free", "pro", "enterprise")
@@ -226,24 +226,22 @@ class LimitOptimiser(Family):
         """The first three holdout rows' request columns, JSON-ready."""
         return json_records(holdout.head(3), INPUTS)
 
-    def log_model(self, model: LimitModel, name: str, input_example: pd.DataFrame) -> str:
-        """Log the regressor with the ``mlflow.xgboost`` flavour (UBJSON).
+    def mlflow_model(self, model: LimitModel, input_example: pd.DataFrame) -> MlflowModel:
+        """The regressor with the ``mlflow.xgboost`` flavour (UBJSON).
 
         The flavour sees the booster's own inputs, so the logged pyfunc takes the encoded
         features (:data:`FEATURES`, built by :func:`encode`), not the raw request columns.
         """
-        import mlflow.xgboost
         import xgboost
 
-        info = mlflow.xgboost.log_model(
-            model.regressor,
-            name=name,
+        return MlflowModel(
+            flavour="xgboost",
+            model=model.regressor,
             input_example=encode(input_example),
-            model_format="ubj",
             pip_requirements=[f"xgboost=={xgboost.__version__}"],
             metadata={"family": self.name, "features": FEATURES},
+            options={"model_format": "ubj"},
         )
-        return str(info.model_uri)
 
 
 def _importance(model: LimitModel) -> dict[str, float]:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.families import Evaluation, Family, check_columns, json_records
+from core.families import Evaluation, Family, MlflowModel, check_columns, json_records
 from core.families import metrics as m
 
 INPUTS: dict[str, str] = {"service": "string", "ts": "timestamp"}
@@ -414,54 +414,37 @@ class TrafficForecaster(Family):
         ordered = holdout.sort_values(["ts", "service"], kind="stable")
         return json_records(ordered.head(3), INPUTS)
 
-    def log_model(self, model: ForecastModel, name: str, input_example: pd.DataFrame) -> str:
-        """Log the per-service Prophets as one ``mlflow.pyfunc`` model, without pickle.
+    def mlflow_model(self, model: ForecastModel, input_example: pd.DataFrame) -> MlflowModel:
+        """The per-service Prophets as one loader-module ``pyfunc``, without pickle.
 
         The model directory written by :meth:`save` is the pyfunc's data, and this module is
         its loader (``_load_pyfunc``): the pyfunc's ``predict`` is :meth:`predict`. The
-        ``core.families`` modules it needs ship with the model as code, so loading it needs the
-        pinned libraries, not this project.
+        ``core.families`` modules it needs ship with the model as code.
         """
-        import shutil
-        import tempfile
-
-        import mlflow.pyfunc
         import pydantic
         import sklearn
-        from mlflow.models import infer_signature
         from prophet import __version__ as prophet_version
 
         checked = check_columns(input_example, INPUTS)
         checked["ts"] = _naive_utc(checked["ts"])
-        with tempfile.TemporaryDirectory() as tmp:
-            data = Path(tmp) / "model"
-            data.mkdir()
-            self.save(model, data)
-            package = Path(__file__).resolve().parents[1]  # .../core
-            code = Path(tmp) / "core"
-            (code / "families").mkdir(parents=True)
-            (code / "__init__.py").write_text("")
-            for module in ("__init__.py", "metrics.py", "traffic_forecaster.py"):
-                shutil.copy2(package / "families" / module, code / "families" / module)
-            info = mlflow.pyfunc.log_model(
-                name=name,
-                loader_module=__name__,
-                data_path=str(data),
-                code_paths=[str(code)],
-                input_example=checked,
-                # A loader-module pyfunc is not run at logging time: state the schema here.
-                signature=infer_signature(checked, self.predict(model, checked)),
-                pip_requirements=[
-                    f"prophet=={prophet_version}",
-                    f"pandas=={pd.__version__}",
-                    f"numpy=={np.__version__}",
-                    f"pydantic=={pydantic.__version__}",
-                    f"scikit-learn=={sklearn.__version__}",
-                    f"matplotlib=={_matplotlib_version()}",
-                ],
-                metadata={"family": self.name, "services": model.services},
-            )
-        return str(info.model_uri)
+        return MlflowModel(
+            flavour="pyfunc",
+            model=None,
+            input_example=checked,
+            output_example=self.predict(model, checked),
+            pip_requirements=[
+                f"prophet=={prophet_version}",
+                f"pandas=={pd.__version__}",
+                f"numpy=={np.__version__}",
+                f"pydantic=={pydantic.__version__}",
+                f"scikit-learn=={sklearn.__version__}",
+                f"matplotlib=={_matplotlib_version()}",
+            ],
+            metadata={"family": self.name, "services": model.services},
+            loader_module=__name__,
+            code_modules=("core", "core.families", "core.families.metrics", __name__),
+            save=lambda directory: self.save(model, directory),
+        )
 
 
 def _matplotlib_version() -> str:

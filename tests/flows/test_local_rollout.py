@@ -23,16 +23,16 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from adapters import registry
 from adapters.endpoints.local import LocalTarget, free_port
 from adapters.publish import promotion_history, read_latest
+from adapters.registry import CHAMPION, Registry
 from adapters.source import seed_source
-from cli.status import model_status
+from adapters.store import store_for
+from cli.status import status_of
 from core.config import load_platform_config
 from core.settings import PROJECT_ROOT, Settings, load_settings
 from flows.retrain import retrain
 from flows.rollout import rollback, rollout
-from tasks.training import store_of
 from tests.conftest import _LEAKY
 from tests.fixtures.serving import our_processes, post_until
 
@@ -83,7 +83,7 @@ def invoke(local: Local) -> httpx.Response:
 def _example(local: Local) -> list[dict[str, Any]]:
     import json
 
-    store = store_of(local.settings)
+    store = store_for(local.settings)
     version = (read_latest(store, MODEL) or {})["version"]
     schema = json.loads(store.get_bytes(f"models/{MODEL}/{version}/schema.json"))
     return list(schema["example_request"])
@@ -91,7 +91,7 @@ def _example(local: Local) -> list[dict[str, Any]]:
 
 def everywhere(local: Local) -> tuple[Any, ...]:
     """(latest.json, champion alias's store version, endpoint version, agree)."""
-    (row,) = model_status(local.settings, [MODEL])
+    (row,) = status_of(local.settings, [MODEL])
     return (
         row["latest_version"],
         row["champion_store_version"],
@@ -139,7 +139,7 @@ def test_forced_retrain_swaps_to_v2_without_a_failed_request(local: Local) -> No
 
 
 def test_a_rollout_that_cannot_load_leaves_v2_serving_and_moves_nothing(local: Local) -> None:
-    store = store_of(local.settings)
+    store = store_for(local.settings)
     history = promotion_history(store, MODEL)
     tarball = Path(local.settings.store) / "models" / MODEL / "v1" / "model.tar.gz"
     saved = tarball.read_bytes()
@@ -163,9 +163,9 @@ def test_rollback_serves_v1_again_with_pointer_and_alias(local: Local) -> None:
     assert state.is_completed(), state.message
     assert everywhere(local) == ("v1", "v1", "v1", True)
     assert invoke(local).headers["x-model-version"] == "v1"
-    alias = registry.get_alias(local.settings.tracking_uri, MODEL, registry.CHAMPION)
+    alias = Registry.from_settings(local.settings).get_alias(MODEL, CHAMPION)
     assert alias is not None and alias["tags"]["store_version"] == "v1"
-    history = promotion_history(store_of(local.settings), MODEL)
+    history = promotion_history(store_for(local.settings), MODEL)
     assert [h["version"] for h in history] == ["v1", "v2", "v1"]
 
 
@@ -176,7 +176,7 @@ def test_endpoint_stop_ends_every_process_and_status_says_so(local: Local) -> No
     assert result.exit_code == 0, result.output
     assert our_processes(local.home) == {}
 
-    (row,) = model_status(local.settings, [MODEL])
+    (row,) = status_of(local.settings, [MODEL])
     assert row["latest_version"] == "v1"
     assert not row["agree"]
     assert "no endpoint serves it" in row["problem"]

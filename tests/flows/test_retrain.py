@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from adapters import registry
 from adapters.publish import list_versions, promotion_history, read_latest
+from adapters.registry import CHAMPION, Registry
 from adapters.source import corrupt_source, seed_source
-from cli.status import model_status
+from adapters.store import store_for
+from cli.status import status_of
 from core.settings import load_settings
 from flows.retrain import retrain
 from tasks.export import list_snapshots
-from tasks.training import store_of
 
 MODELS = ["abuse_detector", "limit_optimiser", "traffic_forecaster"]
 # A fixed date keeps holidays out of the small windows, so the first-run gate is reproducible.
@@ -37,12 +37,12 @@ def run(**kwargs: Any) -> tuple[Any, dict[str, dict[str, Any]]]:
 
 def pointers(settings: Any, model: str) -> dict[str, Any]:
     """Everything a failed run must leave exactly as it was."""
-    store = store_of(settings)
+    store = store_for(settings)
     return {
         "latest": read_latest(store, model),
         "history": promotion_history(store, model),
         "versions": list_versions(store, model),
-        "champion": registry.get_alias(settings.tracking_uri, model, registry.CHAMPION),
+        "champion": Registry.from_settings(settings).get_alias(model, CHAMPION),
     }
 
 
@@ -57,7 +57,7 @@ def test_weekly_cycle(mlops_home: Path) -> None:
         assert out[model]["status"] == "promoted", out[model]
         assert out[model]["version"] == "v1"
         assert out[model]["champion_version"] is None
-    status = {r["model"]: r for r in model_status(settings)}
+    status = {r["model"]: r for r in status_of(settings)}
     for model in MODELS:
         assert status[model]["agree"], status[model]
         assert status[model]["latest_version"] == "v1"
@@ -88,7 +88,7 @@ def test_weekly_cycle(mlops_home: Path) -> None:
     for needle in ("expect_compound_columns_to_be_unique", "best_limit", "error_rate"):
         assert needle in bad["note"], bad["note"]
     assert pointers(settings, "limit_optimiser") == before["limit_optimiser"]
-    statuses = [s["status"] for s in list_snapshots(store_of(settings), "client_limits")]
+    statuses = [s["status"] for s in list_snapshots(store_for(settings), "client_limits")]
     assert statuses == ["accepted", "rejected"]
     # The other models went on: their champion was re-scored on the new holdout.
     for model in ("abuse_detector", "traffic_forecaster"):
@@ -108,9 +108,9 @@ def test_weekly_cycle(mlops_home: Path) -> None:
     assert state.is_completed(), state.message
     assert out["limit_optimiser"]["status"] in ("promoted", "rejected")
     assert out["limit_optimiser"]["champion_version"] == "v1"
-    statuses = [s["status"] for s in list_snapshots(store_of(settings), "client_limits")]
+    statuses = [s["status"] for s in list_snapshots(store_for(settings), "client_limits")]
     assert statuses == ["accepted", "rejected", "accepted"]
-    final = {r["model"]: r for r in model_status(settings)}
+    final = {r["model"]: r for r in status_of(settings)}
     assert all(r["agree"] for r in final.values()), final
 
 

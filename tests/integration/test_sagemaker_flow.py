@@ -29,16 +29,16 @@ from typing import Any
 
 import pytest
 
-from adapters import registry
 from adapters.endpoints.sagemaker import endpoint_name
 from adapters.publish import list_versions, promotion_history, read_latest
+from adapters.registry import CHAMPION, Registry
 from adapters.source import seed_source
-from cli.status import model_status
+from adapters.store import store_for
+from cli.status import status_of
 from core.settings import PROJECT_ROOT, Settings, load_settings
 from flows.cleanup import cleanup
 from flows.retrain import retrain
 from flows.rollout import rollback, rollout
-from tasks.training import store_of
 from tests.conftest import _LEAKY
 from tests.fixtures.moto import boto_client, moto_server, use_moto_env  # noqa: F401
 from tests.fixtures.sagemaker_moto import SageMakerSim, install
@@ -174,13 +174,13 @@ def serving(world: World) -> tuple[str, str, str]:
 
 def champion(world: World) -> tuple[str | None, str | None]:
     """(latest.json's version, the store version of the MLflow champion alias)."""
-    latest = read_latest(store_of(world.settings), MODEL) or {}
-    alias = registry.get_alias(world.settings.tracking_uri, MODEL, registry.CHAMPION) or {}
+    latest = read_latest(store_for(world.settings), MODEL) or {}
+    alias = Registry.from_settings(world.settings).get_alias(MODEL, CHAMPION) or {}
     return latest.get("version"), alias.get("tags", {}).get("store_version")
 
 
 def status_row(world: World) -> dict[str, Any]:
-    (row,) = model_status(world.settings, [MODEL])
+    (row,) = status_of(world.settings, [MODEL])
     return row
 
 
@@ -243,7 +243,7 @@ def test_first_retrain_creates_the_endpoint_serving_v1(world: World) -> None:
     # The smoke test sent the example request of schema.json before the pointer moved.
     assert [name for name, _ in sim.invocations] == [world.endpoint]
     assert sim.invocations[0][1]["instances"]
-    latest = read_latest(store_of(world.settings), MODEL) or {}
+    latest = read_latest(store_for(world.settings), MODEL) or {}
     assert latest["endpoint"] == world.endpoint and latest["endpoint_config"] == config
     assert_all_agree_on(world, "v1")
     assert answer(world)["version"] == "v1"
@@ -268,14 +268,14 @@ def test_new_data_and_a_forced_retrain_update_the_endpoint_to_v2(world: World) -
     assert update["EndpointConfigName"] == v2_config
     # v1's config and model stay: they are the rollback target's.
     assert configs(world) == {v1_config, v2_config} and len(models(world)) == 2
-    assert (read_latest(store_of(world.settings), MODEL) or {})["previous"] == "v1"
+    assert (read_latest(store_for(world.settings), MODEL) or {})["previous"] == "v1"
     assert_all_agree_on(world, "v2")
     assert answer(world)["version"] == "v2"
 
 
 def test_an_update_sagemaker_rolls_back_changes_nothing_and_leaves_nothing(world: World) -> None:
     sim = world.sim
-    store = store_of(world.settings)
+    store = store_for(world.settings)
     before = (configs(world), models(world), promotion_history(store, MODEL))
     sim.roll_back_next_update("Alarm 5xx fired during the linear traffic shift")
 
@@ -297,7 +297,7 @@ def test_an_update_sagemaker_rolls_back_changes_nothing_and_leaves_nothing(world
 
 def test_a_smoke_test_error_puts_v2_back_and_leaves_nothing(world: World) -> None:
     sim = world.sim
-    store = store_of(world.settings)
+    store = store_for(world.settings)
     before = (configs(world), models(world), promotion_history(store, MODEL))
     updates = len(sim.actions("UpdateEndpoint"))
     sim.answer_error(world.endpoint, 500, "model failed to load: bad weights")
@@ -322,7 +322,7 @@ def test_a_smoke_test_error_puts_v2_back_and_leaves_nothing(world: World) -> Non
 
 def test_an_update_that_fails_outright_is_recovered_by_recreating_v2(world: World) -> None:
     sim = world.sim
-    store = store_of(world.settings)
+    store = store_for(world.settings)
     before = (configs(world), models(world), promotion_history(store, MODEL))
     v2_config = serving(world)[1]
     sim.fail_next_update("Rollback failed: the old fleet could not be restored")
@@ -355,7 +355,7 @@ def test_an_update_that_fails_outright_is_recovered_by_recreating_v2(world: Worl
 
 def test_rollback_serves_v1_again_then_a_manual_rollout_serves_v4(world: World) -> None:
     sim = world.sim
-    store = store_of(world.settings)
+    store = store_for(world.settings)
     v1_config = next(c for c in configs(world) if "-v1-" in c)
     created = len(sim.actions("CreateEndpointConfig"))
 
@@ -386,7 +386,7 @@ def test_cleanup_dry_run_deletes_nothing_and_apply_deletes_exactly_the_plan(
 ) -> None:
     sim = world.sim
     settings = world.settings
-    store = store_of(settings)
+    store = store_for(settings)
     by_version = {c.split("-")[-2]: c for c in configs(world)}
     models_by_version = {m.split("-")[-2]: m for m in models(world)}
     assert set(by_version) == set(models_by_version) == {"v1", "v2", "v4"}
@@ -429,7 +429,7 @@ def test_cleanup_dry_run_deletes_nothing_and_apply_deletes_exactly_the_plan(
     assert configs(world) == {by_version["v1"], by_version["v4"]}
     assert models(world) == {models_by_version["v1"], models_by_version["v4"]}
     assert [v["version"] for v in list_versions(store, MODEL)] == ["v1", "v4"]
-    versions = [r["version"] for r in registry.list_versions(settings.tracking_uri, MODEL)]
+    versions = [r["version"] for r in Registry.from_settings(settings).list_versions(MODEL)]
     assert versions == ["1", "4"]
     assert_all_agree_on(world, "v4")
     assert answer(world)["version"] == "v4"

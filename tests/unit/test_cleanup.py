@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from adapters.endpoints import Resource
+from adapters.registry import Registry
+from adapters.store import store_for
 from core.config import RetentionPolicy
 from tasks.cleanup import Inventory, ModelInventory, PlanItem, plan_cleanup
 
@@ -189,7 +191,8 @@ def test_apply_goes_on_after_a_failed_delete_and_reports_it(mlops_home: object) 
     ]
     target = _Target([res("endpoint-config", "c1"), res("model", "m1")], broken="c1")
 
-    done = apply_plan.fn(load_settings(), plan, target)
+    settings = load_settings()
+    done = apply_plan.fn(store_for(settings), Registry.from_settings(settings), plan, target)
 
     assert [(d["name"], d["outcome"]) for d in done] == [
         ("c1", "failed: RuntimeError: ThrottlingException: rate exceeded"),

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 import yaml
 
 from adapters.source import corrupt_source, seed_source
-from adapters.store import KeyNotFound, LocalStore, sha256_file
+from adapters.store import KeyNotFound, LocalStore, sha256_file, store_for
 from core.config import DatasetConfig
 from tasks.export import (
     SnapshotInfo,
@@ -354,11 +354,13 @@ def test_prefect_tasks_wrap_the_plain_functions(
     raw = yaml.safe_load((ROOT / "configs" / "models" / "limit_optimiser.yaml").read_text())
     cfg = ModelConfig.model_validate(raw)
     settings = load_settings()
-    made = export_new_data.fn(settings, cfg)
+    configured = store_for(settings)
+    chunks = (settings.export_chunk_rows, settings.part_rows)
+    made = export_new_data.fn(settings.source_url, configured, cfg, *chunks)
     assert made is not None and made.rows == 4 * 7
     assert made.uri.startswith(str(mlops_home / "store"))
     accept(LocalStore(settings.store), made)
-    assert export_new_data.fn(settings, cfg) is None
+    assert export_new_data.fn(settings.source_url, configured, cfg, *chunks) is None
 
 
 def test_two_runs_exporting_the_same_rows_never_both_accept_them(

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from adapters.registry import Registry
 from core.families import Family, get_family
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -481,15 +482,16 @@ EXPECT: dict[str, Callable[[pd.DataFrame], np.ndarray]] = {
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_log_model_logs_a_loadable_pyfunc(
+def test_the_registry_logs_each_family_as_a_loadable_pyfunc(
     name: str, cases: dict[str, Case], models: dict[str, Any], mlflow_experiment: str
 ) -> None:
     import mlflow
 
     case = cases[name]
     example = pd.DataFrame(case.family.example_request(case.holdout))
+    registry = Registry(mlflow.get_tracking_uri())
     with mlflow.start_run(experiment_id=mlflow_experiment):
-        uri = case.family.log_model(models[name], "model", example)
+        uri = registry.log_model(case.family.mlflow_model(models[name], example))
     assert uri.startswith("models:/")
     pyfunc = mlflow.pyfunc.load_model(uri)
     records = case.holdout.head(24)
