@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from adapters import registry
-from adapters.endpoints.sagemaker import endpoint_name
+from adapters.endpoints.sagemaker.names import endpoint_name
 from adapters.publish import list_versions, promotion_history, read_latest
 from adapters.source import seed_source
 from cli.status import model_status
