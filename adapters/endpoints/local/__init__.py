@@ -28,7 +28,7 @@ version that already serves (same manifest, processes healthy) does nothing.
 Processes start in their own session (``start_new_session``), so they outlive the command that
 started them (``mlops retrain``) and a Ctrl-C there. The router starts with the first deploy;
 ``mlops endpoint stop`` (:meth:`LocalTarget.stop`) ends everything. A process is identified by
-its pid and its start time (``/proc``), so a recycled pid is never signalled.
+its pid and its create time (psutil), so a recycled pid is never signalled.
 
 Modules, one job each:
 

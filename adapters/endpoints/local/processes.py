@@ -3,7 +3,7 @@
 The router and every variant are ``python -m serving ...`` processes started here, detached
 (``start_new_session``), so they outlive the command that started them (``mlops retrain``) and
 a Ctrl-C there. Later commands find them again through the pid and *token* recorded on disk:
-the token is the process's start time (``/proc``), so a pid the system recycled for another
+the token is the process's create time (psutil), so a pid the system recycled for another
 process is never taken for ours, or signalled.
 """
 
@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from core.settings import PROJECT_ROOT
 
 if TYPE_CHECKING:
@@ -31,85 +33,122 @@ if TYPE_CHECKING:
 # What configures one serving process (its model, bind address, limits): a child gets only the
 # values given for it, never the ones of the command that starts it.
 _SCRUBBED_ENV = re.compile(r"^(MLOPS_MODEL_|MLOPS_SERVING_|MLOPS_MAX_|SAGEMAKER_)")
+# psutil's create time is the boot time plus the start in ticks since boot, and the boot time
+# moves (by whole seconds) when the wall clock is stepped: allow that much. A recycled pid
+# starting this close to the original would need the pid space to wrap within the window.
+_SAME_START_SECONDS = 2.0
 
 
-# --- recognising and stopping a process ---------------------------------------------------
+# --- recognising a process ------------------------------------------------------------------
 
 
 def process_token(pid: int) -> str | None:
-    """An id of the process ``pid`` that survives nothing but the process: its start time.
+    """An id of the process ``pid`` that survives nothing but the process: its create time.
 
-    None when no such process runs (a zombie counts as gone). Without ``/proc`` (macOS) psutil
-    answers when installed; otherwise any live pid matches.
+    Returns:
+        The token, or None when no such process runs (a zombie counts as gone).
     """
-    _reap(pid)
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        if Path("/proc/self/stat").exists():
-            return None
-        try:
-            import psutil
-
-            return str(psutil.Process(pid).create_time())
-        except ImportError:
-            try:
-                os.kill(pid, 0)
-            except OSError:
-                return None
-            return "unknown"
-        except Exception:
-            return None
-    # The command name may hold spaces and parentheses: fields count from the last ")".
-    fields = stat[stat.rfind(")") + 2 :].split()
-    if not fields or fields[0] in ("Z", "X"):
-        return None
-    return fields[19]
-
-
-def _reap(pid: int) -> None:
-    # A child of this process that exited stays a zombie until waited for.
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+    proc = _running(pid)
+    return None if proc is None else str(proc.create_time())
 
 
 def is_alive(pid: Any, token: Any) -> bool:
-    """Whether the process ``pid`` that had ``token`` (see :func:`process_token`) still runs."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    now = process_token(pid)
-    return now is not None and (token in (None, "unknown") or now == token)
+    """Whether the process ``pid`` that had ``token`` (see :func:`process_token`) still runs.
+
+    ``pid`` and ``token`` come from files on disk, so anything is accepted: a pid that is not a
+    positive int is never alive. A token of None matches any live process with that pid; a
+    token the process does not match (a recycled pid) or cannot be read means not alive.
+    """
+    return _running(pid, token) is not None
+
+
+def _running(pid: Any, token: Any = None) -> psutil.Process | None:
+    """The live, non-zombie process ``pid`` started at ``token``; None otherwise."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if token is not None and not _same_start(proc.create_time(), token):
+            return None
+    except psutil.Error:
+        return None
+    return proc
+
+
+def _same_start(created: float, token: Any) -> bool:
+    recorded = _token_seconds(token)
+    return recorded is not None and abs(created - recorded) < _SAME_START_SECONDS
+
+
+def _token_seconds(token: Any) -> float | None:
+    """The create time (seconds since the epoch) a token records; None when unreadable."""
+    if not isinstance(token, str):
+        return None
+    try:
+        if token.isdigit():
+            # Written before psutil was used: /proc's start time, in clock ticks since boot.
+            return float(psutil.boot_time()) + int(token) / os.sysconf("SC_CLK_TCK")
+        return float(token)
+    except (ValueError, OSError):
+        return None
+
+
+# --- stopping a process ---------------------------------------------------------------------
 
 
 def terminate(pid: Any, token: Any, timeout: float) -> bool:
     """Stop a process started by this module (and its workers): SIGTERM, then SIGKILL.
 
+    Args:
+        pid: the recorded pid.
+        token: the recorded token; a process that does not match it is left alone.
+        timeout: seconds from SIGTERM to SIGKILL.
+
     Returns:
         True if it was running and was stopped, False if it was gone already.
     """
-    if not is_alive(pid, token):
+    proc = _running(pid, token)
+    if proc is None:
         return False
-
-    def send(sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            # Started with start_new_session: the process leads its group, which holds
-            # uvicorn's worker processes too.
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, sig)
-            else:
-                os.kill(pid, sig)
-
-    send(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not is_alive(pid, token):
-            return True
-        time.sleep(0.05)
-    send(signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while is_alive(pid, token) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _signal(proc, signal.SIGTERM)
+    if not _wait_gone(proc, timeout):
+        _signal(proc, signal.SIGKILL)
+        _wait_gone(proc, 5.0)
     return True
+
+
+def _signal(proc: psutil.Process, sig: signal.Signals) -> None:
+    with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+        # Started with start_new_session, the process leads its group, which holds uvicorn's
+        # worker processes too. is_running() first: the pid must still be this process.
+        if proc.is_running() and os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+
+
+def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``proc`` to end; True once it has."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(psutil.TimeoutExpired):
+            proc.wait(timeout=0.05)  # also reaps it when it is a child of this process
+            return True
+        if _gone(proc):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+
+
+def _gone(proc: psutil.Process) -> bool:
+    # Not our child: psutil waits for the pid to vanish, but an exited process stays a zombie
+    # until its own parent reaps it. Exited is gone.
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
 
 
 # --- starting a process ---------------------------------------------------------------------
