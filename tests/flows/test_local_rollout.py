@@ -24,7 +24,8 @@ import pytest
 from typer.testing import CliRunner
 
 from adapters import registry
-from adapters.endpoints.local import LocalTarget, free_port
+from adapters.endpoints.local import LocalTarget
+from adapters.endpoints.local.processes import free_port
 from adapters.publish import promotion_history, read_latest
 from adapters.source import seed_source
 from cli.status import model_status
