@@ -534,7 +534,7 @@ def no_champion(cfg: ModelConfig) -> Finding:
 @task(name="report-findings", cache_policy=NO_CACHE)
 def report_findings(findings: list[Finding], request: dict[str, Any] | None) -> str:
     """Publish the findings as a Markdown artifact (``monitor-report``); return the Markdown."""
-    from tasks.report import publish_markdown
+    from adapters.prefect_api import publish_markdown
 
     text = findings_markdown(findings, request)
     wanted = [f.model for f in findings if f.triggered]
