@@ -1,4 +1,4 @@
-"""The monitor's statistics and policy: pure functions, known distributions, no Prefect run."""
+"""The monitor's statistics and policy (core.drift): pure functions, known distributions."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 
 from core.config import MonitorPolicy, load_model_config
-from core.settings import PROJECT_ROOT
-from tasks.monitor import (
+from core.drift import (
     MAX_REASON_CHARS,
     FeatureDrift,
     Finding,
@@ -25,6 +24,7 @@ from tasks.monitor import (
     psi,
     trigger_reason,
 )
+from core.settings import PROJECT_ROOT
 
 POLICY = MonitorPolicy()
 
