@@ -16,7 +16,7 @@ Where the recent rows carry labels (the abuse incidents, the limit that served a
 actual traffic), the champion is scored on them with its family's own ``evaluate`` and held to
 the absolute floors of its gate. The champion's age is held to ``max_champion_age_days``.
 
-Everything here is numpy and pandas, callable anywhere without a Prefect run or API; the
+Everything here is numpy, pandas and scipy, callable anywhere without a Prefect run or API; the
 Prefect tasks that read the data and act on the findings are in :mod:`tasks.monitor`.
 """
 
@@ -91,15 +91,6 @@ def psi(reference: Any, current: Any, bins: int = PSI_BINS) -> float:
     return float(np.sum((c - r) * np.log(c / r)))
 
 
-def _kolmogorov_sf(lam: float) -> float:
-    """P(K > lam) for the Kolmogorov distribution (the limit of sqrt(n) * D)."""
-    if lam < 0.2:
-        return 1.0  # the alternating series converges slowly here, and the value is 1.0000
-    k = np.arange(1, 101)
-    terms = 2.0 * (-1.0) ** (k - 1) * np.exp(-2.0 * (k * lam) ** 2)
-    return float(min(1.0, max(0.0, terms.sum())))
-
-
 @dataclass(frozen=True)
 class KsResult:
     """A two-sample Kolmogorov-Smirnov test.
@@ -107,7 +98,8 @@ class KsResult:
     Attributes:
         statistic: the largest distance between the two empirical CDFs, in [0, 1].
         p_value: probability of a distance at least this large if both samples came from one
-            distribution (asymptotic, with Stephens' small-sample correction).
+            distribution: exact when both samples have at most 10,000 values, asymptotic above
+            (``scipy.stats.ks_2samp`` with ``method="auto"``).
     """
 
     statistic: float
@@ -120,15 +112,14 @@ def ks_2samp(reference: Any, current: Any) -> KsResult:
     Raises:
         ValueError: either side has no finite values.
     """
-    ref, cur = np.sort(_clean(reference)), np.sort(_clean(current))
+    # Imported here: scipy.stats takes seconds to import, and only this test needs it.
+    from scipy import stats
+
+    ref, cur = _clean(reference), _clean(current)
     if ref.size == 0 or cur.size == 0:
         raise ValueError("ks_2samp needs at least one finite value on each side")
-    points = np.concatenate([ref, cur])
-    cdf_ref = np.searchsorted(ref, points, side="right") / ref.size
-    cdf_cur = np.searchsorted(cur, points, side="right") / cur.size
-    d = float(np.max(np.abs(cdf_ref - cdf_cur)))
-    en = math.sqrt(ref.size * cur.size / (ref.size + cur.size))
-    return KsResult(statistic=d, p_value=_kolmogorov_sf((en + 0.12 + 0.11 / en) * d))
+    result = stats.ks_2samp(ref, cur, alternative="two-sided", method="auto")
+    return KsResult(statistic=float(result.statistic), p_value=float(result.pvalue))
 
 
 @dataclass(frozen=True)
