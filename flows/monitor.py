@@ -11,6 +11,7 @@ from typing import Any
 from prefect import flow
 
 from core.config import load_model_configs, load_platform_config
+from core.drift import no_champion, trigger_reason
 from core.settings import load_settings
 from tasks.monitor import (
     assess_model,
@@ -19,11 +20,9 @@ from tasks.monitor import (
     find_champion,
     load_recent,
     load_reference,
-    no_champion,
     report_findings,
     request_retrain,
     score_live,
-    trigger_reason,
 )
 
 

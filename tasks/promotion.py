@@ -15,6 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from adapters import registry
+from adapters.prefect_api import publish_markdown
 from adapters.publish import (
     UNPACKED,
     PublishedVersion,
@@ -25,7 +26,6 @@ from adapters.publish import (
 from core import gate
 from core.config import ModelConfig
 from core.settings import Settings
-from tasks.report import publish_markdown
 from tasks.training import Challenger, ChampionScore, metrics_json, store_of, workdir
 
 

@@ -17,10 +17,10 @@ from prefect.cache_policies import NO_CACHE
 
 from adapters import registry
 from adapters.endpoints import EndpointTarget, RolloutFailed, Serving, VersionToServe, open_target
+from adapters.prefect_api import publish_markdown
 from adapters.publish import PublishError, move_latest, read_latest, read_manifest
 from core.config import ModelConfig, PlatformConfig
 from core.settings import Settings
-from tasks.report import publish_markdown
 from tasks.training import store_of
 
 SETTLED = frozenset({"InService", "running"})
