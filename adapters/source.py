@@ -23,6 +23,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from core.config import DatasetConfig
 from core.synth import EVENT_TIME, KEYS, SCHEMAS, TABLES, generate
 
 log = logging.getLogger(__name__)
@@ -370,5 +371,38 @@ def corrupt_source(url: str, table: str, *, seed: int = 0) -> dict[str, int]:
             counts["duplicate_key"] = 1
             conn.execute(tab.insert(), rows)
         return counts
+    finally:
+        engine.dispose()
+
+
+def recent_rows(url: str, dataset: DatasetConfig, days: int) -> list[tuple[Any, ...]]:
+    """The rows of ``dataset`` from the last ``days`` before its table's latest event time.
+
+    The window ends at the newest row, not at the clock, so a source that stopped receiving
+    data still shows its last ``days`` of it.
+
+    Args:
+        url: SQLAlchemy URL of the source database.
+        dataset: the model's dataset (table, columns, event time, watermark).
+        days: length of the window, in days.
+
+    Returns:
+        Plain tuples in the order of ``dataset.columns``, ordered by the watermark; empty when
+        the table has no rows. Types are as the driver returns them (SQLite gives text
+        timestamps): :func:`core.drift.coerce_frame` makes a typed frame of them.
+    """
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            latest = conn.execute(
+                sa.text(f"SELECT max({dataset.event_time}) FROM {dataset.table}")
+            ).scalar()
+            if latest is None:
+                return []
+            since = pd.Timestamp(latest).to_pydatetime() - timedelta(days=days)
+            sql = (
+                f"{dataset.query} WHERE {dataset.event_time} > :since ORDER BY {dataset.watermark}"
+            )
+            return [tuple(r) for r in conn.execute(sa.text(sql), {"since": since})]
     finally:
         engine.dispose()

@@ -11,12 +11,12 @@ from typing import Any
 from prefect import flow
 
 from adapters.endpoints import open_target
+from adapters.prefect_api import publish_table
 from adapters.registry import Registry
 from adapters.store import store_for
 from core.config import load_model_configs, load_platform_config
 from core.settings import load_settings
 from tasks.cleanup import apply_plan, plan_cleanup, plan_rows, take_inventory
-from tasks.report import publish_table
 
 
 @flow(name="cleanup")

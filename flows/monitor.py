@@ -12,6 +12,7 @@ from prefect import flow
 
 from adapters.store import store_for
 from core.config import load_model_configs, load_platform_config
+from core.drift import no_champion, trigger_reason
 from core.settings import load_settings
 from tasks.monitor import (
     assess_model,
@@ -20,11 +21,9 @@ from tasks.monitor import (
     find_champion,
     load_recent,
     load_reference,
-    no_champion,
     report_findings,
     request_retrain,
     score_live,
-    trigger_reason,
 )
 
 
@@ -50,7 +49,7 @@ def monitor(
             findings.append(no_champion(cfg))
             continue
         reference = load_reference(store, cfg, champion)
-        recent = load_recent(settings, cfg, policy.recent_days)
+        recent = load_recent(settings.source_url, cfg, policy.recent_days)
         drift = compare_distributions(cfg, reference, recent, policy)
         live = score_live(store, cfg, champion, recent, reference, settings.work_dir)
         findings.append(assess_model(cfg, policy, champion, reference, recent, drift, live))

@@ -1,7 +1,8 @@
 """The local endpoint's route table: ``routes.json``, its layout, atomic writes and reloads.
 
 Shared by the router (:mod:`serving.router`), which follows the file, and the local endpoint
-target (:mod:`adapters.endpoints.local`), which writes it. Plain Python, no web framework.
+target (:mod:`adapters.endpoints.local.router_control`), which writes it. Plain Python, no web
+framework.
 
 Layout::
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from adapters.prefect_api import publish_markdown
 from adapters.publish import (
     UNPACKED,
     PublishedVersion,
@@ -28,7 +29,6 @@ from adapters.store import Store
 from core import gate
 from core.config import ModelConfig
 from core.lineage import TAG_KEYS, Lineage
-from tasks.report import publish_markdown
 from tasks.training import Challenger, ChampionScore, metrics_json, scratch_dir
 
 

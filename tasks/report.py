@@ -1,16 +1,15 @@
-"""What a person reads: Prefect artifacts and the end-of-run summary.
+"""What a person reads at the end of a retrain: one outcome per model and a summary table.
 
-Artifacts are created only inside a Prefect run; called from a notebook outside a flow, the
-functions here do nothing but return the text, so every task stays usable there.
+The table becomes an artifact only inside a Prefect run (see :mod:`adapters.prefect_api`).
 """
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 from prefect.states import State
 
+from adapters.prefect_api import publish_table
 from adapters.publish import PublishedVersion
 from core.config import ModelConfig
 from core.gate import Decision
@@ -19,35 +18,6 @@ from core.outcome import ModelOutcome, Status, headline, summary_rows
 if TYPE_CHECKING:
     from tasks.promotion import Registered
     from tasks.training import Challenger, ChampionScore
-
-
-def artifact_key(*parts: str) -> str:
-    """A Prefect artifact key (lowercase letters, digits and dashes) from ``parts``."""
-    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
-
-
-def _in_run() -> bool:
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
-
-
-def publish_markdown(key: str, markdown: str, description: str) -> str:
-    """Create a markdown artifact under ``key`` when inside a run; return the markdown."""
-    if _in_run():
-        from prefect.artifacts import create_markdown_artifact
-
-        create_markdown_artifact(markdown=markdown, key=artifact_key(key), description=description)
-    return markdown
-
-
-def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> list[dict[str, Any]]:
-    """Create a table artifact under ``key`` when inside a run; return the rows."""
-    if _in_run():
-        from prefect.artifacts import create_table_artifact
-
-        create_table_artifact(table=rows, key=artifact_key(key), description=description)
-    return rows
 
 
 def outcome(

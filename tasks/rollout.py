@@ -16,13 +16,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from adapters.endpoints import EndpointTarget, RolloutFailed, Serving, VersionToServe, open_target
+from adapters.prefect_api import publish_markdown
 from adapters.publish import PublishError, move_latest, read_latest, read_manifest
 from adapters.registry import CHAMPION, Registry
 from adapters.store import Store
 from core.config import ModelConfig, PlatformConfig
 from core.lineage import ENDPOINT_TAG_KEYS, Lineage
 from core.settings import Settings
-from tasks.report import publish_markdown
 
 SETTLED = frozenset({"InService", "running"})
 """Endpoint statuses (SageMaker, local) in which the version reported is the one that serves."""

@@ -21,6 +21,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from adapters.git import code_version
+from adapters.prefect_api import current_flow_run_id
 from adapters.publish import extract_tarball, read_latest, verify_version
 from adapters.registry import Registry
 from adapters.store import Store
@@ -178,15 +179,13 @@ def _close(evaluation: Evaluation) -> None:
 @task(name="describe-lineage", cache_policy=NO_CACHE)
 def describe_lineage(cfg: ModelConfig, data: TrainingData, reason: str) -> Lineage:
     """Lineage of a training: snapshots and data hash, config hash, code version, flow run."""
-    from prefect.runtime import flow_run
-
     return Lineage(
         snapshot_id=data.newest_snapshot,
         snapshot_ids=tuple(data.snapshot_ids),
         data_sha256=data.data_sha256,
         config_hash=cfg.config_hash(),
         code_version=code_version(),
-        flow_run_id=str(flow_run.id or "none"),
+        flow_run_id=current_flow_run_id() or "none",
         holdout_start=data.holdout_start,
         holdout_end=data.holdout_end,
         reason=reason,

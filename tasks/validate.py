@@ -22,10 +22,10 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from adapters.prefect_api import publish_markdown
 from adapters.store import Store
 from core.config import ExpectationConfig, ModelConfig
 from tasks.export import current_watermark, read_manifest, record_validation
-from tasks.report import publish_markdown
 from tasks.training import WindowData
 
 SAMPLE_VALUES = 5

@@ -172,6 +172,6 @@ def open_target(settings: Settings, platform: PlatformConfig) -> EndpointTarget 
         from adapters.endpoints.local import LocalTarget
 
         return LocalTarget.from_settings(settings, platform)
-    from adapters.endpoints.sagemaker import SageMakerTarget
+    from adapters.endpoints.sagemaker.target import SageMakerTarget
 
     return SageMakerTarget.from_settings(settings, platform)

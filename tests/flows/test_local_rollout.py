@@ -23,7 +23,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from adapters.endpoints.local import LocalTarget, free_port
+from adapters.endpoints.local import LocalTarget
+from adapters.endpoints.local.processes import free_port
 from adapters.publish import promotion_history, read_latest
 from adapters.registry import CHAMPION, Registry
 from adapters.source import seed_source

@@ -27,7 +27,8 @@ import pytest
 from typer.testing import CliRunner
 
 from adapters.endpoints import RolloutFailed, VersionToServe
-from adapters.endpoints.local import LocalTarget, free_port, is_alive
+from adapters.endpoints.local import LocalTarget
+from adapters.endpoints.local.processes import free_port, is_alive
 from adapters.store import LocalStore
 from tests.fixtures.serving import (
     TinyModel,

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from adapters.endpoints.sagemaker import endpoint_name
+from adapters.endpoints.sagemaker.names import endpoint_name
 from adapters.publish import list_versions, promotion_history, read_latest
 from adapters.registry import CHAMPION, Registry
 from adapters.source import seed_source

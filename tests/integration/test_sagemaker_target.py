@@ -24,13 +24,13 @@ from adapters.endpoints.iam import (
     role_name,
     trust_policy,
 )
-from adapters.endpoints.sagemaker import (
+from adapters.endpoints.sagemaker.names import (
     MAX_NAME,
-    SageMakerTarget,
     deployment_config,
     endpoint_name,
     resource_name,
 )
+from adapters.endpoints.sagemaker.target import SageMakerTarget
 from core.config import (
     DeploymentStrategy,
     EndpointConfig,

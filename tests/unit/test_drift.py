@@ -1,7 +1,9 @@
-"""The monitor's statistics and policy: pure functions, known distributions, no Prefect run."""
+"""The monitor's statistics and policy (core.drift): pure functions, known distributions."""
 
 from __future__ import annotations
 
+import itertools
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,8 +12,7 @@ import pandas as pd
 import pytest
 
 from core.config import MonitorPolicy, load_model_config
-from core.settings import PROJECT_ROOT
-from tasks.monitor import (
+from core.drift import (
     MAX_REASON_CHARS,
     FeatureDrift,
     Finding,
@@ -25,6 +26,7 @@ from tasks.monitor import (
     psi,
     trigger_reason,
 )
+from core.settings import PROJECT_ROOT
 
 POLICY = MonitorPolicy()
 
@@ -119,13 +121,42 @@ def test_ks_statistic_is_the_largest_cdf_gap() -> None:
     assert ks_2samp([1, 2, 3, 4], [1, 2, 3, 4]).p_value == 1.0
 
 
-def test_ks_agrees_with_scipy(rng: np.random.Generator) -> None:
-    # The statistic is exact; the p-value is asymptotic, so compare where that holds.
-    stats = pytest.importorskip("scipy.stats")
-    a, b = rng.normal(0, 1, 3_000), rng.normal(0.08, 1.1, 2_000)
-    ours, theirs = ks_2samp(a, b), stats.ks_2samp(a, b, method="asymp")
-    assert ours.statistic == pytest.approx(theirs.statistic, abs=1e-12)
-    assert ours.p_value == pytest.approx(theirs.pvalue, rel=0.15)
+@pytest.mark.parametrize(("n_ref", "n_cur"), [(8, 9), (300, 200), (3_000, 2_000), (12_000, 11_000)])
+def test_ks_is_scipys_test(rng: np.random.Generator, n_ref: int, n_cur: int) -> None:
+    # Exact p-values up to 10,000 values a side, asymptotic above (scipy's method="auto").
+    from scipy import stats
+
+    a, b = rng.normal(0, 1, n_ref), rng.normal(0.08, 1.1, n_cur)
+    ours, theirs = ks_2samp(a, b), stats.ks_2samp(a, b)
+    assert ours.statistic == theirs.statistic
+    assert ours.p_value == theirs.pvalue
+
+
+def exact_ks_p_value(n: int, m: int, d: float) -> float:
+    """P(D >= d) for samples of n and m values from one distribution, by enumeration.
+
+    Under the null every choice of which n of the n + m pooled ranks belong to the first
+    sample is equally likely; D depends only on that choice.
+    """
+    at_least = 0
+    for ranks in itertools.combinations(range(n + m), n):
+        first = np.zeros(n + m)
+        first[list(ranks)] = 1
+        gap = np.abs(np.cumsum(first) / n - np.cumsum(1 - first) / m)
+        at_least += gap.max() >= d - 1e-12
+    return at_least / math.comb(n + m, n)
+
+
+def test_ks_p_value_is_exact_on_a_few_rows() -> None:
+    # 8 against 9 values, six of the eight below all nine: D = 0.75. The exact p-value (0.011)
+    # is above the policy's 0.01, so this is noise; the asymptotic one (0.0074) would say drift.
+    ref, cur = np.array([0, 1, 2, 3, 4, 5, 20, 21.0]), np.arange(10, 19.0)
+    result = ks_2samp(ref, cur)
+    assert result.statistic == 0.75
+    assert result.p_value == pytest.approx(exact_ks_p_value(8, 9, 0.75), rel=1e-9)
+    assert result.p_value > POLICY.ks_p_value
+    # No overlap at all: only 2 of the C(17, 8) orderings are that extreme.
+    assert ks_2samp(np.arange(8.0), cur).p_value == pytest.approx(2 / math.comb(17, 8), rel=1e-9)
 
 
 def test_ks_refuses_an_empty_side() -> None:

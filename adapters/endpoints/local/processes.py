@@ -1,0 +1,283 @@
+"""Processes of the local endpoint: start, recognise and stop them; ports, locks, logs, pings.
+
+The router and every variant are ``python -m serving ...`` processes started here, detached
+(``start_new_session``), so they outlive the command that started them (``mlops retrain``) and
+a Ctrl-C there. Later commands find them again through the pid and *token* recorded on disk:
+the token is the process's create time (psutil), so a pid the system recycled for another
+process is never taken for ours, or signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from core.settings import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    import httpx
+
+# What configures one serving process (its model, bind address, limits): a child gets only the
+# values given for it, never the ones of the command that starts it.
+_SCRUBBED_ENV = re.compile(r"^(MLOPS_MODEL_|MLOPS_SERVING_|MLOPS_MAX_|SAGEMAKER_)")
+# psutil's create time is the boot time plus the start in ticks since boot, and the boot time
+# moves (by whole seconds) when the wall clock is stepped: allow that much. A recycled pid
+# starting this close to the original would need the pid space to wrap within the window.
+_SAME_START_SECONDS = 2.0
+
+
+# --- recognising a process ------------------------------------------------------------------
+
+
+def process_token(pid: int) -> str | None:
+    """An id of the process ``pid`` that survives nothing but the process: its create time.
+
+    Returns:
+        The token, or None when no such process runs (a zombie counts as gone).
+    """
+    proc = _running(pid)
+    return None if proc is None else str(proc.create_time())
+
+
+def is_alive(pid: Any, token: Any) -> bool:
+    """Whether the process ``pid`` that had ``token`` (see :func:`process_token`) still runs.
+
+    ``pid`` and ``token`` come from files on disk, so anything is accepted: a pid that is not a
+    positive int is never alive. A token of None matches any live process with that pid; a
+    token the process does not match (a recycled pid) or cannot be read means not alive.
+    """
+    return _running(pid, token) is not None
+
+
+def _running(pid: Any, token: Any = None) -> psutil.Process | None:
+    """The live, non-zombie process ``pid`` started at ``token``; None otherwise."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if token is not None and not _same_start(proc.create_time(), token):
+            return None
+    except psutil.Error:
+        return None
+    return proc
+
+
+def _same_start(created: float, token: Any) -> bool:
+    recorded = _token_seconds(token)
+    return recorded is not None and abs(created - recorded) < _SAME_START_SECONDS
+
+
+def _token_seconds(token: Any) -> float | None:
+    """The create time (seconds since the epoch) a token records; None when unreadable."""
+    if not isinstance(token, str):
+        return None
+    try:
+        if token.isdigit():
+            # Written before psutil was used: /proc's start time, in clock ticks since boot.
+            return float(psutil.boot_time()) + int(token) / os.sysconf("SC_CLK_TCK")
+        return float(token)
+    except (ValueError, OSError):
+        return None
+
+
+# --- stopping a process ---------------------------------------------------------------------
+
+
+def terminate(pid: Any, token: Any, timeout: float) -> bool:
+    """Stop a process started by this module (and its workers): SIGTERM, then SIGKILL.
+
+    Args:
+        pid: the recorded pid.
+        token: the recorded token; a process that does not match it is left alone.
+        timeout: seconds from SIGTERM to SIGKILL.
+
+    Returns:
+        True if it was running and was stopped, False if it was gone already.
+    """
+    proc = _running(pid, token)
+    if proc is None:
+        return False
+    _signal(proc, signal.SIGTERM)
+    if not _wait_gone(proc, timeout):
+        _signal(proc, signal.SIGKILL)
+        _wait_gone(proc, 5.0)
+    return True
+
+
+def _signal(proc: psutil.Process, sig: signal.Signals) -> None:
+    with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+        # Started with start_new_session, the process leads its group, which holds uvicorn's
+        # worker processes too. is_running() first: the pid must still be this process.
+        if proc.is_running() and os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+
+
+def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``proc`` to end; True once it has."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(psutil.TimeoutExpired):
+            proc.wait(timeout=0.05)  # also reaps it when it is a child of this process
+            return True
+        if _gone(proc):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+
+
+def _gone(proc: psutil.Process) -> bool:
+    # Not our child: psutil waits for the pid to vanish, but an exited process stays a zombie
+    # until its own parent reaps it. Exited is gone.
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+# --- starting a process ---------------------------------------------------------------------
+
+
+class ServingProcesses:
+    """Starts ``python -m serving ...`` processes, detached, and stops them.
+
+    Args:
+        python: the interpreter that runs them.
+        stop_seconds: SIGTERM to SIGKILL.
+    """
+
+    def __init__(self, python: str, stop_seconds: float) -> None:
+        self.python = python
+        self.stop_seconds = stop_seconds
+        # Popen objects of the processes started here: kept so they are waited for (no zombies).
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(
+        self, args: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``python -m serving *args`` in ``cwd``, its output appended to ``log``.
+
+        Args:
+            args: the ``serving`` command and its options (``serve``, ``router --port ...``).
+            log: the process's log file (stdout and stderr).
+            cwd: its working directory.
+            env: variables for this process on top of this one's environment, from which
+                every serving setting (``MLOPS_MODEL_*``, ``SAGEMAKER_*``...) is removed.
+        """
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [self.python, "-m", "serving", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=_serving_env(env or {}),
+                cwd=cwd,
+                # Detached: the process outlives this command and ignores its Ctrl-C.
+                start_new_session=True,
+            )
+        self._children[proc.pid] = proc
+        return proc
+
+    def stop(self, pid: Any, token: Any) -> bool:
+        """Stop the process ``pid`` started at ``token`` (see :func:`terminate`).
+
+        Returns:
+            True if it was running and was stopped, False if it was gone already.
+        """
+        stopped = terminate(pid, token, self.stop_seconds)
+        child = self._children.pop(pid, None) if isinstance(pid, int) else None
+        if child is not None:
+            with contextlib.suppress(Exception):
+                child.wait(timeout=5)
+        return stopped
+
+
+def _serving_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not _SCRUBBED_ENV.match(k)}
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = f"{PROJECT_ROOT}{os.pathsep}{path}" if path else str(PROJECT_ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("MPLBACKEND", "Agg")
+    env.update(extra)
+    return env
+
+
+# --- ports, files and pings -----------------------------------------------------------------
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int = 12) -> str:
+    """The last non-empty ``lines`` of a log, joined with `` | ``; ``(no log)`` if unreadable."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return " | ".join(line for line in text.strip().splitlines()[-lines:] if line.strip())
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing), across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def utc_now() -> str:
+    """The current UTC time for ``started_at`` fields: ISO 8601, milliseconds, ``Z``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path`` (``router.json``, ``variant.json``); None if absent or bad."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def http_client(timeout: float) -> httpx.Client:
+    """An HTTP client for loopback calls to the router and the variants."""
+    import httpx
+
+    # trust_env off: an HTTP proxy from the environment must not see loopback calls.
+    return httpx.Client(timeout=timeout, trust_env=False)
+
+
+def http_get(url: str, timeout: float = 2.0) -> httpx.Response | None:
+    """GET ``url``; None when nothing answers (refused, timed out, cut off)."""
+    import httpx
+
+    try:
+        with http_client(timeout) as client:
+            return client.get(url)
+    except httpx.HTTPError:
+        return None
