@@ -106,10 +106,10 @@ def start(
 ) -> None:
     """Serve, for each model, the version its latest.json names; then smoke-test it."""
     settings, target = _local()
-    from adapters.endpoints import RolloutFailed
     from adapters.publish import PublishError, read_latest
     from adapters.store import store_for
     from core.config import load_model_configs
+    from core.endpoint import RolloutFailed
     from tasks.rollout import resolve_version
 
     failed = []

@@ -13,12 +13,13 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from adapters.endpoints import EndpointTarget, open_target
+from adapters.endpoints import open_target
 from adapters.publish import PublishError, promotion_history, read_latest, read_manifest
 from adapters.registry import CHAMPION, Registry
 from adapters.store import KeyNotFound, Store, store_for
 from cli.common import ModelOpt, app, console
 from core.config import ModelConfig, load_model_configs, load_platform_config
+from core.endpoint import EndpointTarget
 from core.lineage import SHOWN_KEYS, Lineage
 from core.settings import Settings, prepare_environment
 

@@ -11,12 +11,12 @@ from typing import Any
 from prefect import flow
 
 from adapters.endpoints import open_target
-from adapters.prefect_api import publish_table
 from adapters.registry import Registry
 from adapters.store import store_for
+from core.cleanup_plan import plan_cleanup, plan_rows, scope_plan
 from core.config import load_model_configs, load_platform_config
 from core.settings import load_settings
-from tasks.cleanup import apply_plan, plan_cleanup, plan_rows, take_inventory
+from tasks.cleanup import apply_plan, report_rows, take_inventory
 
 
 @flow(name="cleanup")
@@ -50,7 +50,6 @@ def cleanup(
     configured = [c.name for c in load_model_configs(settings.config_dir)]
     if models and not all_models:
         load_model_configs(settings.config_dir, models)  # an unknown name is an error
-    scope = set(models) if models else None
     store, registry = store_for(settings), Registry.from_settings(settings)
     target = open_target(settings, platform)
 
@@ -58,17 +57,12 @@ def cleanup(
     plan = plan_cleanup(
         inventory, platform.retention, clean_store=clean_store, include_orphans=all_models
     )
-    if scope is not None:
-        plan = [p for p in plan if p.model in scope]
+    plan = scope_plan(plan, models, confirmed=None)
     mode = "applied plan" if apply else "dry run"
-    publish_table("cleanup-plan", plan_rows(plan), f"{mode} ({reason})")
-    if apply and confirmed is not None:
-        allowed = set(confirmed)
-        plan = [
-            p if f"{p.kind}:{p.name}" in allowed or p.action != "delete" else p.not_confirmed()
-            for p in plan
-        ]
-    done = apply_plan(store, registry, plan, target) if apply else []
-    if apply:
-        publish_table("cleanup-done", done, "what cleanup deleted")
-    return {"plan": plan_rows(plan), "done": done, "applied": apply}
+    report_rows("cleanup-plan", plan_rows(plan), f"{mode} ({reason})")
+    if not apply:
+        return {"plan": plan_rows(plan), "done": [], "applied": False}
+    plan = scope_plan(plan, None, confirmed)
+    done = apply_plan(store, registry, plan, target)
+    report_rows("cleanup-done", done, "what cleanup deleted")
+    return {"plan": plan_rows(plan), "done": done, "applied": True}

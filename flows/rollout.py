@@ -8,11 +8,11 @@ from __future__ import annotations
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
-from adapters.endpoints import EndpointTarget, RolloutFailed, VersionToServe
 from adapters.publish import PublishError, read_latest, version_number
 from adapters.registry import Registry
 from adapters.store import Store, store_for
 from core.config import ModelConfig, load_model_configs, load_platform_config
+from core.endpoint import EndpointTarget, RolloutFailed, VersionToServe
 from core.settings import load_settings
 from tasks.rollout import (
     deploy_endpoint,

@@ -15,12 +15,13 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from adapters.endpoints import EndpointTarget, RolloutFailed, Serving, VersionToServe, open_target
+from adapters.endpoints import open_target
 from adapters.prefect_api import publish_markdown
 from adapters.publish import PublishError, move_latest, read_latest, read_manifest
 from adapters.registry import CHAMPION, Registry
 from adapters.store import Store
 from core.config import ModelConfig, PlatformConfig
+from core.endpoint import EndpointTarget, RolloutFailed, Serving, VersionToServe
 from core.lineage import ENDPOINT_TAG_KEYS, Lineage
 from core.settings import Settings
 

@@ -8,7 +8,7 @@ targets implement the same interface, so the rollout flow never branches on wher
 - ``sagemaker`` (:mod:`adapters.endpoints.sagemaker`): a SageMaker real-time or serverless
   endpoint through boto3 (moto server in tests).
 
-Contract every target keeps:
+Contract every target keeps (the types are in :mod:`core.endpoint`):
 
 - :meth:`EndpointTarget.deploy` either ends with the endpoint serving the new version, or raises
   :class:`RolloutFailed` with the endpoint serving what it served before and every resource
@@ -20,143 +20,12 @@ Contract every target keeps:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from core.config import EndpointConfig, PlatformConfig
+    from core.config import PlatformConfig
+    from core.endpoint import EndpointTarget
     from core.settings import Settings
-
-
-class RolloutFailed(RuntimeError):
-    """A rollout did not end serving the new version; the previous one still serves.
-
-    Attributes:
-        step: the step that failed (``create``, ``update``, ``wait``, ``smoke-test``...).
-        reason: why, as reported by the target (SageMaker's ``FailureReason`` for example).
-    """
-
-    def __init__(self, step: str, reason: str) -> None:
-        super().__init__(f"rollout failed at {step}: {reason}")
-        self.step = step
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class VersionToServe:
-    """A published, verified version and what a target needs to serve it.
-
-    Attributes:
-        model: model name.
-        version: ``v{N}``.
-        family: family module name.
-        version_uri: store URL of the version folder.
-        model_data_uri: store URL of its ``model.tar.gz``.
-        manifest_sha256: sha256 of the version's manifest (goes into resource names and tags).
-        contents_sha256: ``model_contents_sha256`` of the manifest (the serving app checks it).
-        example_request: the smoke-test payload from ``schema.json``.
-        endpoint: the model's endpoint config.
-        tags: lineage tags to put on created resources.
-    """
-
-    model: str
-    version: str
-    family: str
-    version_uri: str
-    model_data_uri: str
-    manifest_sha256: str
-    contents_sha256: str
-    example_request: list[dict[str, Any]]
-    endpoint: EndpointConfig
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Serving:
-    """What an endpoint serves now.
-
-    Attributes:
-        model: model name.
-        endpoint_name: the endpoint's name.
-        status: the target's status word (``InService``, ``Updating``, ``running``...).
-        version: ``v{N}`` served by the (single, or largest-weight) variant; None if unknown.
-        address: where to send requests (``http://127.0.0.1:8080/...`` or an ARN).
-        config_name: the endpoint config (SageMaker) or the variant process set (local).
-        variants: variant name -> {"version", "weight", ...}.
-    """
-
-    model: str
-    endpoint_name: str
-    status: str
-    version: str | None
-    address: str
-    config_name: str | None = None
-    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Resource:
-    """One thing a target created, for the cleanup plan.
-
-    Attributes:
-        kind: ``endpoint``, ``endpoint-config`` or ``model`` (deleted in that order).
-        name: its name.
-        model: the model it belongs to.
-        version: the model version it holds, when known.
-        in_use: True when something live depends on it: a model or endpoint config that an
-            endpoint serves from, or an endpoint whose route or alias still points at it
-            (an endpoint itself is in use while it serves the champion). Cleanup never
-            deletes these.
-        details: anything the plan should print (creation time, idle days, monthly cost).
-    """
-
-    kind: str
-    name: str
-    model: str
-    version: str | None
-    in_use: bool
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-Progress = "Callable[[str], None]"
-
-
-class EndpointTarget(Protocol):
-    """What the rollout, rollback, status and cleanup flows need from an endpoint target."""
-
-    kind: str
-
-    def describe(self, model: str) -> Serving | None:
-        """What the model's endpoint serves now; None when it has no endpoint."""
-
-    def deploy(self, target: VersionToServe, progress: Callable[[str], None]) -> Serving:
-        """Create or update the model's endpoint to serve ``target``; wait until it does.
-
-        Raises:
-            RolloutFailed: the endpoint does not serve ``target``; it serves what it served
-                before and nothing created for this attempt is left behind.
-        """
-
-    def invoke(self, model: str, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """Send ``records`` to the model's endpoint; return the parsed JSON response.
-
-        Raises:
-            RolloutFailed: (step ``smoke-test``) the endpoint answered an error or garbage.
-        """
-
-    def resources(self) -> list[Resource]:
-        """Everything this project created on the target, with ``in_use`` filled in."""
-
-    def delete(self, resource: Resource) -> None:
-        """Delete one resource. Refuses (ValueError) a resource that is in use."""
-
-    def remove(self, model: str, progress: Callable[[str], None] | None = None) -> None:
-        """Delete the model's endpoint and what it used (after a first rollout that failed)."""
-
-    def monthly_cost(self, endpoint: EndpointConfig, platform: PlatformConfig) -> float | None:
-        """Estimated USD per month of an endpoint with this config; None when unpriced."""
 
 
 def open_target(settings: Settings, platform: PlatformConfig) -> EndpointTarget | None:

@@ -26,10 +26,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from adapters.endpoints import RolloutFailed, VersionToServe
 from adapters.endpoints.local import LocalTarget
 from adapters.endpoints.local.processes import free_port, is_alive
 from adapters.store import LocalStore
+from core.endpoint import RolloutFailed, VersionToServe
 from tests.fixtures.serving import (
     TinyModel,
     build_model_dir,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from adapters.endpoints import Resource, RolloutFailed, VersionToServe, open_target
+from adapters.endpoints import open_target
 from adapters.endpoints.iam import (
     ensure_role,
     permission_policy,
@@ -31,6 +31,7 @@ from adapters.endpoints.sagemaker.names import (
     resource_name,
 )
 from adapters.endpoints.sagemaker.target import SageMakerTarget
+from core.cleanup_plan import Inventory, ModelInventory, plan_cleanup
 from core.config import (
     DeploymentStrategy,
     EndpointConfig,
@@ -38,8 +39,8 @@ from core.config import (
     ServerlessConfig,
     load_platform_config,
 )
+from core.endpoint import Resource, RolloutFailed, VersionToServe
 from core.settings import PROJECT_ROOT, load_settings
-from tasks.cleanup import Inventory, ModelInventory, plan_cleanup
 from tests.fixtures.moto import boto_client, moto_server, s3_store_uri  # noqa: F401
 from tests.fixtures.sagemaker_moto import SageMakerSim, sagemaker_sim  # noqa: F401
 

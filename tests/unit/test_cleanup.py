@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from adapters.endpoints import Resource
 from adapters.registry import Registry
 from adapters.store import store_for
+from core.cleanup_plan import Inventory, ModelInventory, PlanItem, plan_cleanup, scope_plan
 from core.config import RetentionPolicy
-from tasks.cleanup import Inventory, ModelInventory, PlanItem, plan_cleanup
+from core.endpoint import Resource
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -199,3 +199,21 @@ def test_apply_goes_on_after_a_failed_delete_and_reports_it(mlops_home: object) 
         ("m1", "deleted"),
     ]
     assert target.deleted == ["m1"]
+
+
+def test_scope_keeps_asked_models_and_turns_unconfirmed_deletions_into_keeps() -> None:
+    plan = [
+        PlanItem("model", "a1", "a", "v1", "delete", "old"),
+        PlanItem("model", "a2", "a", "v2", "delete", "planned since the dry run"),
+        PlanItem("model", "a3", "a", "v3", "keep", "used"),
+        PlanItem("model", "b1", "b", "v1", "delete", "old"),
+    ]
+    assert [p.name for p in scope_plan(plan, ["a"], None)] == ["a1", "a2", "a3"]
+    assert scope_plan(plan, None, None) == plan
+    confirmed = scope_plan(plan, ["a"], ["model:a1", "model:b1"])
+    assert [(p.name, p.action) for p in confirmed] == [
+        ("a1", "delete"),
+        ("a2", "keep"),
+        ("a3", "keep"),
+    ]
+    assert confirmed[1].reason == "not in the confirmed plan (planned since the dry run)"

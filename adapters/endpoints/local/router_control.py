@@ -12,11 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapters.endpoints import RolloutFailed
 from adapters.endpoints.local.processes import (
     ServingProcesses,
     file_lock,
@@ -27,11 +25,10 @@ from adapters.endpoints.local.processes import (
     read_json,
     utc_now,
 )
+from core.endpoint import Progress, RolloutFailed
 
 if TYPE_CHECKING:
     import subprocess
-
-Progress = Callable[[str], None]
 
 ROUTES = "routes.json"
 ROUTER_INFO = "router.json"

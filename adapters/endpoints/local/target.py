@@ -12,21 +12,18 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapters.endpoints import Resource, RolloutFailed, Serving, VersionToServe
 from adapters.endpoints.local.processes import ServingProcesses, http_client, is_alive, read_json
 from adapters.endpoints.local.router_control import RouterControl
 from adapters.endpoints.local.variants import VARIANT_INFO, VARIANTS, Variants, fetch
+from core.endpoint import Progress, Resource, RolloutFailed, Serving, VersionToServe
 
 if TYPE_CHECKING:
     from adapters.store import LocalStore, S3Store
     from core.config import EndpointConfig, PlatformConfig
     from core.settings import Settings
-
-Progress = Callable[[str], None]
 
 ENDPOINT_DIR = "endpoint"
 

@@ -18,11 +18,9 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapters.endpoints import RolloutFailed, VersionToServe
 from adapters.endpoints.local.processes import (
     ServingProcesses,
     free_port,
@@ -33,13 +31,12 @@ from adapters.endpoints.local.processes import (
     read_json,
     utc_now,
 )
+from core.endpoint import Progress, RolloutFailed, VersionToServe
 
 if TYPE_CHECKING:
     import httpx
 
     from adapters.store import Store
-
-Progress = Callable[[str], None]
 
 VARIANTS = "variants"
 VARIANT_INFO = "variant.json"

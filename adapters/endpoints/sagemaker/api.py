@@ -14,15 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.endpoints import RolloutFailed, Serving
 from adapters.endpoints.sagemaker.names import TAG_VERSION, tag_dict
+from core.endpoint import Progress, RolloutFailed, Serving
 
 SETTLING = frozenset({"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"})
 """Statuses SageMaker moves out of by itself; anything else is where the endpoint stays."""
 NOT_SERVING = frozenset({"Failed", "OutOfService", "Deleting"})
 """Statuses in which an endpoint answers nothing, whichever config it still names."""
-
-Progress = Callable[[str], None]
 
 
 # --- what an error means ------------------------------------------------------------------------

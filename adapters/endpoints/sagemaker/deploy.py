@@ -20,10 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from adapters.endpoints import RolloutFailed, Serving, VersionToServe
 from adapters.endpoints.sagemaker.api import (
     SETTLING,
-    Progress,
     SageMakerApi,
     StillSettling,
     already_exists,
@@ -38,6 +36,7 @@ from adapters.endpoints.sagemaker.names import (
     name_prefix,
     tag_list,
 )
+from core.endpoint import Progress, RolloutFailed, Serving, VersionToServe
 
 if TYPE_CHECKING:
     from adapters.endpoints.sagemaker.names import Names

@@ -12,10 +12,8 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from adapters.endpoints import Resource
 from adapters.endpoints.sagemaker.api import (
     Live,
-    Progress,
     SageMakerApi,
     endpoint_configs,
     not_found,
@@ -29,6 +27,7 @@ from adapters.endpoints.sagemaker.names import (
     endpoint_name,
     name_prefix,
 )
+from core.endpoint import Progress, Resource
 
 if TYPE_CHECKING:
     from core.config import PlatformConfig

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from adapters.endpoints import VersionToServe
     from core.config import DeploymentStrategy, EndpointConfig, PlatformConfig
+    from core.endpoint import VersionToServe
 
 VARIANT = "AllTraffic"
 """The single production variant. Blue/green updates need the same variant name in both configs."""

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from adapters.endpoints import Resource, RolloutFailed, Serving, VersionToServe
 from adapters.endpoints.iam import (
     RoleError,
     ensure_role,
@@ -19,7 +18,7 @@ from adapters.endpoints.iam import (
     role_name,
     trust_policy,
 )
-from adapters.endpoints.sagemaker.api import Progress, SageMakerApi, invoke
+from adapters.endpoints.sagemaker.api import SageMakerApi, invoke
 from adapters.endpoints.sagemaker.deploy import Rollout, check_deployable
 from adapters.endpoints.sagemaker.inventory import Inventory
 from adapters.endpoints.sagemaker.names import (
@@ -31,6 +30,7 @@ from adapters.endpoints.sagemaker.names import (
     endpoint_name,
     monthly_cost,
 )
+from core.endpoint import Progress, Resource, RolloutFailed, Serving, VersionToServe
 
 if TYPE_CHECKING:
     from core.config import EndpointConfig, PlatformConfig
