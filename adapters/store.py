@@ -84,6 +84,23 @@ class Store(Protocol):
         ...
 
 
+def create_once(store: Store, key: str, body: bytes) -> bool:
+    """Conditionally create ``key``; True if created, or if it already holds exactly ``body``.
+
+    The second case covers a client retry of a write whose first attempt did succeed (its
+    response was lost): the retry sees 412, yet the object is ours. Callers put a unique token
+    in ``body`` so that someone else's object never compares equal.
+    """
+    try:
+        store.put_bytes(key, body, if_none_match=True)
+        return True
+    except PreconditionFailed:
+        try:
+            return store.get_bytes(key) == body
+        except KeyNotFound:
+            return False
+
+
 def _clean(key: str) -> str:
     cleaned = key.strip("/")
     # Parts starting with "." are refused: the local store keeps its temporary files under such

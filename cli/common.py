@@ -65,7 +65,7 @@ def print_serving(settings: Settings) -> None:
     import shlex
 
     from adapters.endpoints import open_target
-    from adapters.publish import PublishError
+    from adapters.layout import PublishError
     from core.config import load_model_configs, load_platform_config
     from tasks.rollout import resolve_version
 

@@ -107,7 +107,8 @@ def start(
     """Serve, for each model, the version its latest.json names; then smoke-test it."""
     settings, target = _local()
     from adapters.endpoints import RolloutFailed
-    from adapters.publish import PublishError, read_latest
+    from adapters.layout import PublishError
+    from adapters.pointer import read_latest
     from core.config import load_model_configs
     from tasks.rollout import resolve_version
     from tasks.training import store_of

@@ -15,8 +15,10 @@ from rich.table import Table
 
 from adapters import registry
 from adapters.endpoints import open_target
-from adapters.publish import PublishError, promotion_history, read_latest, read_manifest
+from adapters.layout import METRICS, PublishError, version_file_key, version_prefix
+from adapters.pointer import promotion_history, read_latest
 from adapters.store import KeyNotFound
+from adapters.versions import read_version_manifest
 from cli.common import ModelOpt, app, console
 from core.config import load_model_configs, load_platform_config
 from core.settings import Settings, prepare_environment
@@ -81,11 +83,11 @@ def model_status(settings: Settings, names: list[str] | None = None) -> list[dic
         )
         if latest:
             try:
-                manifest = read_manifest(store, cfg.name, latest["version"])
+                manifest = read_version_manifest(store, cfg.name, latest["version"])
                 row["lineage"] = manifest.get("lineage", {})
-                row["uri"] = store.url(f"models/{cfg.name}/{latest['version']}")
+                row["uri"] = store.url(version_prefix(cfg.name, latest["version"]))
                 metrics = json.loads(
-                    store.get_bytes(f"models/{cfg.name}/{latest['version']}/metrics.json")
+                    store.get_bytes(version_file_key(cfg.name, latest["version"], METRICS))
                 )
                 row["metrics"] = metrics.get("holdout", {})
                 row["gate_metrics"] = {

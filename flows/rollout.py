@@ -9,7 +9,8 @@ from prefect import flow
 from prefect.states import Completed, Failed, State
 
 from adapters.endpoints import EndpointTarget, RolloutFailed, VersionToServe
-from adapters.publish import PublishError, read_latest, version_number
+from adapters.layout import PublishError, version_number
+from adapters.pointer import read_latest
 from core.config import ModelConfig, load_model_configs, load_platform_config
 from core.settings import Settings, load_settings
 from tasks.rollout import (

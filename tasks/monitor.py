@@ -389,7 +389,8 @@ class Champion:
 @task(name="find-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def find_champion(settings: Settings, cfg: ModelConfig) -> Champion | None:
     """Read ``latest.json`` and the champion's manifest; None when nothing was promoted yet."""
-    from adapters.publish import read_latest, read_manifest
+    from adapters.pointer import read_latest
+    from adapters.versions import read_version_manifest
     from tasks.training import store_of
 
     store = store_of(settings)
@@ -397,7 +398,7 @@ def find_champion(settings: Settings, cfg: ModelConfig) -> Champion | None:
     if latest is None:
         return None
     version = str(latest["version"])
-    lineage = read_manifest(store, cfg.name, version).get("lineage") or {}
+    lineage = read_version_manifest(store, cfg.name, version).get("lineage") or {}
     snapshots = [s for s in str(lineage.get("snapshots") or "").split(",") if s]
     if not snapshots and lineage.get("snapshot_id"):
         snapshots = [str(lineage["snapshot_id"])]

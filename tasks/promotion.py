@@ -15,13 +15,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from adapters import registry
-from adapters.publish import (
-    UNPACKED,
-    PublishedVersion,
-    make_tarball,
-    publish_version,
-    write_contents,
-)
+from adapters.layout import METRICS, MODEL_TARBALL, SCHEMA, UNPACKED
+from adapters.package import make_tarball, write_contents
+from adapters.versions import PublishedVersion, publish_version
 from core import gate
 from core.config import ModelConfig
 from core.settings import Settings
@@ -104,12 +100,10 @@ def publish_model(
     staging = workdir(settings, f"{cfg.name}-publish-")
     try:
         contents_sha256 = write_contents(challenger.model_dir, cfg.name, cfg.family)
-        make_tarball(challenger.model_dir, staging / "model.tar.gz")
-        (staging / "metrics.json").write_text(
-            metrics_json(challenger, champion, decision.to_dict())
-        )
-        (staging / "schema.json").write_text(json.dumps(challenger.schema, indent=2, default=str))
-        files = {name: staging / name for name in ("model.tar.gz", "metrics.json", "schema.json")}
+        make_tarball(challenger.model_dir, staging / MODEL_TARBALL)
+        (staging / METRICS).write_text(metrics_json(challenger, champion, decision.to_dict()))
+        (staging / SCHEMA).write_text(json.dumps(challenger.schema, indent=2, default=str))
+        files = {name: staging / name for name in (MODEL_TARBALL, METRICS, SCHEMA)}
         if cfg.endpoint.model_data == "uncompressed":  # SageMaker's S3Prefix model data source
             files |= {
                 f"{UNPACKED}/{path.name}": path

@@ -17,7 +17,16 @@ from prefect.cache_policies import NO_CACHE
 
 from adapters import registry
 from adapters.endpoints import EndpointTarget, RolloutFailed, Serving, VersionToServe, open_target
-from adapters.publish import PublishError, move_latest, read_latest, read_manifest
+from adapters.layout import (
+    MODEL_TARBALL,
+    SCHEMA,
+    PublishError,
+    version_file_key,
+    version_manifest_key,
+    version_prefix,
+)
+from adapters.pointer import move_latest, read_latest
+from adapters.versions import read_version_manifest
 from core.config import ModelConfig, PlatformConfig
 from core.settings import Settings
 from tasks.report import publish_markdown
@@ -58,21 +67,21 @@ def resolve_version(settings: Settings, cfg: ModelConfig, version: str | None) -
         if latest is None:
             raise PublishError(f"{cfg.name}: nothing promoted yet; name a version")
         version = str(latest["version"])
-    manifest = read_manifest(store, cfg.name, version)
-    prefix = f"models/{cfg.name}/{version}"
-    schema = json.loads(store.get_bytes(f"{prefix}/schema.json"))
+    manifest = read_version_manifest(store, cfg.name, version)
+    prefix = version_prefix(cfg.name, version)
+    schema = json.loads(store.get_bytes(version_file_key(cfg.name, version, SCHEMA)))
     lineage = manifest.get("lineage", {})
     contents = lineage.get("model_contents_sha256")
     if not contents:
         raise PublishError(f"{cfg.name} {version}: the manifest has no model_contents_sha256")
-    body = store.get_bytes(f"{prefix}/manifest.json")
+    body = store.get_bytes(version_manifest_key(cfg.name, version))
 
     return VersionToServe(
         model=cfg.name,
         version=version,
         family=cfg.family,
         version_uri=store.url(prefix),
-        model_data_uri=store.url(f"{prefix}/model.tar.gz"),
+        model_data_uri=store.url(version_file_key(cfg.name, version, MODEL_TARBALL)),
         manifest_sha256=hashlib.sha256(body).hexdigest(),
         contents_sha256=str(contents),
         example_request=list(schema.get("example_request", [])),

@@ -21,8 +21,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from adapters import registry
-from adapters.publish import extract_tarball, read_latest, verify_version
+from adapters.layout import MODEL_TARBALL
+from adapters.package import extract_tarball
+from adapters.pointer import read_latest
 from adapters.store import store_for
+from adapters.versions import verify_version
 from core.config import ModelConfig
 from core.families import Evaluation, get_family
 from core.settings import Settings
@@ -257,7 +260,7 @@ def load_published_model(settings: Settings, cfg: ModelConfig, version: str, des
     """Download a published version, check every sha256, unpack and load it."""
     store = store_of(settings)
     verify_version(store, cfg.name, version, dest)
-    unpacked = extract_tarball(dest / "model.tar.gz", dest / "model")
+    unpacked = extract_tarball(dest / MODEL_TARBALL, dest / "model")
     return get_family(cfg.family).load(unpacked)
 
 

@@ -497,15 +497,17 @@ class LocalTarget:
 
     def _fetch(self, target: VersionToServe, instance: Path, progress: Progress) -> Path:
         """Download and verify the version into ``instance``; unpack its model; return it."""
-        from adapters.publish import extract_tarball, verify_version
+        from adapters.layout import MODEL_TARBALL
+        from adapters.package import extract_tarball
         from adapters.store import open_store
+        from adapters.versions import verify_version
 
         store = open_store(
             self.store_uri, kms_key_id=self.kms_key_id, endpoint_url=self.aws_endpoint_url
         )
         download = instance / "download"
         verify_version(store, target.model, target.version, download)
-        model_dir = extract_tarball(download / "model.tar.gz", instance / MODEL_SUBDIR)
+        model_dir = extract_tarball(download / MODEL_TARBALL, instance / MODEL_SUBDIR)
         shutil.rmtree(download, ignore_errors=True)
         progress(f"{target.model} {target.version}: downloaded, verified and unpacked")
         return model_dir

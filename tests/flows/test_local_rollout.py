@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from adapters import registry
 from adapters.endpoints.local import LocalTarget, free_port
-from adapters.publish import promotion_history, read_latest
+from adapters.pointer import promotion_history, read_latest
 from adapters.source import seed_source
 from cli.status import model_status
 from core.config import load_platform_config

@@ -15,8 +15,9 @@ import pytest
 import sqlalchemy as sa
 
 from adapters import registry
-from adapters.publish import list_versions, promotion_history, read_latest
+from adapters.pointer import promotion_history, read_latest
 from adapters.source import corrupt_source, seed_source
+from adapters.versions import list_versions
 from cli.status import model_status
 from core.settings import load_settings
 from flows.retrain import retrain

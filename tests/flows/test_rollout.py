@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from adapters import registry
-from adapters.publish import list_versions, promotion_history, read_latest
+from adapters.pointer import promotion_history, read_latest
 from adapters.source import seed_source
+from adapters.versions import list_versions
 from cli.status import model_status
 from core.settings import PROJECT_ROOT, load_settings
 from flows.cleanup import cleanup

@@ -15,18 +15,16 @@ from typing import Any
 
 import pytest
 
-from adapters.publish import (
-    PublishError,
+from adapters.layout import PublishError
+from adapters.pointer import move_latest, promotion_history, read_latest
+from adapters.store import KeyNotFound, PreconditionFailed, S3Store, StoreError, open_store
+from adapters.versions import (
     claim_version,
     list_versions,
-    move_latest,
-    promotion_history,
     publish_version,
-    read_latest,
-    read_manifest,
+    read_version_manifest,
     verify_version,
 )
-from adapters.store import KeyNotFound, PreconditionFailed, S3Store, StoreError, open_store
 from tests.fixtures.moto import boto_client, moto_server, s3_store_uri  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -247,7 +245,7 @@ def test_publish_claim_verify_and_latest(store: S3Store, tmp_path: Path) -> None
     for name, path in files.items():
         assert v1.manifest["files"][name]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         assert _head(store, f"models/{MODEL}/v1/{name}").get("ServerSideEncryption") == "AES256"
-    assert read_manifest(store, MODEL, "v1") == v1.manifest
+    assert read_version_manifest(store, MODEL, "v1") == v1.manifest
 
     manifest = verify_version(store, MODEL, "v1", tmp_path / "dl")
     assert manifest["lineage"] == {"snapshot_id": "s1"}
@@ -277,7 +275,7 @@ def test_interrupted_publish_on_s3(store: S3Store, tmp_path: Path) -> None:
     store.put_bytes(f"models/{MODEL}/v1/model.tar.gz", b"half")
     assert list_versions(store, MODEL) == [{"version": "v1", "number": 1, "complete": False}]
     with pytest.raises(PublishError):
-        read_manifest(store, MODEL, "v1")
+        read_version_manifest(store, MODEL, "v1")
     with pytest.raises(PublishError):
         move_latest(store, MODEL, "v1", reason="refused")
     assert read_latest(store, MODEL) is None and promotion_history(store, MODEL) == []

@@ -31,8 +31,9 @@ import pytest
 
 from adapters import registry
 from adapters.endpoints.sagemaker import endpoint_name
-from adapters.publish import list_versions, promotion_history, read_latest
+from adapters.pointer import promotion_history, read_latest
 from adapters.source import seed_source
+from adapters.versions import list_versions
 from cli.status import model_status
 from core.settings import PROJECT_ROOT, Settings, load_settings
 from flows.cleanup import cleanup
