@@ -418,7 +418,7 @@ def find_champion(settings: Settings, cfg: ModelConfig) -> Champion | None:
 @task(name="load-champion-data", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def load_reference(settings: Settings, cfg: ModelConfig, champion: Champion) -> pd.DataFrame:
     """The rows the champion was trained and evaluated on (its lineage's snapshots)."""
-    from tasks.export import read_snapshots
+    from adapters.snapshots import read_snapshots
     from tasks.training import store_of
 
     frame = read_snapshots(store_of(settings), cfg.dataset, champion.snapshot_ids)

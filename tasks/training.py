@@ -24,12 +24,12 @@ from adapters import registry
 from adapters.layout import MODEL_TARBALL
 from adapters.package import extract_tarball
 from adapters.pointer import read_latest
+from adapters.snapshots import list_snapshots, read_snapshots
 from adapters.store import store_for
 from adapters.versions import verify_version
 from core.config import ModelConfig
 from core.families import Evaluation, get_family
 from core.settings import Settings
-from tasks.export import list_snapshots, read_snapshots
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from adapters.snapshots import current_watermark, read_snapshot_manifest, record_validation
 from core.config import ExpectationConfig, ModelConfig
 from core.settings import Settings
-from tasks.export import current_watermark, read_manifest, record_validation
 from tasks.report import publish_markdown
 from tasks.training import WindowData, store_of
 
@@ -249,7 +249,7 @@ def _refuse_if_superseded(store: Any, cfg: ModelConfig, snapshot_id: str) -> Non
     Raises:
         SnapshotSuperseded: the accepted watermark is past this snapshot's ``from``.
     """
-    manifest = read_manifest(store, cfg.dataset.name, snapshot_id)
+    manifest = read_snapshot_manifest(store, cfg.dataset.name, snapshot_id)
     start = manifest["watermark"]["from"]
     accepted = current_watermark(store, cfg.dataset.name)
     if accepted is not None and (start is None or accepted > int(start)):

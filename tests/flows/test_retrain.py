@@ -16,12 +16,12 @@ import sqlalchemy as sa
 
 from adapters import registry
 from adapters.pointer import promotion_history, read_latest
+from adapters.snapshots import list_snapshots
 from adapters.source import corrupt_source, seed_source
 from adapters.versions import list_versions
 from cli.status import model_status
 from core.settings import load_settings
 from flows.retrain import retrain
-from tasks.export import list_snapshots
 from tasks.training import store_of
 
 MODELS = ["abuse_detector", "limit_optimiser", "traffic_forecaster"]
