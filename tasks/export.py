@@ -35,7 +35,7 @@ from adapters.snapshots import (
     current_watermark,
     write_snapshot,
 )
-from adapters.store import store_for
+from adapters.store import store_from_settings
 from core.config import DatasetConfig, ModelConfig
 from core.settings import Settings
 
@@ -279,7 +279,7 @@ def export_new_data(settings: Settings, cfg: ModelConfig) -> SnapshotInfo | None
     logger = _run_logger()
     info = export_snapshot(
         settings.source_url,
-        store_for(settings),
+        store_from_settings(settings),
         cfg.dataset,
         chunk_rows=settings.export_chunk_rows,
         part_rows=settings.part_rows,

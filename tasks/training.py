@@ -25,7 +25,7 @@ from adapters.layout import MODEL_TARBALL
 from adapters.package import extract_tarball
 from adapters.pointer import read_latest
 from adapters.snapshots import list_snapshots, read_snapshots
-from adapters.store import store_for
+from adapters.store import store_from_settings
 from adapters.versions import verify_version
 from core.config import ModelConfig
 from core.families import Evaluation, get_family
@@ -76,7 +76,7 @@ class ChampionScore:
 
 def store_of(settings: Settings) -> Any:
     """The configured store (local directory or S3)."""
-    return store_for(settings)
+    return store_from_settings(settings)
 
 
 def workdir(settings: Settings, prefix: str) -> Path:

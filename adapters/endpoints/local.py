@@ -499,10 +499,10 @@ class LocalTarget:
         """Download and verify the version into ``instance``; unpack its model; return it."""
         from adapters.layout import MODEL_TARBALL
         from adapters.package import extract_tarball
-        from adapters.store import open_store
+        from adapters.store import store_from_uri
         from adapters.versions import verify_version
 
-        store = open_store(
+        store = store_from_uri(
             self.store_uri, kms_key_id=self.kms_key_id, endpoint_url=self.aws_endpoint_url
         )
         download = instance / "download"

@@ -17,7 +17,7 @@ import pytest
 
 from adapters.layout import PublishError
 from adapters.pointer import move_latest, promotion_history, read_latest
-from adapters.store import KeyNotFound, PreconditionFailed, S3Store, StoreError, open_store
+from adapters.store import KeyNotFound, PreconditionFailed, S3Store, StoreError, store_from_uri
 from adapters.versions import (
     claim_version,
     list_versions,
@@ -64,12 +64,12 @@ def _files(tmp_path: Path, tag: str = "a") -> dict[str, Path]:
 # --- the store ----------------------------------------------------------------------------------
 
 
-def test_open_store_uses_the_environment_and_loopback(
+def test_store_from_uri_uses_the_environment_and_loopback(
     s3_store_uri: str,  # noqa: F811
     moto_server: str,  # noqa: F811
 ) -> None:
     # Built the way the pipeline builds it: from the URI and the environment alone.
-    store = open_store(s3_store_uri)
+    store = store_from_uri(s3_store_uri)
     assert isinstance(store, S3Store)
     # AWS_ENDPOINT_URL reached the client: nothing goes to real AWS.
     assert store.client.meta.endpoint_url == moto_server

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.store import KeyNotFound, LocalStore, PreconditionFailed, StoreError, open_store
+from adapters.store import KeyNotFound, LocalStore, PreconditionFailed, StoreError, store_from_uri
 
 
 @pytest.fixture
@@ -214,7 +214,7 @@ def test_leading_and_trailing_slashes_name_the_same_key(store: LocalStore) -> No
     assert store.get_bytes("a/b") == b"1"
 
 
-def test_open_store_picks_the_backend(tmp_path: Path) -> None:
-    local = open_store(str(tmp_path / "s"))
+def test_store_from_uri_picks_the_backend(tmp_path: Path) -> None:
+    local = store_from_uri(str(tmp_path / "s"))
     assert isinstance(local, LocalStore)
     assert local.uri == str((tmp_path / "s").resolve())
