@@ -5,7 +5,14 @@ Keys are ``/``-separated paths relative to the store root, for example
 including a conditional create (``if_none_match=True``, S3's ``If-None-Match: *``) that fails
 with :class:`PreconditionFailed` when the key exists, which is what makes version claims atomic.
 
-Clients are built here from arguments, never at import time.
+Two constructors, both called when a store is needed, never at import time:
+
+* :func:`store_from_settings`: the pipeline's store, as :class:`core.settings.Settings` name it
+  (URI, KMS key, AWS endpoint, profile and region). Flows and tasks use this one.
+* :func:`store_from_uri`: a store from its URI alone (``s3://bucket/prefix`` or a local path)
+  plus optional AWS details, for code that holds no settings (a local endpoint process, a test).
+
+What the keys are (``models/...``, ``snapshots/...``) is :mod:`adapters.layout`'s business.
 """
 
 from __future__ import annotations
@@ -82,6 +89,23 @@ class Store(Protocol):
     def delete(self, key: str) -> None:
         """Delete ``key``; deleting a missing key is not an error."""
         ...
+
+
+def create_once(store: Store, key: str, body: bytes) -> bool:
+    """Conditionally create ``key``; True if created, or if it already holds exactly ``body``.
+
+    The second case covers a client retry of a write whose first attempt did succeed (its
+    response was lost): the retry sees 412, yet the object is ours. Callers put a unique token
+    in ``body`` so that someone else's object never compares equal.
+    """
+    try:
+        store.put_bytes(key, body, if_none_match=True)
+        return True
+    except PreconditionFailed:
+        try:
+            return store.get_bytes(key) == body
+        except KeyNotFound:
+            return False
 
 
 def _clean(key: str) -> str:
@@ -333,7 +357,7 @@ class S3Store:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
 
-def open_store(
+def store_from_uri(
     uri: str,
     *,
     kms_key_id: str | None = None,
@@ -341,7 +365,16 @@ def open_store(
     profile: str | None = None,
     region: str | None = None,
 ) -> LocalStore | S3Store:
-    """Open the store at ``uri``: ``s3://bucket/prefix`` or a local path."""
+    """The store at ``uri``: :class:`S3Store` for ``s3://bucket/prefix``, else :class:`LocalStore`.
+
+    Args:
+        uri: ``s3://bucket/prefix`` or a local directory (created on the first write).
+        kms_key_id: S3 only: the KMS key every write is encrypted with (default SSE-S3).
+        endpoint_url: S3 only: another endpoint than AWS's (moto server, MinIO); the client
+            also reads ``AWS_ENDPOINT_URL`` from the environment when this is None.
+        profile: S3 only: the AWS profile of the client's session.
+        region: S3 only: the region of the client's session.
+    """
     if uri.startswith("s3://"):
         return S3Store(
             uri, kms_key_id=kms_key_id, endpoint_url=endpoint_url, profile=profile, region=region
@@ -349,9 +382,13 @@ def open_store(
     return LocalStore(uri)
 
 
-def store_for(settings: Settings) -> LocalStore | S3Store:
-    """The store the settings name, with their KMS key, AWS endpoint, profile and region."""
-    return open_store(
+def store_from_settings(settings: Settings) -> LocalStore | S3Store:
+    """The pipeline's store: :func:`store_from_uri` with what ``settings`` name.
+
+    ``settings.store`` is the URI; the KMS key, AWS endpoint, profile and region come from the
+    same settings, so the store and the SageMaker clients act as one account.
+    """
+    return store_from_uri(
         settings.store,
         kms_key_id=settings.kms_key_id,
         endpoint_url=settings.aws_endpoint_url,

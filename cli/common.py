@@ -65,15 +65,15 @@ def print_serving(settings: Settings) -> None:
     import shlex
 
     from adapters.endpoints import open_target
-    from adapters.publish import PublishError
-    from adapters.store import store_for
+    from adapters.layout import PublishError
+    from adapters.store import store_from_settings
     from core.config import load_model_configs, load_platform_config
     from tasks.rollout import resolve_version
 
     target = open_target(settings, load_platform_config(settings.config_dir))
     if target is None:
         return
-    store = store_for(settings)
+    store = store_from_settings(settings)
     lines = []
     for cfg in load_model_configs(settings.config_dir):
         serving = target.describe(cfg.name) if cfg.endpoint.enabled else None

@@ -106,14 +106,15 @@ def start(
 ) -> None:
     """Serve, for each model, the version its latest.json names; then smoke-test it."""
     settings, target = _local()
-    from adapters.publish import PublishError, read_latest
-    from adapters.store import store_for
+    from adapters.layout import PublishError
+    from adapters.pointer import read_latest
+    from adapters.store import store_from_settings
     from core.config import load_model_configs
     from core.endpoint import RolloutFailed
     from tasks.rollout import resolve_version
 
     failed = []
-    store = store_for(settings)
+    store = store_from_settings(settings)
     for cfg in load_model_configs(settings.config_dir, model or None):
         if not cfg.endpoint.enabled:
             console.print(f"{cfg.name}: endpoint disabled in its config, skipped")

@@ -14,9 +14,11 @@ import typer
 from rich.table import Table
 
 from adapters.endpoints import open_target
-from adapters.publish import PublishError, promotion_history, read_latest, read_manifest
+from adapters.layout import METRICS, PublishError, version_file_key, version_prefix
+from adapters.pointer import promotion_history, read_latest
 from adapters.registry import CHAMPION, Registry
-from adapters.store import KeyNotFound, Store, store_for
+from adapters.store import KeyNotFound, Store, store_from_settings
+from adapters.versions import read_version_manifest
 from cli.common import ModelOpt, app, console
 from core.config import ModelConfig, load_model_configs, load_platform_config
 from core.endpoint import EndpointTarget
@@ -101,13 +103,13 @@ def _endpoint_findings(row: dict[str, Any], target: EndpointTarget, model: str) 
 
 def _published(store: Store, cfg: ModelConfig, version: str) -> dict[str, Any]:
     """The champion version's lineage, location, metrics and gate verdict."""
-    manifest = read_manifest(store, cfg.name, version)
-    metrics = json.loads(store.get_bytes(f"models/{cfg.name}/{version}/metrics.json"))
+    manifest = read_version_manifest(store, cfg.name, version)
+    metrics = json.loads(store.get_bytes(version_file_key(cfg.name, version, METRICS)))
     holdout = metrics.get("holdout", {})
     gate = metrics.get("gate") or {}
     return {
         "lineage": manifest.get("lineage", {}),
-        "uri": store.url(f"models/{cfg.name}/{version}"),
+        "uri": store.url(version_prefix(cfg.name, version)),
         "metrics": holdout,
         "gate_metrics": {k: holdout[k] for k in cfg.gate.metrics if k in holdout},
         "gate": gate.get("verdict"),
@@ -118,7 +120,7 @@ def _published(store: Store, cfg: ModelConfig, version: str) -> dict[str, Any]:
 def status_of(settings: Settings, names: list[str] | None = None) -> list[dict[str, Any]]:
     """:func:`model_status` of the store, registry and endpoint the settings name."""
     return model_status(
-        store_for(settings),
+        store_from_settings(settings),
         Registry.from_settings(settings),
         open_target(settings, load_platform_config(settings.config_dir)),
         load_model_configs(settings.config_dir, names),

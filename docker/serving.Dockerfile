@@ -32,8 +32,9 @@ RUN --mount=type=cache,target=/root/.cache/uv \
  && uv venv --python /usr/local/bin/python3 /opt/app/.venv \
  && uv pip install --python /opt/app/.venv/bin/python \
         --constraints /tmp/lock.txt ${SERVING_PACKAGES}
-# Only the modules the server imports: the families, the tarball checks and their store helper.
-COPY adapters/__init__.py adapters/publish.py adapters/store.py ./adapters/
+# Only the modules the server imports: the families, the model package checks, the layout's
+# error type and the store's sha256 helper.
+COPY adapters/__init__.py adapters/layout.py adapters/package.py adapters/store.py ./adapters/
 COPY core/__init__.py ./core/
 COPY core/families ./core/families
 COPY serving ./serving

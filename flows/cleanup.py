@@ -12,7 +12,7 @@ from prefect import flow
 
 from adapters.endpoints import open_target
 from adapters.registry import Registry
-from adapters.store import store_for
+from adapters.store import store_from_settings
 from core.cleanup_plan import plan_cleanup, plan_rows, scope_plan
 from core.config import load_model_configs, load_platform_config
 from core.settings import load_settings
@@ -50,7 +50,7 @@ def cleanup(
     configured = [c.name for c in load_model_configs(settings.config_dir)]
     if models and not all_models:
         load_model_configs(settings.config_dir, models)  # an unknown name is an error
-    store, registry = store_for(settings), Registry.from_settings(settings)
+    store, registry = store_from_settings(settings), Registry.from_settings(settings)
     target = open_target(settings, platform)
 
     inventory = take_inventory(store, registry, configured, target, all_models)

@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import flow
 
-from adapters.store import store_for
+from adapters.store import store_from_settings
 from core.config import load_model_configs, load_platform_config
 from core.drift import no_champion, trigger_reason
 from core.settings import load_settings
@@ -41,7 +41,7 @@ def monitor(
     settings = load_settings()
     platform = load_platform_config(settings.config_dir)
     policy = platform.monitor
-    store = store_for(settings)
+    store = store_from_settings(settings)
     findings = []
     for cfg in load_model_configs(settings.config_dir, models or None):
         champion = find_champion(store, cfg)

@@ -10,7 +10,7 @@ from prefect import flow
 from prefect.states import Completed, Failed, State
 
 from adapters.registry import Registry
-from adapters.store import store_for
+from adapters.store import store_from_settings
 from core.config import load_model_configs
 from core.outcome import ModelOutcome
 from core.settings import load_settings
@@ -33,7 +33,11 @@ def retrain_model(model: str, force: bool = False, reason: str = "scheduled") ->
     """Run the whole path for one model; return its outcome."""
     settings = load_settings()
     (cfg,) = load_model_configs(settings.config_dir, [model])
-    store, registry, work = store_for(settings), Registry.from_settings(settings), settings.work_dir
+    store, registry, work = (
+        store_from_settings(settings),
+        Registry.from_settings(settings),
+        settings.work_dir,
+    )
 
     snapshot = export_new_data(
         settings.source_url, store, cfg, settings.export_chunk_rows, settings.part_rows

@@ -8,9 +8,10 @@ from __future__ import annotations
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
-from adapters.publish import PublishError, read_latest, version_number
+from adapters.layout import PublishError, version_number
+from adapters.pointer import read_latest
 from adapters.registry import Registry
-from adapters.store import Store, store_for
+from adapters.store import Store, store_from_settings
 from core.config import ModelConfig, load_model_configs, load_platform_config
 from core.endpoint import EndpointTarget, RolloutFailed, VersionToServe
 from core.settings import load_settings
@@ -46,7 +47,7 @@ def rollout(
     """
     settings = load_settings()
     (cfg,) = load_model_configs(settings.config_dir, [model])
-    store, registry = store_for(settings), Registry.from_settings(settings)
+    store, registry = store_from_settings(settings), Registry.from_settings(settings)
     target = target_for(settings, load_platform_config(settings.config_dir), cfg)
     wanted = resolve_version(store, cfg, version)
     # Before anything is deployed: a version MLflow does not know could never become champion.
@@ -108,7 +109,7 @@ def rollback(model: str, to: str | None = None, reason: str = "rollback") -> Sta
             the promotion history that is not the champion and was never rolled back from.
         reason: recorded in the promotion history.
     """
-    latest = read_latest(store_for(load_settings()), model)
+    latest = read_latest(store_from_settings(load_settings()), model)
     target_version = to or (latest or {}).get("previous")
     if not target_version:
         raise PublishError(f"{model}: no previous version to roll back to; name one with --to")

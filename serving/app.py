@@ -15,13 +15,13 @@ SageMaker (and the local endpoint) run this app as ``python -m serving serve``. 
 - ``GET /execution-parameters``: what SageMaker batch transform asks before sending batches.
 
 The model comes from ``MLOPS_MODEL_DIR`` (default ``/opt/ml/model``, where SageMaker unpacks
-``model.tar.gz``). Nothing in it is trusted before :func:`adapters.publish.verify_contents` has
+``model.tar.gz``). Nothing in it is trusted before :func:`adapters.package.verify_contents` has
 checked ``contents.json`` against ``MLOPS_MODEL_CONTENTS_SHA256`` (from the version's manifest)
 and every file against ``contents.json``. The family comes from ``contents.json``.
 
-The app imports neither Prefect nor MLflow (only :mod:`adapters.publish`, :mod:`adapters.store` and
-:mod:`core.families` with the family's own library), and nothing runs at import time:
-:func:`create_app` builds the app, and the model loads when the server starts.
+The app imports neither Prefect nor MLflow (only :mod:`adapters.package`, :mod:`adapters.layout`,
+:mod:`adapters.store` and :mod:`core.families` with the family's own library), and nothing runs
+at import time: :func:`create_app` builds the app, and the model loads when the server starts.
 """
 
 from __future__ import annotations
@@ -177,7 +177,8 @@ def load_model(settings: ModelSettings) -> LoadedModel:
             that does not match the expected hash, a name mismatch, an unknown family, or an
             error from the family's loader.
     """
-    from adapters.publish import PublishError, verify_contents
+    from adapters.layout import PublishError
+    from adapters.package import verify_contents
     from core.families import get_family
 
     start = time.perf_counter()

@@ -15,17 +15,19 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from adapters.layout import MODELS, claim_key, model_names
+from adapters.pointer import read_latest
 from adapters.prefect_api import publish_table
-from adapters.publish import CLAIM, MANIFEST, list_versions, read_latest
 from adapters.registry import Registry
 from adapters.store import KeyNotFound, Store
+from adapters.versions import delete_version, list_versions
 from core.cleanup_plan import ORDER, Inventory, ModelInventory, PlanItem
 from core.endpoint import EndpointTarget, Resource, Serving
 
 
 def _claimed_at(store: Store, model: str, version: str) -> datetime | None:
     try:
-        claim = json.loads(store.get_bytes(f"models/{model}/{version}/claim.json"))
+        claim = json.loads(store.get_bytes(claim_key(model, version)))
         return datetime.fromisoformat(str(claim["claimed_at"]))
     except (KeyNotFound, KeyError, ValueError):
         return None
@@ -44,7 +46,7 @@ def take_inventory(
     names = set(configured)
     if all_models:
         names |= {r.model for r in resources}
-        names |= {k.split("/")[1] for k in store.list("models") if k.count("/") >= 2}
+        names |= model_names(store.list(MODELS))
     models: dict[str, ModelInventory] = {}
     for name in sorted(names):
         latest = read_latest(store, name) or {}
@@ -118,13 +120,7 @@ def _apply_one(
         serving = target.describe(item.model) if target else None
         if serving is not None and item.version in _served_versions(serving):
             return "skipped: the endpoint serves it now"
-        keys = store.list(f"models/{item.model}/{item.version}/")
-        # The manifest first (the version stops being complete), the claim last (its number
-        # stays taken until everything else is gone).
-        first = [k for k in keys if k.endswith(f"/{MANIFEST}")]
-        last = [k for k in keys if k.endswith(f"/{CLAIM}")]
-        for key in first + [k for k in keys if k not in first and k not in last] + last:
-            store.delete(key)
+        delete_version(store, item.model, str(item.version))
         return "deleted"
     aliases = next(
         (

@@ -1,18 +1,10 @@
-"""Incremental export of source tables into Parquet snapshots in the store, and reading them back.
-
-A snapshot is ``snapshots/{dataset}/{snapshot_id}/part-NNNNN.parquet`` plus ``manifest.json``,
-written last: a folder without a manifest is an interrupted export and is ignored. The manifest
-records rows, schema, per-part and overall sha256, the watermark range, the event-time range,
-the SQL and the (password-masked) source URL. After validation, ``validation.json`` beside it
-says whether the snapshot was accepted.
-
-The watermark (an autoincrement ``id``) only advances over *accepted* snapshots: rows of a
-rejected or not-yet-validated snapshot are exported again next time, so rows fixed at the source
-are picked up and nothing is skipped.
+"""Incremental export of source tables into Parquet snapshots in the store.
 
 The export streams: rows arrive in chunks from a server-side cursor, become Arrow record
 batches with the dataset's explicit schema, and go to a Parquet writer that rolls to a new part
-file every ``part_rows``; memory stays flat whatever the table's size.
+file every ``part_rows``; memory stays flat whatever the table's size. The parts then become a
+snapshot through :func:`adapters.snapshots.write_snapshot` (the snapshot's keys, manifest and
+watermark are :mod:`adapters.snapshots`').
 
 Plain functions first (no Prefect), then thin Prefect tasks for the flows.
 """
@@ -20,18 +12,13 @@ Plain functions first (no Prefect), then thin Prefect tasks for the flows.
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import logging
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -40,83 +27,23 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import make_url
 
-from adapters.store import KeyNotFound, Store, sha256_file
+from adapters import layout
+from adapters.snapshots import (
+    ARROW_TYPES,
+    SnapshotInfo,
+    arrow_schema,
+    current_watermark,
+    write_snapshot,
+)
+from adapters.store import Store
 from core.config import DatasetConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 
-ARROW_TYPES: dict[str, pa.DataType] = {
-    "int64": pa.int64(),
-    "float64": pa.float64(),
-    "string": pa.string(),
-    "timestamp": pa.timestamp("us"),
-    "bool": pa.bool_(),
-}
-"""Arrow type of each column type allowed in ``dataset.columns``."""
-
 PARQUET_COMPRESSION = "zstd"
 
 
-@dataclass(frozen=True)
-class SnapshotInfo:
-    """What one export wrote (the manifest's essentials).
-
-    Attributes:
-        dataset: dataset name (snapshot folder).
-        snapshot_id: ``YYYYMMDDTHHMMSSZ-<first 8 hex of sha256>``, sortable by time.
-        rows: rows in the snapshot.
-        watermark_from: exclusive lower bound of the watermark (None: from the start).
-        watermark_to: largest watermark value exported.
-        min_event_time: ISO time of the oldest row ("" if every event time is null).
-        max_event_time: ISO time of the newest row ("" if every event time is null).
-        sha256: sha256 over the part files' hashes, in order.
-        manifest_key: store key of ``manifest.json``.
-        uri: store URL of the snapshot folder.
-    """
-
-    dataset: str
-    snapshot_id: str
-    rows: int
-    watermark_from: int | None
-    watermark_to: int
-    min_event_time: str
-    max_event_time: str
-    sha256: str
-    manifest_key: str
-    uri: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict."""
-        return asdict(self)
-
-
-# --- keys and small helpers -----------------------------------------------------------------
-
-
-def snapshot_prefix(dataset_name: str, snapshot_id: str | None = None) -> str:
-    """``snapshots/{dataset}`` or ``snapshots/{dataset}/{snapshot_id}``."""
-    base = f"snapshots/{dataset_name}"
-    return f"{base}/{snapshot_id}" if snapshot_id else base
-
-
-def manifest_key(dataset_name: str, snapshot_id: str) -> str:
-    """Store key of a snapshot's manifest."""
-    return f"{snapshot_prefix(dataset_name, snapshot_id)}/manifest.json"
-
-
-def validation_key(dataset_name: str, snapshot_id: str) -> str:
-    """Store key of a snapshot's validation outcome."""
-    return f"{snapshot_prefix(dataset_name, snapshot_id)}/validation.json"
-
-
-def arrow_schema(dataset: DatasetConfig) -> pa.Schema:
-    """The explicit Arrow schema of ``dataset.columns`` (every column nullable)."""
-    return pa.schema([pa.field(name, ARROW_TYPES[kind]) for name, kind in dataset.columns.items()])
-
-
-def combined_sha256(part_hashes: Sequence[str]) -> str:
-    """sha256 over the part hashes, in order, one per line."""
-    return hashlib.sha256("\n".join(part_hashes).encode()).hexdigest()
+# --- SQL to Arrow ---------------------------------------------------------------------------
 
 
 def mask_url(url: str) -> str:
@@ -175,7 +102,7 @@ class _PartWriter:
         self._rows_in_part = 0
 
     def _open(self) -> None:
-        path = self.directory / f"part-{len(self.parts):05d}.parquet"
+        path = self.directory / layout.snapshot_part_name(len(self.parts))
         self._writer = pq.ParquetWriter(path, self.schema, compression=PARQUET_COMPRESSION)
         self.parts.append((path, 0))
         self._rows_in_part = 0
@@ -239,24 +166,6 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def _new_snapshot_id(store: Any, dataset_name: str, created: datetime, digest: str) -> str:
-    """``YYYYMMDDTHHMMSSZ-<hash8>``, moved on by a second while that folder is taken.
-
-    Two exports of the same rows within one second would otherwise share a folder, and the
-    second would inherit the first one's ``validation.json``.
-    """
-    stamp = created
-    while True:
-        snapshot_id = f"{stamp:%Y%m%dT%H%M%SZ}-{digest[:8]}"
-        if not store.list(snapshot_prefix(dataset_name, snapshot_id)):
-            return snapshot_id
-        stamp += timedelta(seconds=1)
-
-
 # --- export ---------------------------------------------------------------------------------
 
 
@@ -318,192 +227,19 @@ def export_snapshot(
             if rows == 0:
                 log.info("%s: no rows past watermark %s", dataset.name, watermark)
                 return None
-            return _upload(
-                store, dataset, parts, rows, sql, url, watermark, wm_range, event_range, schema
+            return write_snapshot(
+                store,
+                dataset,
+                parts,
+                query=sql,
+                source=mask_url(url),
+                watermark_from=watermark,
+                watermark_to=int(wm_range.max),
+                min_event_time=event_range.min,
+                max_event_time=event_range.max,
             )
     finally:
         engine.dispose()
-
-
-def _upload(
-    store: Any,
-    dataset: DatasetConfig,
-    parts: list[tuple[Path, int]],
-    rows: int,
-    sql: str,
-    url: str,
-    watermark: int | None,
-    wm_range: _Range,
-    event_range: _Range,
-    schema: pa.Schema,
-) -> SnapshotInfo:
-    part_meta: list[dict[str, Any]] = [
-        {"name": path.name, "rows": n, "sha256": sha256_file(path), "bytes": path.stat().st_size}
-        for path, n in parts
-    ]
-    digest = combined_sha256([str(p["sha256"]) for p in part_meta])
-    created = datetime.now(UTC)
-    snapshot_id = _new_snapshot_id(store, dataset.name, created.replace(microsecond=0), digest)
-    prefix = snapshot_prefix(dataset.name, snapshot_id)
-    entries = []
-    for (path, _), meta in zip(parts, part_meta, strict=True):
-        key = f"{prefix}/{meta['name']}"
-        store.put_file(key, path)
-        entries.append(
-            {"key": key, "rows": meta["rows"], "sha256": meta["sha256"], "bytes": meta["bytes"]}
-        )
-    manifest = {
-        "dataset": dataset.name,
-        "snapshot_id": snapshot_id,
-        "created_at": created.isoformat(),
-        "rows": rows,
-        "schema": dict(dataset.columns),
-        "arrow_schema": {f.name: str(f.type) for f in schema},
-        "parts": entries,
-        "sha256": digest,
-        "watermark": {"column": dataset.watermark, "from": watermark, "to": int(wm_range.max)},
-        "event_time": {
-            "column": dataset.event_time,
-            "min": _iso(event_range.min),
-            "max": _iso(event_range.max),
-        },
-        "query": sql,
-        "source": mask_url(url),
-    }
-    key = manifest_key(dataset.name, snapshot_id)
-    # Last: the manifest's presence is what makes the snapshot exist.
-    store.put_bytes(key, json.dumps(manifest, indent=2).encode())
-    log.info(
-        "%s: snapshot %s, %s rows in %s part(s)", dataset.name, snapshot_id, rows, len(entries)
-    )
-    return SnapshotInfo(
-        dataset=dataset.name,
-        snapshot_id=snapshot_id,
-        rows=rows,
-        watermark_from=watermark,
-        watermark_to=int(wm_range.max),
-        min_event_time=_iso(event_range.min) or "",
-        max_event_time=_iso(event_range.max) or "",
-        sha256=digest,
-        manifest_key=key,
-        uri=store.url(prefix),
-    )
-
-
-# --- catalogue ------------------------------------------------------------------------------
-
-
-def _status(store: Any, dataset_name: str, snapshot_id: str) -> str:
-    try:
-        outcome = json.loads(store.get_bytes(validation_key(dataset_name, snapshot_id)))
-    except KeyNotFound:
-        return "pending"
-    return "accepted" if outcome.get("success") is True else "rejected"
-
-
-def list_snapshots(store: Any, dataset_name: str) -> list[dict[str, Any]]:
-    """Manifests of the complete snapshots of ``dataset_name``, oldest first.
-
-    Each manifest gets a ``status`` key: ``accepted`` or ``rejected`` from ``validation.json``,
-    ``pending`` when the snapshot has not been validated. Folders without ``manifest.json``
-    (interrupted exports) are left out.
-    """
-    manifests = []
-    for key in store.list(snapshot_prefix(dataset_name)):
-        if not key.endswith("/manifest.json"):
-            continue
-        manifest = json.loads(store.get_bytes(key))
-        manifest["status"] = _status(store, dataset_name, manifest["snapshot_id"])
-        manifests.append(manifest)
-    manifests.sort(key=lambda m: (m["created_at"], m["snapshot_id"]))
-    return manifests
-
-
-def record_validation(
-    store: Any, dataset_name: str, snapshot_id: str, result: dict[str, Any]
-) -> str:
-    """Write ``validation.json`` next to a snapshot's manifest; return its key.
-
-    ``result`` must say ``success`` (True: the snapshot is accepted and its rows move the
-    watermark; False: rejected). It is stored as given, with ``recorded_at`` added.
-
-    Raises:
-        KeyError: ``result`` has no ``success``.
-        KeyNotFound: no such snapshot.
-    """
-    if "success" not in result:
-        raise KeyError("result needs a 'success' entry")
-    if not store.exists(manifest_key(dataset_name, snapshot_id)):
-        raise KeyNotFound(f"no snapshot {dataset_name}/{snapshot_id}")
-    body = {
-        "recorded_at": datetime.now(UTC).isoformat(),
-        **result,
-        "success": bool(result["success"]),
-    }
-    key = validation_key(dataset_name, snapshot_id)
-    store.put_bytes(key, json.dumps(body, indent=2, default=str).encode())
-    return key
-
-
-def current_watermark(store: Any, dataset_name: str) -> int | None:
-    """Largest watermark exported in an *accepted* snapshot (None if there is none)."""
-    accepted = [m for m in list_snapshots(store, dataset_name) if m["status"] == "accepted"]
-    if not accepted:
-        return None
-    return max(int(m["watermark"]["to"]) for m in accepted)
-
-
-def read_manifest(store: Any, dataset_name: str, snapshot_id: str) -> dict[str, Any]:
-    """A snapshot's manifest.
-
-    Raises:
-        KeyNotFound: no such snapshot (or it is incomplete).
-    """
-    return json.loads(store.get_bytes(manifest_key(dataset_name, snapshot_id)))
-
-
-def read_snapshots(store: Any, dataset: DatasetConfig, snapshot_ids: list[str]) -> pd.DataFrame:
-    """The rows of ``snapshot_ids``, concatenated in the order given.
-
-    Each part's sha256 is checked against its manifest before it is read. Columns follow
-    ``dataset.columns``: ``int64``, ``float64``, ``str``, ``bool`` and naive ``datetime64[us]``;
-    an integer column holding nulls comes back as ``float64`` with NaN (numpy integers have no
-    null), which validation reports as nulls.
-
-    Raises:
-        ValueError: a part's content does not match its manifest (names the part), or a
-            snapshot's columns differ from ``dataset.columns``.
-        KeyNotFound: a snapshot or part is missing.
-    """
-    schema = arrow_schema(dataset)
-    tables: list[pa.Table] = []
-    with tempfile.TemporaryDirectory(prefix=f"read-{dataset.name}-") as tmp:
-        for snapshot_id in snapshot_ids:
-            manifest = read_manifest(store, dataset.name, snapshot_id)
-            for i, part in enumerate(manifest["parts"]):
-                local = store.get_file(part["key"], Path(tmp) / f"{snapshot_id}-{i:05d}.parquet")
-                actual = sha256_file(local)
-                if actual != part["sha256"]:
-                    raise ValueError(
-                        f"{part['key']}: sha256 {actual} does not match the manifest's "
-                        f"{part['sha256']}; the part changed after export"
-                    )
-                table = pq.read_table(local)
-                if table.column_names != schema.names:
-                    raise ValueError(
-                        f"{part['key']}: columns {table.column_names} differ from the "
-                        f"dataset's {schema.names}"
-                    )
-                tables.append(table.cast(schema))
-                local.unlink()
-    combined = pa.concat_tables(tables) if tables else schema.empty_table()
-    frame = combined.to_pandas()
-    for name, kind in dataset.columns.items():
-        if kind == "string":
-            frame[name] = frame[name].astype("str")
-        elif kind == "timestamp":
-            frame[name] = frame[name].astype("datetime64[us]")
-    return frame
 
 
 # --- Prefect tasks --------------------------------------------------------------------------
@@ -561,17 +297,3 @@ def export_new_data(
             info.watermark_to, info.min_event_time, info.max_event_time,
         )  # fmt: skip
     return info
-
-
-@task(name="list-snapshots", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def list_snapshots_task(store: Any, dataset_name: str) -> list[dict[str, Any]]:
-    """:func:`list_snapshots` as a Prefect task."""
-    return list_snapshots(store, dataset_name)
-
-
-@task(name="record-validation", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def record_validation_task(
-    store: Any, dataset_name: str, snapshot_id: str, result: dict[str, Any]
-) -> str:
-    """:func:`record_validation` as a Prefect task (idempotent: it overwrites one key)."""
-    return record_validation(store, dataset_name, snapshot_id, result)

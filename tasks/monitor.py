@@ -37,13 +37,16 @@ from core.lineage import Lineage
 @task(name="find-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def find_champion(store: Store, cfg: ModelConfig) -> Champion | None:
     """Read ``latest.json`` and the champion's manifest; None when nothing was promoted yet."""
-    from adapters.publish import read_latest, read_manifest
+    from adapters.pointer import read_latest
+    from adapters.versions import read_version_manifest
 
     latest = read_latest(store, cfg.name)
     if latest is None:
         return None
     version = str(latest["version"])
-    lineage = Lineage.from_dict(read_manifest(store, cfg.name, version).get("lineage") or {})
+    lineage = Lineage.from_dict(
+        read_version_manifest(store, cfg.name, version).get("lineage") or {}
+    )
     start = None
     if lineage.holdout_start:
         start = pd.Timestamp(lineage.holdout_start) - timedelta(days=cfg.split.training_days)
@@ -59,7 +62,7 @@ def find_champion(store: Store, cfg: ModelConfig) -> Champion | None:
 @task(name="load-champion-data", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def load_reference(store: Store, cfg: ModelConfig, champion: Champion) -> pd.DataFrame:
     """The rows the champion was trained and evaluated on (its lineage's snapshots)."""
-    from tasks.export import read_snapshots
+    from adapters.snapshots import read_snapshots
 
     frame = read_snapshots(store, cfg.dataset, champion.snapshot_ids)
     if champion.training_start:

@@ -16,16 +16,12 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from adapters.layout import METRICS, MODEL_TARBALL, SCHEMA, UNPACKED
+from adapters.package import make_tarball, write_contents
 from adapters.prefect_api import publish_markdown
-from adapters.publish import (
-    UNPACKED,
-    PublishedVersion,
-    make_tarball,
-    publish_version,
-    write_contents,
-)
 from adapters.registry import CHALLENGER, Registry
 from adapters.store import Store
+from adapters.versions import PublishedVersion, publish_version
 from core import gate
 from core.config import ModelConfig
 from core.lineage import TAG_KEYS, Lineage
@@ -106,12 +102,10 @@ def publish_model(
     staging = scratch_dir(work_dir, f"{cfg.name}-publish-")
     try:
         contents_sha256 = write_contents(challenger.model_dir, cfg.name, cfg.family)
-        make_tarball(challenger.model_dir, staging / "model.tar.gz")
-        (staging / "metrics.json").write_text(
-            metrics_json(challenger, champion, decision.to_dict())
-        )
-        (staging / "schema.json").write_text(json.dumps(challenger.schema, indent=2, default=str))
-        files = {name: staging / name for name in ("model.tar.gz", "metrics.json", "schema.json")}
+        make_tarball(challenger.model_dir, staging / MODEL_TARBALL)
+        (staging / METRICS).write_text(metrics_json(challenger, champion, decision.to_dict()))
+        (staging / SCHEMA).write_text(json.dumps(challenger.schema, indent=2, default=str))
+        files = {name: staging / name for name in (MODEL_TARBALL, METRICS, SCHEMA)}
         if cfg.endpoint.model_data == "uncompressed":  # SageMaker's S3Prefix model data source
             files |= {
                 f"{UNPACKED}/{path.name}": path

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from prefect.states import State
 
 from adapters.prefect_api import publish_table
-from adapters.publish import PublishedVersion
+from adapters.versions import PublishedVersion
 from core.config import ModelConfig
 from core.gate import Decision
 from core.outcome import ModelOutcome, Status, headline, summary_rows

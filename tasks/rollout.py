@@ -16,10 +16,19 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from adapters.endpoints import open_target
+from adapters.layout import (
+    MODEL_TARBALL,
+    SCHEMA,
+    PublishError,
+    version_file_key,
+    version_manifest_key,
+    version_prefix,
+)
+from adapters.pointer import move_latest, read_latest
 from adapters.prefect_api import publish_markdown
-from adapters.publish import PublishError, move_latest, read_latest, read_manifest
 from adapters.registry import CHAMPION, Registry
 from adapters.store import Store
+from adapters.versions import read_version_manifest
 from core.config import ModelConfig, PlatformConfig
 from core.endpoint import EndpointTarget, RolloutFailed, Serving, VersionToServe
 from core.lineage import ENDPOINT_TAG_KEYS, Lineage
@@ -57,21 +66,21 @@ def resolve_version(store: Store, cfg: ModelConfig, version: str | None) -> Vers
         if latest is None:
             raise PublishError(f"{cfg.name}: nothing promoted yet; name a version")
         version = str(latest["version"])
-    manifest = read_manifest(store, cfg.name, version)
-    prefix = f"models/{cfg.name}/{version}"
-    schema = json.loads(store.get_bytes(f"{prefix}/schema.json"))
+    manifest = read_version_manifest(store, cfg.name, version)
+    prefix = version_prefix(cfg.name, version)
+    schema = json.loads(store.get_bytes(version_file_key(cfg.name, version, SCHEMA)))
     lineage = Lineage.from_dict(manifest.get("lineage", {}))
     contents = lineage.model_contents_sha256
     if not contents:
         raise PublishError(f"{cfg.name} {version}: the manifest has no model_contents_sha256")
-    body = store.get_bytes(f"{prefix}/manifest.json")
+    body = store.get_bytes(version_manifest_key(cfg.name, version))
 
     return VersionToServe(
         model=cfg.name,
         version=version,
         family=cfg.family,
         version_uri=store.url(prefix),
-        model_data_uri=store.url(f"{prefix}/model.tar.gz"),
+        model_data_uri=store.url(version_file_key(cfg.name, version, MODEL_TARBALL)),
         manifest_sha256=hashlib.sha256(body).hexdigest(),
         contents_sha256=str(contents),
         example_request=list(schema.get("example_request", [])),

@@ -21,14 +21,17 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from adapters.git import code_version
+from adapters.layout import MODEL_TARBALL
+from adapters.package import extract_tarball
+from adapters.pointer import read_latest
 from adapters.prefect_api import current_flow_run_id
-from adapters.publish import extract_tarball, read_latest, verify_version
 from adapters.registry import Registry
+from adapters.snapshots import list_snapshots, read_snapshots
 from adapters.store import Store
+from adapters.versions import verify_version
 from core.config import ModelConfig
 from core.families import Evaluation, get_family
 from core.lineage import Lineage
-from tasks.export import list_snapshots, read_snapshots
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +263,7 @@ def train_challenger(
 def load_published_model(store: Store, cfg: ModelConfig, version: str, dest: Path) -> Any:
     """Download a published version, check every sha256, unpack and load it."""
     verify_version(store, cfg.name, version, dest)
-    unpacked = extract_tarball(dest / "model.tar.gz", dest / "model")
+    unpacked = extract_tarball(dest / MODEL_TARBALL, dest / "model")
     return get_family(cfg.family).load(unpacked)
 
 

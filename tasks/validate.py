@@ -23,9 +23,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from adapters.prefect_api import publish_markdown
+from adapters.snapshots import current_watermark, read_snapshot_manifest, record_validation
 from adapters.store import Store
 from core.config import ExpectationConfig, ModelConfig
-from tasks.export import current_watermark, read_manifest, record_validation
 from tasks.training import WindowData
 
 SAMPLE_VALUES = 5
@@ -249,7 +249,7 @@ def _refuse_if_superseded(store: Store, cfg: ModelConfig, snapshot_id: str) -> N
     Raises:
         SnapshotSuperseded: the accepted watermark is past this snapshot's ``from``.
     """
-    manifest = read_manifest(store, cfg.dataset.name, snapshot_id)
+    manifest = read_snapshot_manifest(store, cfg.dataset.name, snapshot_id)
     start = manifest["watermark"]["from"]
     accepted = current_watermark(store, cfg.dataset.name)
     if accepted is not None and (start is None or accepted > int(start)):

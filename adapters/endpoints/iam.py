@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from adapters.layout import MODELS
+
 POLICY_VERSION = "2012-10-17"
 ROLE_SUFFIX = "sagemaker-execution"
 POLICY_NAME = "serving"
@@ -107,7 +109,7 @@ def permission_policy(
     """
     store = StoreLocation.parse(store_uri)
     bucket_arn = f"arn:aws:s3:::{store.bucket}"
-    models = store.key("models")
+    models = store.key(MODELS)
     capture = store.key("datacapture")
     statements: list[dict[str, Any]] = [
         {

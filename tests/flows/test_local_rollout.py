@@ -25,10 +25,10 @@ from typer.testing import CliRunner
 
 from adapters.endpoints.local import LocalTarget
 from adapters.endpoints.local.processes import free_port
-from adapters.publish import promotion_history, read_latest
+from adapters.pointer import promotion_history, read_latest
 from adapters.registry import CHAMPION, Registry
 from adapters.source import seed_source
-from adapters.store import store_for
+from adapters.store import store_from_settings
 from cli.status import status_of
 from core.config import load_platform_config
 from core.settings import PROJECT_ROOT, Settings, load_settings
@@ -84,7 +84,7 @@ def invoke(local: Local) -> httpx.Response:
 def _example(local: Local) -> list[dict[str, Any]]:
     import json
 
-    store = store_for(local.settings)
+    store = store_from_settings(local.settings)
     version = (read_latest(store, MODEL) or {})["version"]
     schema = json.loads(store.get_bytes(f"models/{MODEL}/{version}/schema.json"))
     return list(schema["example_request"])
@@ -140,7 +140,7 @@ def test_forced_retrain_swaps_to_v2_without_a_failed_request(local: Local) -> No
 
 
 def test_a_rollout_that_cannot_load_leaves_v2_serving_and_moves_nothing(local: Local) -> None:
-    store = store_for(local.settings)
+    store = store_from_settings(local.settings)
     history = promotion_history(store, MODEL)
     tarball = Path(local.settings.store) / "models" / MODEL / "v1" / "model.tar.gz"
     saved = tarball.read_bytes()
@@ -166,7 +166,7 @@ def test_rollback_serves_v1_again_with_pointer_and_alias(local: Local) -> None:
     assert invoke(local).headers["x-model-version"] == "v1"
     alias = Registry.from_settings(local.settings).get_alias(MODEL, CHAMPION)
     assert alias is not None and alias["tags"]["store_version"] == "v1"
-    history = promotion_history(store_for(local.settings), MODEL)
+    history = promotion_history(store_from_settings(local.settings), MODEL)
     assert [h["version"] for h in history] == ["v1", "v2", "v1"]
 
 

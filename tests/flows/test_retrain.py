@@ -14,14 +14,15 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from adapters.publish import list_versions, promotion_history, read_latest
+from adapters.pointer import promotion_history, read_latest
 from adapters.registry import CHAMPION, Registry
+from adapters.snapshots import list_snapshots
 from adapters.source import corrupt_source, seed_source
-from adapters.store import store_for
+from adapters.store import store_from_settings
+from adapters.versions import list_versions
 from cli.status import status_of
 from core.settings import load_settings
 from flows.retrain import retrain
-from tasks.export import list_snapshots
 
 MODELS = ["abuse_detector", "limit_optimiser", "traffic_forecaster"]
 # A fixed date keeps holidays out of the small windows, so the first-run gate is reproducible.
@@ -37,7 +38,7 @@ def run(**kwargs: Any) -> tuple[Any, dict[str, dict[str, Any]]]:
 
 def pointers(settings: Any, model: str) -> dict[str, Any]:
     """Everything a failed run must leave exactly as it was."""
-    store = store_for(settings)
+    store = store_from_settings(settings)
     return {
         "latest": read_latest(store, model),
         "history": promotion_history(store, model),
@@ -88,7 +89,7 @@ def test_weekly_cycle(mlops_home: Path) -> None:
     for needle in ("expect_compound_columns_to_be_unique", "best_limit", "error_rate"):
         assert needle in bad["note"], bad["note"]
     assert pointers(settings, "limit_optimiser") == before["limit_optimiser"]
-    statuses = [s["status"] for s in list_snapshots(store_for(settings), "client_limits")]
+    statuses = [s["status"] for s in list_snapshots(store_from_settings(settings), "client_limits")]
     assert statuses == ["accepted", "rejected"]
     # The other models went on: their champion was re-scored on the new holdout.
     for model in ("abuse_detector", "traffic_forecaster"):
@@ -108,7 +109,7 @@ def test_weekly_cycle(mlops_home: Path) -> None:
     assert state.is_completed(), state.message
     assert out["limit_optimiser"]["status"] in ("promoted", "rejected")
     assert out["limit_optimiser"]["champion_version"] == "v1"
-    statuses = [s["status"] for s in list_snapshots(store_for(settings), "client_limits")]
+    statuses = [s["status"] for s in list_snapshots(store_from_settings(settings), "client_limits")]
     assert statuses == ["accepted", "rejected", "accepted"]
     final = {r["model"]: r for r in status_of(settings)}
     assert all(r["agree"] for r in final.values()), final

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from adapters.publish import list_versions, promotion_history, read_latest
+from adapters.pointer import promotion_history, read_latest
 from adapters.registry import CHAMPION, Registry
 from adapters.source import seed_source
-from adapters.store import store_for
+from adapters.store import store_from_settings
+from adapters.versions import list_versions
 from cli.status import status_of
 from core.settings import PROJECT_ROOT, load_settings
 from flows.cleanup import cleanup
@@ -62,26 +63,26 @@ def _build(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def champion(settings: Any) -> tuple[str | None, str | None]:
-    latest = read_latest(store_for(settings), MODEL) or {}
+    latest = read_latest(store_from_settings(settings), MODEL) or {}
     alias = Registry.from_settings(settings).get_alias(MODEL, CHAMPION) or {}
     return latest.get("version"), alias.get("tags", {}).get("store_version")
 
 
 def test_rollout_of_a_missing_version_changes_nothing(three_versions: Any) -> None:
     settings = three_versions
-    before = promotion_history(store_for(settings), MODEL)
+    before = promotion_history(store_from_settings(settings), MODEL)
     state = rollout(MODEL, "v9", return_state=True)
     assert state.is_failed()
     assert "v9" in str(state.message)
     assert champion(settings) == ("v3", "v3")
-    assert promotion_history(store_for(settings), MODEL) == before
+    assert promotion_history(store_from_settings(settings), MODEL) == before
 
 
 def test_cleanup_dry_run_deletes_nothing_and_apply_deletes_exactly_the_plan(
     three_versions: Any,
 ) -> None:
     settings = three_versions
-    store = store_for(settings)
+    store = store_from_settings(settings)
     dry = cleanup(models=[MODEL], clean_store=True)
     planned = {(p["kind"], p["name"]) for p in dry["plan"] if p["action"] == "delete"}
     # keep_last 1: v3 is the champion, v2 the rollback target, v1 goes with its MLflow version.
@@ -104,12 +105,12 @@ def test_rollback_moves_pointer_and_alias_and_keeps_history(three_versions: Any)
     state = rollback(MODEL, return_state=True)
     assert state.is_completed(), state.message
     assert champion(settings) == ("v2", "v2")
-    history = promotion_history(store_for(settings), MODEL)
+    history = promotion_history(store_from_settings(settings), MODEL)
     assert [h["version"] for h in history][-2:] == ["v3", "v2"]
     assert "rollback" in history[-1]["reason"] and "from v3 to v2" in history[-1]["reason"]
     assert history[-1]["rolled_back_from"] == "v3"
     # The next rollback goes further back, never to the v3 just rolled back from.
-    assert (read_latest(store_for(settings), MODEL) or {})["previous"] == "v1"
+    assert (read_latest(store_from_settings(settings), MODEL) or {})["previous"] == "v1"
 
     state = rollback(MODEL, to="v3", return_state=True)
     assert state.is_completed(), state.message

@@ -16,16 +16,11 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from adapters.snapshots import current_watermark, list_snapshots, read_snapshots, record_validation
 from adapters.source import corrupt_source, seed_source, source_extent, source_tables
 from adapters.store import LocalStore, sha256_file
 from core.config import DatasetConfig
-from tasks.export import (
-    current_watermark,
-    export_snapshot,
-    list_snapshots,
-    read_snapshots,
-    record_validation,
-)
+from tasks.export import export_snapshot
 from tests.fixtures.postgres import postgres_url  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.integration

@@ -30,10 +30,11 @@ from typing import Any
 import pytest
 
 from adapters.endpoints.sagemaker.names import endpoint_name
-from adapters.publish import list_versions, promotion_history, read_latest
+from adapters.pointer import promotion_history, read_latest
 from adapters.registry import CHAMPION, Registry
 from adapters.source import seed_source
-from adapters.store import store_for
+from adapters.store import store_from_settings
+from adapters.versions import list_versions
 from cli.status import status_of
 from core.settings import PROJECT_ROOT, Settings, load_settings
 from flows.cleanup import cleanup
@@ -174,7 +175,7 @@ def serving(world: World) -> tuple[str, str, str]:
 
 def champion(world: World) -> tuple[str | None, str | None]:
     """(latest.json's version, the store version of the MLflow champion alias)."""
-    latest = read_latest(store_for(world.settings), MODEL) or {}
+    latest = read_latest(store_from_settings(world.settings), MODEL) or {}
     alias = Registry.from_settings(world.settings).get_alias(MODEL, CHAMPION) or {}
     return latest.get("version"), alias.get("tags", {}).get("store_version")
 
@@ -243,7 +244,7 @@ def test_first_retrain_creates_the_endpoint_serving_v1(world: World) -> None:
     # The smoke test sent the example request of schema.json before the pointer moved.
     assert [name for name, _ in sim.invocations] == [world.endpoint]
     assert sim.invocations[0][1]["instances"]
-    latest = read_latest(store_for(world.settings), MODEL) or {}
+    latest = read_latest(store_from_settings(world.settings), MODEL) or {}
     assert latest["endpoint"] == world.endpoint and latest["endpoint_config"] == config
     assert_all_agree_on(world, "v1")
     assert answer(world)["version"] == "v1"
@@ -268,14 +269,14 @@ def test_new_data_and_a_forced_retrain_update_the_endpoint_to_v2(world: World) -
     assert update["EndpointConfigName"] == v2_config
     # v1's config and model stay: they are the rollback target's.
     assert configs(world) == {v1_config, v2_config} and len(models(world)) == 2
-    assert (read_latest(store_for(world.settings), MODEL) or {})["previous"] == "v1"
+    assert (read_latest(store_from_settings(world.settings), MODEL) or {})["previous"] == "v1"
     assert_all_agree_on(world, "v2")
     assert answer(world)["version"] == "v2"
 
 
 def test_an_update_sagemaker_rolls_back_changes_nothing_and_leaves_nothing(world: World) -> None:
     sim = world.sim
-    store = store_for(world.settings)
+    store = store_from_settings(world.settings)
     before = (configs(world), models(world), promotion_history(store, MODEL))
     sim.roll_back_next_update("Alarm 5xx fired during the linear traffic shift")
 
@@ -297,7 +298,7 @@ def test_an_update_sagemaker_rolls_back_changes_nothing_and_leaves_nothing(world
 
 def test_a_smoke_test_error_puts_v2_back_and_leaves_nothing(world: World) -> None:
     sim = world.sim
-    store = store_for(world.settings)
+    store = store_from_settings(world.settings)
     before = (configs(world), models(world), promotion_history(store, MODEL))
     updates = len(sim.actions("UpdateEndpoint"))
     sim.answer_error(world.endpoint, 500, "model failed to load: bad weights")
@@ -322,7 +323,7 @@ def test_a_smoke_test_error_puts_v2_back_and_leaves_nothing(world: World) -> Non
 
 def test_an_update_that_fails_outright_is_recovered_by_recreating_v2(world: World) -> None:
     sim = world.sim
-    store = store_for(world.settings)
+    store = store_from_settings(world.settings)
     before = (configs(world), models(world), promotion_history(store, MODEL))
     v2_config = serving(world)[1]
     sim.fail_next_update("Rollback failed: the old fleet could not be restored")
@@ -355,7 +356,7 @@ def test_an_update_that_fails_outright_is_recovered_by_recreating_v2(world: Worl
 
 def test_rollback_serves_v1_again_then_a_manual_rollout_serves_v4(world: World) -> None:
     sim = world.sim
-    store = store_for(world.settings)
+    store = store_from_settings(world.settings)
     v1_config = next(c for c in configs(world) if "-v1-" in c)
     created = len(sim.actions("CreateEndpointConfig"))
 
@@ -386,7 +387,7 @@ def test_cleanup_dry_run_deletes_nothing_and_apply_deletes_exactly_the_plan(
 ) -> None:
     sim = world.sim
     settings = world.settings
-    store = store_for(settings)
+    store = store_from_settings(settings)
     by_version = {c.split("-")[-2]: c for c in configs(world)}
     models_by_version = {m.split("-")[-2]: m for m in models(world)}
     assert set(by_version) == set(models_by_version) == {"v1", "v2", "v4"}

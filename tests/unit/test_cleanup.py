@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from adapters.registry import Registry
-from adapters.store import store_for
+from adapters.store import store_from_settings
 from core.cleanup_plan import Inventory, ModelInventory, PlanItem, plan_cleanup, scope_plan
 from core.config import RetentionPolicy
 from core.endpoint import Resource
@@ -192,7 +192,9 @@ def test_apply_goes_on_after_a_failed_delete_and_reports_it(mlops_home: object) 
     target = _Target([res("endpoint-config", "c1"), res("model", "m1")], broken="c1")
 
     settings = load_settings()
-    done = apply_plan.fn(store_for(settings), Registry.from_settings(settings), plan, target)
+    done = apply_plan.fn(
+        store_from_settings(settings), Registry.from_settings(settings), plan, target
+    )
 
     assert [(d["name"], d["outcome"]) for d in done] == [
         ("c1", "failed: RuntimeError: ThrottlingException: rate exceeded"),

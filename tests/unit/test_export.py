@@ -13,21 +13,18 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from adapters.source import corrupt_source, seed_source
-from adapters.store import KeyNotFound, LocalStore, sha256_file, store_for
-from core.config import DatasetConfig
-from tasks.export import (
+from adapters.snapshots import (
     SnapshotInfo,
     combined_sha256,
     current_watermark,
-    export_new_data,
-    export_snapshot,
-    export_task,
     list_snapshots,
-    mask_url,
     read_snapshots,
     record_validation,
 )
+from adapters.source import corrupt_source, seed_source
+from adapters.store import KeyNotFound, LocalStore, sha256_file, store_from_settings
+from core.config import DatasetConfig
+from tasks.export import export_new_data, export_snapshot, export_task, mask_url
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"n_clients": 4, "n_services": 2, "seed": 5}
@@ -247,14 +244,14 @@ def test_incomplete_snapshots_are_invisible(url: str, store: LocalStore) -> None
 def test_two_exports_of_the_same_rows_in_one_second_get_their_own_folders(
     url: str, store: LocalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tasks.export as export
+    import adapters.snapshots as snapshots
 
     class Frozen(datetime):
         @classmethod
         def now(cls, tz: tzinfo | None = None) -> datetime:
             return datetime(2026, 3, 16, 12, 0, 0, tzinfo=tz)
 
-    monkeypatch.setattr(export, "datetime", Frozen)
+    monkeypatch.setattr(snapshots, "datetime", Frozen)
     first = export_snapshot(url, store, LIMITS)
     assert first is not None
     record_validation(store, "client_limits", first.snapshot_id, {"success": False})
@@ -354,7 +351,7 @@ def test_prefect_tasks_wrap_the_plain_functions(
     raw = yaml.safe_load((ROOT / "configs" / "models" / "limit_optimiser.yaml").read_text())
     cfg = ModelConfig.model_validate(raw)
     settings = load_settings()
-    configured = store_for(settings)
+    configured = store_from_settings(settings)
     chunks = (settings.export_chunk_rows, settings.part_rows)
     made = export_new_data.fn(settings.source_url, configured, cfg, *chunks)
     assert made is not None and made.rows == 4 * 7

@@ -222,9 +222,9 @@ class LocalTarget:
         return all(self.variants.healthy(v) for v in current)
 
     def _store(self) -> LocalStore | S3Store:
-        from adapters.store import open_store
+        from adapters.store import store_from_uri
 
-        return open_store(
+        return store_from_uri(
             self.store_uri, kms_key_id=self.kms_key_id, endpoint_url=self.aws_endpoint_url
         )
 

@@ -57,11 +57,13 @@ def fetch(store: Store, target: VersionToServe, instance: Path, progress: Progre
     Raises:
         PublishError: the version is incomplete or a file does not match the manifest.
     """
-    from adapters.publish import extract_tarball, verify_version
+    from adapters.layout import MODEL_TARBALL
+    from adapters.package import extract_tarball
+    from adapters.versions import verify_version
 
     download = instance / "download"
     verify_version(store, target.model, target.version, download)
-    model_dir = extract_tarball(download / "model.tar.gz", instance / MODEL_SUBDIR)
+    model_dir = extract_tarball(download / MODEL_TARBALL, instance / MODEL_SUBDIR)
     shutil.rmtree(download, ignore_errors=True)
     progress(f"{target.model} {target.version}: downloaded, verified and unpacked")
     return model_dir
