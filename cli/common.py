@@ -54,12 +54,6 @@ def embedded_prefect() -> Iterator[None]:
         yield
 
 
-def mask(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
 def print_serving(settings: Settings) -> None:
     """Where each model's endpoint serves, and (local endpoint) a request to try on it."""
     import shlex

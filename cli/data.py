@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import app, console, mask
+from cli.common import app, console
 from core.settings import prepare_environment
 
 
@@ -29,7 +29,7 @@ def seed(
 ) -> None:
     """Create the source database, or extend it by a week (drifted on request)."""
     settings = prepare_environment()
-    from adapters.source import corrupt_source, seed_source, source_has_data
+    from adapters.source import corrupt_source, mask_url, seed_source, source_has_data
 
     url = settings.source_url
     if corrupt:
@@ -37,7 +37,7 @@ def seed(
         console.print(f"[red]appended bad rows to {corrupt}[/]: {counts}")
         return
     if if_empty and source_has_data(url):
-        console.print(f"source database already has data: {mask(url)}")
+        console.print(f"source database already has data: {mask_url(url)}")
         return
     with console.status("generating source data...") as status:
         counts = seed_source(
@@ -50,4 +50,4 @@ def seed(
         )
     for table, rows in counts.items():
         console.print(f"  {table}: +{rows} rows")
-    console.print(f"source database: {mask(url)}")
+    console.print(f"source database: {mask_url(url)}")

@@ -11,21 +11,17 @@ Plain functions first (no Prefect), then thin Prefect tasks for the flows.
 
 from __future__ import annotations
 
-import gc
 import logging
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import sqlalchemy as sa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy.engine import make_url
 
 from adapters import layout
 from adapters.snapshots import (
@@ -35,6 +31,7 @@ from adapters.snapshots import (
     current_watermark,
     write_snapshot,
 )
+from adapters.source import export_query, mask_url, stream_rows
 from adapters.store import Store
 from core.config import DatasetConfig, ModelConfig
 
@@ -43,18 +40,7 @@ log = logging.getLogger(__name__)
 PARQUET_COMPRESSION = "zstd"
 
 
-# --- SQL to Arrow ---------------------------------------------------------------------------
-
-
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    return make_url(url).render_as_string(hide_password=True)
-
-
-def export_query(dataset: DatasetConfig, incremental: bool) -> str:
-    """The SELECT run by the export: ``dataset.query`` with the watermark predicate and order."""
-    where = f" WHERE {dataset.watermark} > :wm" if incremental else ""
-    return f"{dataset.query}{where} ORDER BY {dataset.watermark}"
+# --- rows to Arrow and Parquet --------------------------------------------------------------
 
 
 def _to_arrow(values: Sequence[Any], kind: str, column: str) -> pa.Array:
@@ -148,30 +134,12 @@ class _Range:
             self.max = hi
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while rows stream through.
-
-    Each chunk allocates tens of thousands of row tuples while the previous ones are still
-    alive, which triggers collections that traverse all of them: measured here, that doubled
-    the export time. The loop creates no reference cycles; reference counting frees each
-    chunk as the next arrives, so memory stays flat either way.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 # --- export ---------------------------------------------------------------------------------
 
 
 def export_snapshot(
     url: str,
-    store: Any,
+    store: Store,
     dataset: DatasetConfig,
     *,
     chunk_rows: int = 50_000,
@@ -203,43 +171,34 @@ def export_snapshot(
     schema = arrow_schema(dataset)
     wm_range, event_range = _Range(), _Range()
     rows = 0
-    engine = sa.create_engine(url)
-    try:
-        with tempfile.TemporaryDirectory(prefix=f"export-{dataset.name}-") as tmp:
-            writer = _PartWriter(Path(tmp), schema, part_rows)
-            try:
-                with _gc_paused(), engine.connect() as conn:
-                    result = conn.execution_options(
-                        stream_results=True, yield_per=chunk_rows
-                    ).execute(sa.text(sql), params)
-                    # The size is explicit: without a server-side cursor (SQLite) the result
-                    # would otherwise fall back to the DBAPI's arraysize, one row.
-                    for chunk in result.partitions(chunk_rows):
-                        batch = _batch(chunk, dataset, schema)
-                        writer.write(batch)
-                        wm_range.update(batch.column(dataset.watermark))
-                        event_range.update(batch.column(dataset.event_time))
-                        rows += batch.num_rows
-                        if progress:
-                            progress(rows)
-            finally:
-                parts = writer.close()
-            if rows == 0:
-                log.info("%s: no rows past watermark %s", dataset.name, watermark)
-                return None
-            return write_snapshot(
-                store,
-                dataset,
-                parts,
-                query=sql,
-                source=mask_url(url),
-                watermark_from=watermark,
-                watermark_to=int(wm_range.max),
-                min_event_time=event_range.min,
-                max_event_time=event_range.max,
-            )
-    finally:
-        engine.dispose()
+    with tempfile.TemporaryDirectory(prefix=f"export-{dataset.name}-") as tmp:
+        writer = _PartWriter(Path(tmp), schema, part_rows)
+        try:
+            with stream_rows(url, sql, params, chunk_rows) as chunks:
+                for chunk in chunks:
+                    batch = _batch(chunk, dataset, schema)
+                    writer.write(batch)
+                    wm_range.update(batch.column(dataset.watermark))
+                    event_range.update(batch.column(dataset.event_time))
+                    rows += batch.num_rows
+                    if progress:
+                        progress(rows)
+        finally:
+            parts = writer.close()
+        if rows == 0:
+            log.info("%s: no rows past watermark %s", dataset.name, watermark)
+            return None
+        return write_snapshot(
+            store,
+            dataset,
+            parts,
+            query=sql,
+            source=mask_url(url),
+            watermark_from=watermark,
+            watermark_to=int(wm_range.max),
+            min_event_time=event_range.min,
+            max_event_time=event_range.max,
+        )
 
 
 # --- Prefect tasks --------------------------------------------------------------------------
@@ -259,7 +218,7 @@ def _run_logger() -> Any:
 @task(name="export-snapshot", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def export_task(
     url: str,
-    store: Any,
+    store: Store,
     dataset: DatasetConfig,
     chunk_rows: int = 50_000,
     part_rows: int = 1_000_000,

@@ -21,10 +21,10 @@ from adapters.snapshots import (
     read_snapshots,
     record_validation,
 )
-from adapters.source import corrupt_source, seed_source
+from adapters.source import corrupt_source, mask_url, seed_source
 from adapters.store import KeyNotFound, LocalStore, sha256_file, store_from_settings
 from core.config import DatasetConfig
-from tasks.export import export_new_data, export_snapshot, export_task, mask_url
+from tasks.export import export_new_data, export_snapshot, export_task
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"n_clients": 4, "n_services": 2, "seed": 5}

@@ -1,141 +1,29 @@
-"""The source database: table definitions, seeding with synthetic data, and deliberate damage.
-
-Tables are SQLAlchemy Core definitions built from :data:`core.synth.SCHEMAS`, plus an ``id``
-autoincrement primary key that the exporter uses as its watermark. The natural keys are
-deliberately *not* unique in the database: duplicates are a data-quality problem that the
-pipeline's validation must be able to see, so the database must be able to hold them.
-
-Works on SQLite (the embedded default) and PostgreSQL (``postgresql+psycopg://...``).
-"""
+"""Filling the source database: synthetic weeks of traffic, and deliberately bad rows."""
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
-from core.config import DatasetConfig
+from adapters.source.schema import (
+    create_source_tables,
+    engine_for,
+    gc_paused,
+    source_extent,
+    source_tables,
+)
 from core.synth import EVENT_TIME, KEYS, SCHEMAS, TABLES, generate
 
 log = logging.getLogger(__name__)
 
 INSERT_CHUNK = 20_000
 """Rows per ``INSERT`` batch when seeding."""
-
-_SA_TYPES: dict[str, Callable[[], sa.types.TypeEngine[Any]]] = {
-    "int64": sa.BigInteger,
-    "float64": sa.Double,
-    "string": lambda: sa.String(64),
-    "timestamp": sa.DateTime,  # naive, UTC by convention
-    "bool": sa.Boolean,
-}
-
-
-def source_tables(metadata: sa.MetaData | None = None) -> dict[str, sa.Table]:
-    """The source tables, defined on ``metadata`` (a new one when not given).
-
-    Each table has ``id`` (a BigInteger autoincrement primary key; INTEGER on SQLite so that it
-    is the rowid and autoincrements) followed by the columns of :data:`core.synth.SCHEMAS`, all
-    nullable, and a non-unique index on the event time.
-    """
-    metadata = metadata if metadata is not None else sa.MetaData()
-    tables: dict[str, sa.Table] = {}
-    for name in TABLES:
-        if name in metadata.tables:
-            tables[name] = metadata.tables[name]
-            continue
-        columns = [
-            sa.Column(
-                "id",
-                sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-                primary_key=True,
-                autoincrement=True,
-            ),
-            *(
-                sa.Column(col, _SA_TYPES[kind](), nullable=True)
-                for col, kind in SCHEMAS[name].items()
-            ),
-        ]
-        event = EVENT_TIME[name]
-        tables[name] = sa.Table(name, metadata, *columns, sa.Index(f"ix_{name}_{event}", event))
-    return tables
-
-
-def _sqlite_file(url: str) -> Path | None:
-    """The database file of a SQLite URL (None for other databases and in-memory SQLite)."""
-    parsed = make_url(url)
-    database = parsed.database or ""
-    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
-        return None
-    if database.startswith("file:"):
-        return None
-    return Path(database).expanduser()
-
-
-def _engine(url: str) -> sa.Engine:
-    """An engine for ``url``; for a SQLite file, its directory is created first."""
-    path = _sqlite_file(url)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    return sa.create_engine(url)
-
-
-def create_source_tables(engine: sa.Engine) -> None:
-    """Create the source tables and their indexes where missing (idempotent)."""
-    metadata = sa.MetaData()
-    source_tables(metadata)
-    metadata.create_all(engine, checkfirst=True)
-
-
-def source_extent(engine: sa.Engine | str) -> dict[str, datetime | None]:
-    """Per table, the latest event time (``None`` when the table is empty or missing).
-
-    Looking never creates anything: a SQLite file that does not exist reads as empty.
-    """
-    owned = isinstance(engine, str)
-    if isinstance(engine, str):
-        path = _sqlite_file(engine)
-        if path is not None and not path.exists():
-            return dict.fromkeys(TABLES)
-        engine = sa.create_engine(engine)
-    try:
-        existing = set(sa.inspect(engine).get_table_names())
-        tables = source_tables()
-        out: dict[str, datetime | None] = {}
-        with engine.connect() as conn:
-            for name, table in tables.items():
-                if name not in existing:
-                    out[name] = None
-                    continue
-                value = conn.execute(sa.select(sa.func.max(table.c[EVENT_TIME[name]]))).scalar()
-                out[name] = _to_datetime(value)
-        return out
-    finally:
-        if owned:
-            engine.dispose()
-
-
-def _to_datetime(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    stamp = pd.Timestamp(value)  # a datetime, or text on drivers that return it
-    if stamp.tzinfo is not None:
-        stamp = stamp.tz_convert("UTC").tz_localize(None)
-    return stamp.to_pydatetime()
-
-
-def source_has_data(url: str) -> bool:
-    """Whether any source table exists and holds at least one row."""
-    return any(v is not None for v in source_extent(url).values())
 
 
 def last_monday(today: date | None = None) -> datetime:
@@ -161,22 +49,6 @@ def _rows(frame: pd.DataFrame) -> Iterator[list[tuple[Any, ...]]]:
             else:
                 columns.append(values.tolist())
         yield list(zip(*columns, strict=True))
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while many short-lived row objects are built.
-
-    Collections would traverse every live row of the chunk, again and again; the insert loop
-    makes no reference cycles, so reference counting alone frees each chunk.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _insert(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> int:
@@ -271,7 +143,7 @@ def seed_source(
     append = 1 if append_weeks is None else append_weeks
     if append < 1:
         raise ValueError("append_weeks must be >= 1")
-    engine = _engine(url)
+    engine = engine_for(url)
     try:
         create_source_tables(engine)
         extent = source_extent(engine)
@@ -299,7 +171,7 @@ def seed_source(
             )
             if progress:
                 progress(f"writing {len(frame):,} rows of {msg}")
-            with _gc_paused(), engine.begin() as conn:
+            with gc_paused(), engine.begin() as conn:
                 written[name] = _insert(conn, tables[name], frame)
             log.info("seeded %s rows of %s", written[name], msg)
         return written
@@ -345,7 +217,7 @@ def corrupt_source(url: str, table: str, *, seed: int = 0) -> dict[str, int]:
     """
     if table not in SCHEMAS:
         raise ValueError(f"unknown table {table!r}; known: {list(TABLES)}")
-    engine = _engine(url)
+    engine = engine_for(url)
     try:
         tab = source_tables()[table]
         columns = [tab.c[c] for c in SCHEMAS[table]]
@@ -371,38 +243,5 @@ def corrupt_source(url: str, table: str, *, seed: int = 0) -> dict[str, int]:
             counts["duplicate_key"] = 1
             conn.execute(tab.insert(), rows)
         return counts
-    finally:
-        engine.dispose()
-
-
-def recent_rows(url: str, dataset: DatasetConfig, days: int) -> list[tuple[Any, ...]]:
-    """The rows of ``dataset`` from the last ``days`` before its table's latest event time.
-
-    The window ends at the newest row, not at the clock, so a source that stopped receiving
-    data still shows its last ``days`` of it.
-
-    Args:
-        url: SQLAlchemy URL of the source database.
-        dataset: the model's dataset (table, columns, event time, watermark).
-        days: length of the window, in days.
-
-    Returns:
-        Plain tuples in the order of ``dataset.columns``, ordered by the watermark; empty when
-        the table has no rows. Types are as the driver returns them (SQLite gives text
-        timestamps): :func:`core.drift.coerce_frame` makes a typed frame of them.
-    """
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            latest = conn.execute(
-                sa.text(f"SELECT max({dataset.event_time}) FROM {dataset.table}")
-            ).scalar()
-            if latest is None:
-                return []
-            since = pd.Timestamp(latest).to_pydatetime() - timedelta(days=days)
-            sql = (
-                f"{dataset.query} WHERE {dataset.event_time} > :since ORDER BY {dataset.watermark}"
-            )
-            return [tuple(r) for r in conn.execute(sa.text(sql), {"since": since})]
     finally:
         engine.dispose()
