@@ -1,4 +1,4 @@
-"""Cleanup: a plan of what nothing uses any more, then (only when asked) its deletion.
+"""The cleanup plan: what nothing uses any more, each item with delete or keep and why.
 
 :func:`plan_cleanup` is a pure function of an :class:`Inventory` and the retention policy, so
 the rules are tested exhaustively without a cloud; :mod:`tasks.cleanup` takes the inventory and

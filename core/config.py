@@ -269,7 +269,7 @@ class ModelConfig(Strict):
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{1,40}$", description="Model name.")
     family: str = Field(
-        pattern=r"^[a-z][a-z0-9_]+$", description="Module in tasks/train implementing the family."
+        pattern=r"^[a-z][a-z0-9_]+$", description="Module in core/families implementing the family."
     )
     description: str = Field(default="", description="One line for humans.")
     dataset: DatasetConfig

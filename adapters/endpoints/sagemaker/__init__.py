@@ -11,7 +11,7 @@ duplicates, and a changed instance type gets a new config rather than an error.
 A rollout ends one of two ways:
 
 - the endpoint is ``InService`` on the new config: success;
-- anything else raises :class:`~adapters.endpoints.RolloutFailed`, after putting things back: an
+- anything else raises :class:`~core.endpoint.RolloutFailed`, after putting things back: an
   endpoint created by this attempt is deleted, an updated one is left on the config SageMaker
   rolled it back to, and the config and model made for the attempt are deleted unless an endpoint
   still references them.
@@ -28,7 +28,7 @@ The package, one job per module (boto3 and botocore are used here and in
 - :mod:`.deploy`: one deploy, from the endpoint's state to serving or a clean failure;
 - :mod:`.inventory`: the project's resources for cleanup, and deleting them;
 - :mod:`.target`: :class:`~.target.SageMakerTarget`, the
-  :class:`~adapters.endpoints.EndpointTarget` composing the above.
+  :class:`~core.endpoint.EndpointTarget` composing the above.
 
 Clients are built by :meth:`.target.SageMakerTarget.from_settings` (or passed in); nothing
 happens at import time, and importing this package imports none of its modules.

@@ -9,7 +9,7 @@ The steps, each safe to repeat (names hash what the resources hold, see
 4. create the endpoint, or update it blue/green to the new config;
 5. wait until it settles, and judge: ``InService`` on the new config is success.
 
-Anything else raises :class:`~adapters.endpoints.RolloutFailed` after putting things back: an
+Anything else raises :class:`~core.endpoint.RolloutFailed` after putting things back: an
 endpoint this attempt created is deleted, an updated one is left on the config SageMaker rolled
 it back to, and the config and model made for the attempt are deleted unless an endpoint still
 references them.

@@ -1,4 +1,4 @@
-"""The SageMaker endpoint target: the :class:`~adapters.endpoints.EndpointTarget` on SageMaker.
+"""The SageMaker endpoint target: the :class:`~core.endpoint.EndpointTarget` on SageMaker.
 
 It holds the clients and settings, and composes the package's parts: names and request bodies
 (:mod:`.names`), the deploy (:mod:`.deploy`), the cleanup inventory (:mod:`.inventory`), all on
