@@ -30,35 +30,24 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+from core.families import abuse_detector, limit_optimiser
+
 TABLES: tuple[str, ...] = ("client_windows", "client_limits", "service_traffic")
 """The source tables, in the order they are seeded."""
 
 SCHEMAS: dict[str, dict[str, str]] = {
+    # The columns models read are the families' own input schemas, named once, there.
     "client_windows": {
         "client_id": "string",
         "window_start": "timestamp",
-        "requests": "int64",
-        "error_rate": "float64",
-        "unique_paths": "int64",
-        "unique_ips": "int64",
-        "login_attempts": "int64",
-        "failed_login_rate": "float64",
-        "kb_out": "float64",
-        "mean_interarrival_ms": "float64",
+        **abuse_detector.FEATURES,
         "is_abuse": "int64",
         "incident_type": "string",
     },
     "client_limits": {
         "client_id": "string",
         "day": "timestamp",
-        "tier": "string",
-        "avg_rps": "float64",
-        "p95_rps": "float64",
-        "p99_rps": "float64",
-        "burst_ratio": "float64",
-        "error_rate": "float64",
-        "account_age_days": "int64",
-        "endpoints_used": "int64",
+        **limit_optimiser.INPUTS,
         "best_limit": "float64",
     },
     "service_traffic": {
@@ -84,7 +73,7 @@ KEYS: dict[str, tuple[str, ...]] = {
 }
 """The natural key of each table (not enforced by the database, on purpose)."""
 
-TIERS: tuple[str, ...] = ("free", "pro", "enterprise")
+TIERS: tuple[str, ...] = limit_optimiser.TIERS
 INCIDENTS: tuple[str, ...] = ("none", "burst", "credential_stuffing", "scraping")
 SERVICE_NAMES: tuple[str, ...] = (
     "api-gateway", "auth", "search", "payments", "catalog", "orders", "notifications", "media",

@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.families import Evaluation, Family, MlflowModel, check_columns, json_records
 from core.families import metrics as m
 
-TIERS = ("free", "pro", "enterprise")
+TIERS: tuple[str, ...] = ("free", "pro", "enterprise")
+"""Client tiers, in the order of the one-hot columns."""
 NUMERIC: dict[str, str] = {
     "avg_rps": "float64",
     "p95_rps": "float64",
