@@ -26,7 +26,6 @@ from tasks.export import (
     read_snapshots,
     record_validation,
 )
-from tests.fixtures.postgres import postgres_url  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +41,7 @@ def dataset(model: str) -> DatasetConfig:
 
 
 @pytest.fixture
-def pg(postgres_url: str) -> Iterator[str]:  # noqa: F811
+def pg(postgres_url: str) -> Iterator[str]:
     """The session's database, emptied of source tables before and after each test."""
     engine = sa.create_engine(postgres_url)
     metadata = sa.MetaData()
