@@ -1,21 +1,20 @@
 """The retrain, rollout and rollback flows on the local endpoint (real serving processes).
 
-What ``make run`` does on a laptop, one model, in file order like a week of operations: the
+What ``make run`` does on a laptop, one model, as one story test like a week of operations: the
 first retrain ends with v1 serving; a forced retrain swaps to v2 while requests flow; a rollout
 whose model cannot load leaves v2 serving with pointer, alias and history untouched; a rollback
-puts v1 back everywhere; ``mlops endpoint stop`` ends every process and ``status`` says so.
-Every process started here is stopped at the end, even when a test fails.
+puts v1 back everywhere; ``mlops endpoint stop`` ends every process and ``status`` says so. Each
+step starts from the state the previous one left. Every process started here is stopped at the
+end, even when a step fails.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +30,10 @@ from adapters.source import seed_source
 from adapters.store import store_from_settings
 from cli.status import status_of
 from core.config import load_platform_config
-from core.settings import PROJECT_ROOT, Settings, load_settings
+from core.settings import Settings, load_settings
 from flows.retrain import retrain
 from flows.rollout import rollback, rollout
-from tests.conftest import _LEAKY
+from tests.fixtures.home import SMALL_SOURCE, isolated_env, project_configs
 from tests.fixtures.serving import our_processes, post_until
 
 pytestmark = pytest.mark.integration
@@ -49,30 +48,29 @@ class Local:
     home: Path
 
 
-@pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
-    with pytest.MonkeyPatch.context() as mp:
-        tmp = tmp_path_factory.mktemp("local-rollout")
-        for name in _LEAKY:
-            mp.delenv(name, raising=False)
-        home = tmp / "home"
-        mp.setenv("MLOPS_HOME", str(home))
-        mp.setenv("MLOPS_ENDPOINT_TARGET", "local")
-        mp.setenv("MLOPS_ENDPOINT_PORT", str(free_port()))
-        configs = tmp / "configs"
-        shutil.copytree(PROJECT_ROOT / "configs", configs)
-        mp.setenv("MLOPS_CONFIG_DIR", str(configs))
-        settings = load_settings()
-        seed_source(
-            settings.source_url, weeks=8, n_clients=40, n_services=2, seed=7, today=date(2026, 3, 2)
-        )
-        target = LocalTarget.from_settings(settings, load_platform_config(configs))
-        try:
-            yield Local(settings, target, home)
-        finally:
-            target.stop()
-            for pid in our_processes(home):  # nothing may outlive the tests
-                os.kill(pid, signal.SIGKILL)
+@pytest.fixture
+def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Local]:
+    home = isolated_env(monkeypatch, tmp_path / "home", endpoint_target="local")
+    monkeypatch.setenv("MLOPS_ENDPOINT_PORT", str(free_port()))
+    configs = project_configs(monkeypatch, tmp_path / "configs")
+    settings = load_settings()
+    seed_source(settings.source_url, weeks=8, **SMALL_SOURCE)
+    target = LocalTarget.from_settings(settings, load_platform_config(configs))
+    try:
+        yield Local(settings, target, home)
+    finally:
+        target.stop()
+        for pid in our_processes(home):  # nothing may outlive the tests
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_week_on_the_local_endpoint(local: Local) -> None:
+    """The steps below, in order, on one endpoint and one home."""
+    first_retrain_ends_serving_v1(local)
+    forced_retrain_swaps_to_v2_without_a_failed_request(local)
+    a_rollout_that_cannot_load_leaves_v2_serving_and_moves_nothing(local)
+    rollback_serves_v1_again_with_pointer_and_alias(local)
+    endpoint_stop_ends_every_process_and_status_says_so(local)
 
 
 def invoke(local: Local) -> httpx.Response:
@@ -101,7 +99,8 @@ def everywhere(local: Local) -> tuple[Any, ...]:
     )
 
 
-def test_first_retrain_ends_serving_v1(local: Local) -> None:
+def first_retrain_ends_serving_v1(local: Local) -> None:
+    """Nothing before; leaves v1 serving everywhere."""
     state = retrain(models=[MODEL], reason="first", return_state=True)
     summary = state.result()
     (line,) = summary["models"]
@@ -115,7 +114,8 @@ def test_first_retrain_ends_serving_v1(local: Local) -> None:
     assert len(answer.json()["predictions"]) == len(_example(local))
 
 
-def test_forced_retrain_swaps_to_v2_without_a_failed_request(local: Local) -> None:
+def forced_retrain_swaps_to_v2_without_a_failed_request(local: Local) -> None:
+    """Leaves v2 serving everywhere."""
     stop = threading.Event()
     log: list[tuple[str | None, float]] = []
     failures: list[str] = []
@@ -139,7 +139,8 @@ def test_forced_retrain_swaps_to_v2_without_a_failed_request(local: Local) -> No
     assert everywhere(local) == ("v2", "v2", "v2", True)
 
 
-def test_a_rollout_that_cannot_load_leaves_v2_serving_and_moves_nothing(local: Local) -> None:
+def a_rollout_that_cannot_load_leaves_v2_serving_and_moves_nothing(local: Local) -> None:
+    """Leaves v2 serving, one router and one variant running."""
     store = store_from_settings(local.settings)
     history = promotion_history(store, MODEL)
     tarball = Path(local.settings.store) / "models" / MODEL / "v1" / "model.tar.gz"
@@ -159,7 +160,8 @@ def test_a_rollout_that_cannot_load_leaves_v2_serving_and_moves_nothing(local: L
     assert len(our_processes(local.home)) == 2
 
 
-def test_rollback_serves_v1_again_with_pointer_and_alias(local: Local) -> None:
+def rollback_serves_v1_again_with_pointer_and_alias(local: Local) -> None:
+    """Leaves v1 serving everywhere."""
     state = rollback(MODEL, return_state=True)
     assert state.is_completed(), state.message
     assert everywhere(local) == ("v1", "v1", "v1", True)
@@ -170,7 +172,8 @@ def test_rollback_serves_v1_again_with_pointer_and_alias(local: Local) -> None:
     assert [h["version"] for h in history] == ["v1", "v2", "v1"]
 
 
-def test_endpoint_stop_ends_every_process_and_status_says_so(local: Local) -> None:
+def endpoint_stop_ends_every_process_and_status_says_so(local: Local) -> None:
+    """Leaves nothing running; v1 is still the champion."""
     from cli import app
 
     result = CliRunner().invoke(app, ["endpoint", "stop"])

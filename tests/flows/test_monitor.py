@@ -6,7 +6,6 @@ a real flow run of it (Scheduled, nobody runs it), whose parameters the test rea
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,8 @@ from adapters.source import seed_source
 from core.settings import load_settings
 from flows.monitor import monitor
 from flows.retrain import retrain
+from tests.fixtures.home import SMALL_SOURCE
 
-SMALL = {"n_clients": 40, "n_services": 2, "seed": 7, "today": date(2026, 3, 2)}
 DEPLOYMENT = "retrain/monitor-test"
 
 
@@ -37,7 +36,7 @@ def retrain_runs() -> list[Any]:
 
 def test_monitor_triggers_a_retrain_only_on_drift(mlops_home: Path) -> None:
     settings = load_settings()
-    seed_source(settings.source_url, weeks=3, **SMALL)
+    seed_source(settings.source_url, weeks=3, **SMALL_SOURCE)
     assert retrain(return_state=True).is_completed()
     retrain.to_deployment(name=DEPLOYMENT.split("/")[1]).apply()
 
@@ -51,7 +50,7 @@ def test_monitor_triggers_a_retrain_only_on_drift(mlops_home: Path) -> None:
     assert retrain_runs() == []
 
     # 2. A drifted week arrives: one retrain run is requested, its reason names the columns.
-    seed_source(settings.source_url, append_weeks=1, drift=0.8, **SMALL)
+    seed_source(settings.source_url, append_weeks=1, drift=0.8, **SMALL_SOURCE)
     loud = monitor(retrain_deployment=DEPLOYMENT)
     assert loud["triggered"], loud["findings"]
     assert loud["request"]["requested"] is True
@@ -71,9 +70,9 @@ def test_monitor_triggers_a_retrain_only_on_drift(mlops_home: Path) -> None:
 def test_monitor_without_the_deployment_says_so_and_completes(mlops_home: Path) -> None:
     # The embedded API has no deployments: the monitor reports, it does not crash.
     settings = load_settings()
-    seed_source(settings.source_url, weeks=3, **SMALL)
+    seed_source(settings.source_url, weeks=3, **SMALL_SOURCE)
     assert retrain(models=["limit_optimiser"], return_state=True).is_completed()
-    seed_source(settings.source_url, append_weeks=1, drift=0.8, **SMALL)
+    seed_source(settings.source_url, append_weeks=1, drift=0.8, **SMALL_SOURCE)
 
     state = monitor(
         models=["limit_optimiser"], retrain_deployment="retrain/nowhere", return_state=True
@@ -91,7 +90,7 @@ def test_monitor_without_the_deployment_says_so_and_completes(mlops_home: Path) 
 
 
 def test_monitor_without_a_champion_asks_for_nothing(mlops_home: Path) -> None:
-    seed_source(load_settings().source_url, weeks=3, **SMALL)
+    seed_source(load_settings().source_url, weeks=3, **SMALL_SOURCE)
     result = monitor(retrain_deployment="retrain/nowhere")
     assert result["triggered"] == []
     assert all("no champion" in f["notes"][0] for f in result["findings"])

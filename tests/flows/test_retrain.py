@@ -7,7 +7,6 @@ rows in one table (that model fails, the others go on, nothing of it moves), the
 from __future__ import annotations
 
 import json
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,9 @@ from adapters.versions import list_versions
 from cli.status import status_of
 from core.settings import load_settings
 from flows.retrain import retrain
+from tests.fixtures.home import SMALL_SOURCE
 
 MODELS = ["abuse_detector", "limit_optimiser", "traffic_forecaster"]
-# A fixed date keeps holidays out of the small windows, so the first-run gate is reproducible.
-SMALL = {"n_clients": 40, "n_services": 2, "seed": 7, "today": date(2026, 3, 2)}
 
 
 def run(**kwargs: Any) -> tuple[Any, dict[str, dict[str, Any]]]:
@@ -49,7 +47,7 @@ def pointers(settings: Any, model: str) -> dict[str, Any]:
 
 def test_weekly_cycle(mlops_home: Path) -> None:
     settings = load_settings()
-    seed_source(settings.source_url, weeks=3, **SMALL)
+    seed_source(settings.source_url, weeks=3, **SMALL_SOURCE)
 
     # 1. First run: no champion, floors only; every model is published as v1 and promoted.
     state, out = run(reason="first")
@@ -76,7 +74,7 @@ def test_weekly_cycle(mlops_home: Path) -> None:
     assert {m: pointers(settings, m) for m in MODELS} == before
 
     # 3. A new week arrives, with bad rows in client_limits only.
-    seed_source(settings.source_url, append_weeks=1, **SMALL)
+    seed_source(settings.source_url, append_weeks=1, **SMALL_SOURCE)
     engine = sa.create_engine(settings.source_url)
     with engine.connect() as conn:
         last_good = conn.execute(sa.text("SELECT max(id) FROM client_limits")).scalar_one()
@@ -125,7 +123,7 @@ def _gate_record(settings: Any, run_id: str) -> dict[str, Any]:
 
 def test_forced_run_without_new_data_retrains(mlops_home: Path) -> None:
     settings = load_settings()
-    seed_source(settings.source_url, weeks=3, **SMALL)
+    seed_source(settings.source_url, weeks=3, **SMALL_SOURCE)
     state, out = run(models=["limit_optimiser"])
     assert out["limit_optimiser"]["version"] == "v1"
     state, out = run(models=["limit_optimiser"], force=True)

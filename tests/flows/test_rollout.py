@@ -2,59 +2,40 @@
 
 The endpoint side of rollout is tested with the local endpoint (real processes) and with
 SageMaker on moto server; here the pointer, the alias and the history are the subject.
+
+One story test: building its world takes three retrains, and each step starts from the state
+the previous one left (the rollback step relies on cleanup having deleted v1).
 """
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-from datetime import date
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from adapters.pointer import promotion_history, read_latest
-from adapters.registry import CHAMPION, Registry
+from adapters.registry import Registry
 from adapters.source import seed_source
 from adapters.store import store_from_settings
 from adapters.versions import list_versions
 from cli.status import status_of
-from core.settings import PROJECT_ROOT, load_settings
+from core.settings import Settings, load_settings
 from flows.cleanup import cleanup
 from flows.retrain import retrain
 from flows.rollout import rollback, rollout
-from tests.conftest import _LEAKY
+from tests.fixtures.home import SMALL_SOURCE, champion, isolated_env, project_configs
 
 MODEL = "limit_optimiser"
 
 
-@pytest.fixture(scope="module")
-def three_versions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """v1, v2, v3 of the limit optimiser published and promoted in turn; keep_last 1.
-
-    Shared by the tests of this module (they run in file order): building it takes three
-    retrains, and each test leaves the champion at v3 or says what it changed.
-    """
-    with pytest.MonkeyPatch.context() as mp:
-        tmp = tmp_path_factory.mktemp("rollout")
-        for name in _LEAKY:
-            mp.delenv(name, raising=False)
-        mp.setenv("MLOPS_HOME", str(tmp / "home"))
-        mp.setenv("MLOPS_ENDPOINT_TARGET", "none")
-        yield _build(tmp, mp)
-
-
-def _build(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    configs = tmp / "configs"
-    shutil.copytree(PROJECT_ROOT / "configs", configs)
-    platform = (configs / "platform.yaml").read_text().replace("keep_last: 3", "keep_last: 1")
-    (configs / "platform.yaml").write_text(platform)
-    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(configs))
+@pytest.fixture
+def three_versions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """v1, v2, v3 of the limit optimiser published and promoted in turn; keep_last 1."""
+    isolated_env(monkeypatch, tmp_path / "home")
+    edits = {"platform.yaml": {"keep_last: 3": "keep_last: 1"}}
+    project_configs(monkeypatch, tmp_path / "configs", edits)
     settings = load_settings()
-    seed_source(
-        settings.source_url, weeks=8, n_clients=40, n_services=2, seed=7, today=date(2026, 3, 2)
-    )
+    seed_source(settings.source_url, weeks=8, **SMALL_SOURCE)
     for i in range(3):
         state = retrain(models=[MODEL], force=i > 0, reason=f"run {i + 1}", return_state=True)
         summary = state.result()
@@ -62,26 +43,28 @@ def _build(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return settings
 
 
-def champion(settings: Any) -> tuple[str | None, str | None]:
-    latest = read_latest(store_from_settings(settings), MODEL) or {}
-    alias = Registry.from_settings(settings).get_alias(MODEL, CHAMPION) or {}
-    return latest.get("version"), alias.get("tags", {}).get("store_version")
-
-
-def test_rollout_of_a_missing_version_changes_nothing(three_versions: Any) -> None:
+def test_rollout_cleanup_and_rollback_keep_pointer_alias_and_history_agreeing(
+    three_versions: Settings,
+) -> None:
+    """The steps below, in order, on one world of three promoted versions."""
     settings = three_versions
+    rollout_of_a_missing_version_changes_nothing(settings)
+    cleanup_dry_run_deletes_nothing_and_apply_deletes_exactly_the_plan(settings)
+    rollback_moves_pointer_and_alias_and_keeps_history(settings)
+
+
+def rollout_of_a_missing_version_changes_nothing(settings: Settings) -> None:
+    """Leaves the champion at v3."""
     before = promotion_history(store_from_settings(settings), MODEL)
     state = rollout(MODEL, "v9", return_state=True)
     assert state.is_failed()
     assert "v9" in str(state.message)
-    assert champion(settings) == ("v3", "v3")
+    assert champion(settings, MODEL) == ("v3", "v3")
     assert promotion_history(store_from_settings(settings), MODEL) == before
 
 
-def test_cleanup_dry_run_deletes_nothing_and_apply_deletes_exactly_the_plan(
-    three_versions: Any,
-) -> None:
-    settings = three_versions
+def cleanup_dry_run_deletes_nothing_and_apply_deletes_exactly_the_plan(settings: Settings) -> None:
+    """Deletes v1 (store and registry); leaves the champion at v3."""
     store = store_from_settings(settings)
     dry = cleanup(models=[MODEL], clean_store=True)
     planned = {(p["kind"], p["name"]) for p in dry["plan"] if p["action"] == "delete"}
@@ -95,16 +78,16 @@ def test_cleanup_dry_run_deletes_nothing_and_apply_deletes_exactly_the_plan(
     assert [v["version"] for v in list_versions(store, MODEL)] == ["v2", "v3"]
     versions = [r["version"] for r in Registry.from_settings(settings).list_versions(MODEL)]
     assert versions == ["2", "3"]
-    assert champion(settings) == ("v3", "v3")
+    assert champion(settings, MODEL) == ("v3", "v3")
 
 
-def test_rollback_moves_pointer_and_alias_and_keeps_history(three_versions: Any) -> None:
-    settings = three_versions
-    assert champion(settings) == ("v3", "v3")
+def rollback_moves_pointer_and_alias_and_keeps_history(settings: Settings) -> None:
+    """Rolls back to v2, forward to v3, then fails to reach the deleted v1: ends at v3."""
+    assert champion(settings, MODEL) == ("v3", "v3")
 
     state = rollback(MODEL, return_state=True)
     assert state.is_completed(), state.message
-    assert champion(settings) == ("v2", "v2")
+    assert champion(settings, MODEL) == ("v2", "v2")
     history = promotion_history(store_from_settings(settings), MODEL)
     assert [h["version"] for h in history][-2:] == ["v3", "v2"]
     assert "rollback" in history[-1]["reason"] and "from v3 to v2" in history[-1]["reason"]
@@ -114,7 +97,7 @@ def test_rollback_moves_pointer_and_alias_and_keeps_history(three_versions: Any)
 
     state = rollback(MODEL, to="v3", return_state=True)
     assert state.is_completed(), state.message
-    assert champion(settings) == ("v3", "v3")
+    assert champion(settings, MODEL) == ("v3", "v3")
     (row,) = status_of(settings, [MODEL])
     assert row["agree"] and row["latest_version"] == "v3"
     assert "back to v2" in row["rollback"]
@@ -122,5 +105,5 @@ def test_rollback_moves_pointer_and_alias_and_keeps_history(three_versions: Any)
     # v1 was cleaned up: rolling back to it fails and moves nothing.
     state = rollback(MODEL, to="v1", return_state=True)
     assert state.is_failed() and "v1" in str(state.message)
-    assert champion(settings) == ("v3", "v3")
+    assert champion(settings, MODEL) == ("v3", "v3")
     assert row["rollback"].startswith(f"mlops rollback {MODEL}")

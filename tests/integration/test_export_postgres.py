@@ -21,7 +21,6 @@ from adapters.source import corrupt_source, seed_source, source_extent, source_t
 from adapters.store import LocalStore, sha256_file
 from core.config import DatasetConfig
 from tasks.export import export_snapshot
-from tests.fixtures.postgres import postgres_url  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +36,7 @@ def dataset(model: str) -> DatasetConfig:
 
 
 @pytest.fixture
-def pg(postgres_url: str) -> Iterator[str]:  # noqa: F811
+def pg(postgres_url: str) -> Iterator[str]:
     """The session's database, emptied of source tables before and after each test."""
     engine = sa.create_engine(postgres_url)
     metadata = sa.MetaData()

@@ -24,7 +24,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,11 @@ import pytest
 
 from adapters.source import seed_source
 from core.settings import PROJECT_ROOT
+from tests.fixtures.home import SMALL_SOURCE
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 BIN = Path(sys.executable).parent
-SMALL = {"n_clients": 40, "n_services": 2, "seed": 7, "today": date(2026, 3, 2)}
 SERVER_START_S = 120
 GATE_TABLE = "| metric | rule | challenger | champion | threshold | passed |"
 
@@ -221,7 +220,7 @@ def _run_to_the_end(server: Server, api: httpx.Client, deployment: str, timeout:
 
 
 def test_deployments_on_a_real_server(server: Server) -> None:
-    seed_source(f"sqlite:///{server.home / 'source.db'}", weeks=3, **SMALL)
+    seed_source(f"sqlite:///{server.home / 'source.db'}", weeks=3, **SMALL_SOURCE)
     api = server.client()
 
     # 1. Register the deployments with the documented command; the schedule comes from config.
@@ -325,7 +324,7 @@ def _retrain_and_queue(server: Server, api: httpx.Client) -> None:
     assert len(waited) >= 2, [_state_names(api, r) for r in queued]
 
     # 5. A drifted week: the monitor deployment requests a retrain naming the drifted columns.
-    seed_source(f"sqlite:///{server.home / 'source.db'}", append_weeks=1, drift=0.8, **SMALL)
+    seed_source(f"sqlite:///{server.home / 'source.db'}", append_weeks=1, drift=0.8, **SMALL_SOURCE)
     _run_to_the_end(server, api, "monitor/daily", timeout=300)
     triggered = api.post(
         "/flow_runs/filter",

@@ -6,8 +6,8 @@ extended by :mod:`tests.fixtures.sagemaker_moto` (status transitions, ``UpdateEn
 injected failures, answers naming the version served). The target is the one the flows build
 from the environment (``MLOPS_ENDPOINT_TARGET=sagemaker``), only polling faster.
 
-The tests run in file order on one module-scoped world, each starting from the state the
-previous one left and saying what it changed: building it takes several retrains.
+One story test runs these steps in order on one world, each starting from the state the
+previous one left and saying what it changed (building that state takes several retrains):
 
 1. the first retrain creates the endpoint serving v1;
 2. new data and a forced retrain promote v2 by *updating* the endpoint;
@@ -20,29 +20,27 @@ previous one left and saying what it changed: building it takes several retrains
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from adapters.endpoints.sagemaker.names import endpoint_name
 from adapters.pointer import promotion_history, read_latest
-from adapters.registry import CHAMPION, Registry
+from adapters.registry import Registry
 from adapters.source import seed_source
 from adapters.store import store_from_settings
 from adapters.versions import list_versions
 from cli.status import status_of
-from core.settings import PROJECT_ROOT, Settings, load_settings
+from core.settings import Settings, load_settings
 from flows.cleanup import cleanup
 from flows.retrain import retrain
 from flows.rollout import rollback, rollout
-from tests.conftest import _LEAKY
-from tests.fixtures.moto import boto_client, moto_server, use_moto_env  # noqa: F401
-from tests.fixtures.sagemaker_moto import SageMakerSim, install
+from tests.fixtures.home import SMALL_SOURCE, champion, isolated_env, project_configs
+from tests.fixtures.moto import boto_client, use_moto_env
+from tests.fixtures.sagemaker_moto import SageMakerSim, install, tagged_names
 
 pytestmark = pytest.mark.integration
 
@@ -65,68 +63,41 @@ class World:
         return endpoint_name(self.tag, MODEL)
 
 
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[None]:
-    """A temporary Prefect API for this module, flow heartbeats off (as in tests/flows)."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with (
-        prefect_test_harness(server_startup_timeout=180),
-        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-    ):
-        yield
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture
 def world(
-    moto_server: str,  # noqa: F811
+    moto_server: str,
     prefect_api: None,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[World]:
-    """S3 store and SageMaker on moto, a project tag of this module's own, seeded source."""
-    tmp = tmp_path_factory.mktemp("sagemaker-flow")
-    with pytest.MonkeyPatch.context() as mp:
-        for name in _LEAKY:
-            mp.delenv(name, raising=False)
-        use_moto_env(mp, moto_server)
-        bucket = f"mlops-flow-{uuid.uuid4().hex[:12]}"
-        boto_client("s3", moto_server).create_bucket(Bucket=bucket)
-        # A tag of its own keeps this module's resources apart from other tests' on the server.
-        tag = f"f{uuid.uuid4().hex[:8]}"
-        configs = tmp / "configs"
-        shutil.copytree(PROJECT_ROOT / "configs", configs)
-        platform = (configs / "platform.yaml").read_text()
-        platform = platform.replace("keep_last: 3", "keep_last: 1")
-        platform = platform.replace("project_tag: intelli-rate", f"project_tag: {tag}")
-        (configs / "platform.yaml").write_text(platform)
-        mp.setenv("MLOPS_CONFIG_DIR", str(configs))
-        mp.setenv("MLOPS_HOME", str(tmp / "home"))
-        mp.setenv("MLOPS_STORE_URI", f"s3://{bucket}/store")
-        mp.setenv("MLOPS_SERVING_IMAGE", IMAGE)
-        mp.setenv("MLOPS_ENDPOINT_TARGET", "sagemaker")
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> World:
+    """S3 store and SageMaker on moto, a project tag of this test's own, seeded source."""
+    isolated_env(monkeypatch, tmp_path / "home", endpoint_target="sagemaker")
+    use_moto_env(monkeypatch, moto_server)
+    bucket = f"mlops-flow-{uuid.uuid4().hex[:12]}"
+    boto_client("s3", moto_server).create_bucket(Bucket=bucket)
+    # A tag of its own keeps this test's resources apart from other tests' on the server.
+    tag = f"f{uuid.uuid4().hex[:8]}"
+    edits = {
+        "platform.yaml": {
+            "keep_last: 3": "keep_last: 1",
+            "project_tag: intelli-rate": f"project_tag: {tag}",
+        },
+        f"models/{MODEL}.yaml": {"timeout_seconds: 1800": "timeout_seconds: 10"},
+    }
+    project_configs(monkeypatch, tmp_path / "configs", edits)
+    monkeypatch.setenv("MLOPS_STORE_URI", f"s3://{bucket}/store")
+    monkeypatch.setenv("MLOPS_SERVING_IMAGE", IMAGE)
 
-        sim = SageMakerSim()
-        install(sim, mp)
-        # SageMaker is polled every 15 s; the simulated states take sim.settle_after polls each.
-        mp.setenv("MLOPS_SAGEMAKER_POLL_SECONDS", "0.01")
-        model_yaml = configs / "models" / f"{MODEL}.yaml"
-        model_yaml.write_text(
-            model_yaml.read_text().replace("timeout_seconds: 1800", "timeout_seconds: 10")
-        )
+    sim = SageMakerSim()
+    install(sim, monkeypatch)
+    # SageMaker is polled every 15 s; the simulated states take sim.settle_after polls each.
+    monkeypatch.setenv("MLOPS_SAGEMAKER_POLL_SECONDS", "0.01")
 
-        settings = load_settings()
-        assert settings.resolved_endpoint_target == "sagemaker"
-        assert settings.store == f"s3://{bucket}/store"
-        seed_source(
-            settings.source_url,
-            weeks=8,
-            n_clients=40,
-            n_services=2,
-            seed=7,
-            today=date(2026, 3, 2),
-        )
-        yield World(settings, sim, tag, bucket, moto_server)
+    settings = load_settings()
+    assert settings.resolved_endpoint_target == "sagemaker"
+    assert settings.store == f"s3://{bucket}/store"
+    seed_source(settings.source_url, weeks=8, **SMALL_SOURCE)
+    return World(settings, sim, tag, bucket, moto_server)
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -136,26 +107,25 @@ def sm(world: World) -> Any:
     return boto_client("sagemaker", world.url)
 
 
-def _names(world: World, operation: str, key: str, name: str) -> set[str]:
-    """Names of this module's resources of one kind.
-
-    The server is shared and moto ignores ``NameContains`` when listing models: filter here.
-    """
-    pages = sm(world).get_paginator(operation).paginate(NameContains=world.tag)
-    found = (item[name] for page in pages for item in page[key])
-    return {n for n in found if n.startswith(f"{world.tag}-")}
-
-
 def endpoints(world: World) -> list[str]:
-    return sorted(_names(world, "list_endpoints", "Endpoints", "EndpointName"))
+    return tagged_names(sm(world), "endpoint", world.tag)
 
 
 def configs(world: World) -> set[str]:
-    return _names(world, "list_endpoint_configs", "EndpointConfigs", "EndpointConfigName")
+    return set(tagged_names(sm(world), "endpoint-config", world.tag))
 
 
 def models(world: World) -> set[str]:
-    return _names(world, "list_models", "Models", "ModelName")
+    return set(tagged_names(sm(world), "model", world.tag))
+
+
+def footprint(world: World) -> tuple[set[str], set[str], list[dict[str, Any]]]:
+    """(endpoint configs, models, promotion history): what a failed rollout leaves as it was."""
+    return (
+        configs(world),
+        models(world),
+        promotion_history(store_from_settings(world.settings), MODEL),
+    )
 
 
 def version_of_config(world: World, config: str) -> str:
@@ -173,13 +143,6 @@ def serving(world: World) -> tuple[str, str, str]:
     return desc["EndpointStatus"], config, version_of_config(world, config)
 
 
-def champion(world: World) -> tuple[str | None, str | None]:
-    """(latest.json's version, the store version of the MLflow champion alias)."""
-    latest = read_latest(store_from_settings(world.settings), MODEL) or {}
-    alias = Registry.from_settings(world.settings).get_alias(MODEL, CHAMPION) or {}
-    return latest.get("version"), alias.get("tags", {}).get("store_version")
-
-
 def status_row(world: World) -> dict[str, Any]:
     (row,) = status_of(world.settings, [MODEL])
     return row
@@ -187,7 +150,7 @@ def status_row(world: World) -> dict[str, Any]:
 
 def assert_all_agree_on(world: World, version: str) -> None:
     """latest.json, the champion alias, the endpoint and model_status all say ``version``."""
-    assert champion(world) == (version, version)
+    assert champion(world.settings, MODEL) == (version, version)
     status, _, served = serving(world)
     assert (status, served) == ("InService", version)
     row = status_row(world)
@@ -219,7 +182,19 @@ def answer(world: World) -> dict[str, Any]:
 # --- the path -----------------------------------------------------------------------------------
 
 
-def test_first_retrain_creates_the_endpoint_serving_v1(world: World) -> None:
+def test_retrain_rollout_rollback_and_cleanup_on_sagemaker(world: World) -> None:
+    """The steps of the module's docstring, in order, on one world."""
+    first_retrain_creates_the_endpoint_serving_v1(world)
+    new_data_and_a_forced_retrain_update_the_endpoint_to_v2(world)
+    an_update_sagemaker_rolls_back_changes_nothing_and_leaves_nothing(world)
+    a_smoke_test_error_puts_v2_back_and_leaves_nothing(world)
+    an_update_that_fails_outright_is_recovered_by_recreating_v2(world)
+    rollback_serves_v1_again_then_a_manual_rollout_serves_v4(world)
+    cleanup_dry_run_deletes_nothing_and_apply_deletes_exactly_the_plan(world)
+
+
+def first_retrain_creates_the_endpoint_serving_v1(world: World) -> None:
+    """Nothing before; leaves v1 serving everywhere."""
     sim = world.sim
     state, line = run_retrain(force=False, reason="first")
     assert state.is_completed(), line
@@ -250,7 +225,8 @@ def test_first_retrain_creates_the_endpoint_serving_v1(world: World) -> None:
     assert answer(world)["version"] == "v1"
 
 
-def test_new_data_and_a_forced_retrain_update_the_endpoint_to_v2(world: World) -> None:
+def new_data_and_a_forced_retrain_update_the_endpoint_to_v2(world: World) -> None:
+    """Leaves v2 serving, v1's config and model kept."""
     sim = world.sim
     (v1_config,) = configs(world)
     seed_source(world.settings.source_url, seed=7, n_clients=40, n_services=2)
@@ -274,10 +250,11 @@ def test_new_data_and_a_forced_retrain_update_the_endpoint_to_v2(world: World) -
     assert answer(world)["version"] == "v2"
 
 
-def test_an_update_sagemaker_rolls_back_changes_nothing_and_leaves_nothing(world: World) -> None:
+def an_update_sagemaker_rolls_back_changes_nothing_and_leaves_nothing(world: World) -> None:
+    """Publishes v3, which never serves; leaves v2 serving."""
     sim = world.sim
     store = store_from_settings(world.settings)
-    before = (configs(world), models(world), promotion_history(store, MODEL))
+    before = footprint(world)
     sim.roll_back_next_update("Alarm 5xx fired during the linear traffic shift")
 
     state, line = run_retrain(force=True, reason="bad update")
@@ -296,10 +273,11 @@ def test_an_update_sagemaker_rolls_back_changes_nothing_and_leaves_nothing(world
     assert answer(world)["version"] == "v2"
 
 
-def test_a_smoke_test_error_puts_v2_back_and_leaves_nothing(world: World) -> None:
+def a_smoke_test_error_puts_v2_back_and_leaves_nothing(world: World) -> None:
+    """Publishes v4, which serves for a moment; leaves v2 serving."""
     sim = world.sim
     store = store_from_settings(world.settings)
-    before = (configs(world), models(world), promotion_history(store, MODEL))
+    before = footprint(world)
     updates = len(sim.actions("UpdateEndpoint"))
     sim.answer_error(world.endpoint, 500, "model failed to load: bad weights")
     try:
@@ -321,10 +299,11 @@ def test_a_smoke_test_error_puts_v2_back_and_leaves_nothing(world: World) -> Non
     assert (configs(world), models(world)) == before[:2]
 
 
-def test_an_update_that_fails_outright_is_recovered_by_recreating_v2(world: World) -> None:
+def an_update_that_fails_outright_is_recovered_by_recreating_v2(world: World) -> None:
+    """Leaves v2 serving on a recreated endpoint."""
     sim = world.sim
     store = store_from_settings(world.settings)
-    before = (configs(world), models(world), promotion_history(store, MODEL))
+    before = footprint(world)
     v2_config = serving(world)[1]
     sim.fail_next_update("Rollback failed: the old fleet could not be restored")
 
@@ -354,7 +333,8 @@ def test_an_update_that_fails_outright_is_recovered_by_recreating_v2(world: Worl
     assert "Failed and serves no version" in row["problem"]
 
 
-def test_rollback_serves_v1_again_then_a_manual_rollout_serves_v4(world: World) -> None:
+def rollback_serves_v1_again_then_a_manual_rollout_serves_v4(world: World) -> None:
+    """Leaves v4 serving, v1 its rollback target."""
     sim = world.sim
     store = store_from_settings(world.settings)
     v1_config = next(c for c in configs(world) if "-v1-" in c)
@@ -382,9 +362,8 @@ def test_rollback_serves_v1_again_then_a_manual_rollout_serves_v4(world: World) 
     assert answer(world)["version"] == "v4"
 
 
-def test_cleanup_dry_run_deletes_nothing_and_apply_deletes_exactly_the_plan(
-    world: World,
-) -> None:
+def cleanup_dry_run_deletes_nothing_and_apply_deletes_exactly_the_plan(world: World) -> None:
+    """Deletes v2 and v3; ends with v1 serving again."""
     sim = world.sim
     settings = world.settings
     store = store_from_settings(settings)

@@ -13,6 +13,7 @@ import json
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,8 +42,9 @@ from core.config import (
 )
 from core.endpoint import Resource, RolloutFailed, VersionToServe
 from core.settings import PROJECT_ROOT, load_settings
-from tests.fixtures.moto import boto_client, moto_server, s3_store_uri  # noqa: F401
-from tests.fixtures.sagemaker_moto import SageMakerSim, sagemaker_sim  # noqa: F401
+from tests.fixtures.home import isolated_env
+from tests.fixtures.moto import boto_client, use_moto_env
+from tests.fixtures.sagemaker_moto import SageMakerSim, tagged_names
 
 pytestmark = pytest.mark.integration
 
@@ -75,16 +77,19 @@ class Log(list[str]):
 
 @pytest.fixture
 def env(
-    s3_store_uri: str,  # noqa: F811
+    moto_server: str,
+    s3_store_uri: str,
     monkeypatch: pytest.MonkeyPatch,
-    sagemaker_sim: SageMakerSim,  # noqa: F811
+    sagemaker_sim: SageMakerSim,
+    tmp_path: Path,
 ) -> dict[str, Any]:
     """Settings pointing at moto, a unique project tag, the simulated SageMaker."""
+    # Nothing from the shell (no role, no KMS key, no home); that also clears the endpoint
+    # URL s3_store_uri set, so point boto3 at moto again.
+    isolated_env(monkeypatch, tmp_path / "home", endpoint_target="sagemaker")
+    use_moto_env(monkeypatch, moto_server)
     monkeypatch.setenv("MLOPS_STORE_URI", s3_store_uri)
     monkeypatch.setenv("MLOPS_SERVING_IMAGE", IMAGE)
-    monkeypatch.setenv("MLOPS_ENDPOINT_TARGET", "sagemaker")
-    monkeypatch.delenv("MLOPS_SAGEMAKER_ROLE_ARN", raising=False)
-    monkeypatch.delenv("MLOPS_KMS_KEY_ID", raising=False)
     tag = f"t{uuid.uuid4().hex[:10]}"
     return {
         "settings": load_settings(),
@@ -157,27 +162,15 @@ def sm(env: dict[str, Any]) -> Any:
 
 
 def project_models(env: dict[str, Any]) -> list[str]:
-    return sorted(
-        m["ModelName"]
-        for m in sm(env).list_models(MaxResults=100)["Models"]
-        if m["ModelName"].startswith(f"{env['tag']}-")
-    )
+    return tagged_names(sm(env), "model", env["tag"])
 
 
 def project_configs(env: dict[str, Any]) -> list[str]:
-    return sorted(
-        c["EndpointConfigName"]
-        for c in sm(env).list_endpoint_configs(NameContains=env["tag"])["EndpointConfigs"]
-        if c["EndpointConfigName"].startswith(f"{env['tag']}-")
-    )
+    return tagged_names(sm(env), "endpoint-config", env["tag"])
 
 
 def project_endpoints(env: dict[str, Any]) -> list[str]:
-    return sorted(
-        e["EndpointName"]
-        for e in sm(env).list_endpoints(NameContains=env["tag"])["Endpoints"]
-        if e["EndpointName"].startswith(f"{env['tag']}-")
-    )
+    return tagged_names(sm(env), "endpoint", env["tag"])
 
 
 # --- names and deployment configs --------------------------------------------------------------
@@ -774,7 +767,7 @@ def test_permission_policy_needs_an_s3_store() -> None:
     assert json.dumps(bare)  # plain data, ready for IAM
 
 
-def test_the_moto_extension_is_undone_after_its_fixture(moto_server: str) -> None:  # noqa: F811
+def test_the_moto_extension_is_undone_after_its_fixture(moto_server: str) -> None:
     from moto.sagemaker.models import SageMakerModelBackend
     from moto.sagemaker.responses import SageMakerResponse
 
