@@ -28,7 +28,7 @@ from adapters.versions import (
     read_version_manifest,
     verify_version,
 )
-from tests.fixtures.moto import boto_client, moto_server, s3_store_uri  # noqa: F401
+from tests.fixtures.moto import boto_client
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ MODEL = "limit_optimiser"
 
 
 @pytest.fixture
-def store(s3_store_uri: str) -> S3Store:  # noqa: F811
+def store(s3_store_uri: str) -> S3Store:
     return _stores(s3_store_uri, 1)[0]
 
 
@@ -68,8 +68,8 @@ def _files(tmp_path: Path, tag: str = "a") -> dict[str, Path]:
 
 
 def test_store_from_uri_uses_the_environment_and_loopback(
-    s3_store_uri: str,  # noqa: F811
-    moto_server: str,  # noqa: F811
+    s3_store_uri: str,
+    moto_server: str,
 ) -> None:
     # Built the way the pipeline builds it: from the URI and the environment alone.
     store = store_from_uri(s3_store_uri)
@@ -113,7 +113,7 @@ def test_objects_are_encrypted_with_sse_s3_by_default(store: S3Store, tmp_path: 
 
 
 def test_objects_are_encrypted_with_the_kms_key_when_given(
-    s3_store_uri: str,  # noqa: F811
+    s3_store_uri: str,
     tmp_path: Path,
 ) -> None:
     key_id = boto_client("kms", os.environ["AWS_ENDPOINT_URL"]).create_key(
@@ -134,7 +134,7 @@ def test_objects_are_encrypted_with_the_kms_key_when_given(
     assert store.get_bytes("small") == b"1"
 
 
-def test_conflict_409_is_retried_then_settled(s3_store_uri: str) -> None:  # noqa: F811
+def test_conflict_409_is_retried_then_settled(s3_store_uri: str) -> None:
     # S3 answers 409 ConditionalRequestConflict while another conditional write of the key is in
     # flight; moto never does, so the answers are stubbed on a real client here.
     from botocore.stub import ANY, Stubber
@@ -214,7 +214,7 @@ def test_interrupted_publish_on_s3(store: S3Store, tmp_path: Path) -> None:
 
 
 def test_concurrent_claims_across_clients_get_distinct_numbers(
-    s3_store_uri: str,  # noqa: F811
+    s3_store_uri: str,
 ) -> None:
     threads = 8
     stores = _stores(s3_store_uri, threads)
@@ -243,7 +243,7 @@ def test_concurrent_claims_across_clients_get_distinct_numbers(
     assert owners == set(range(threads))
 
 
-def test_concurrent_promotions_keep_every_record(s3_store_uri: str, tmp_path: Path) -> None:  # noqa: F811
+def test_concurrent_promotions_keep_every_record(s3_store_uri: str, tmp_path: Path) -> None:
     first = _stores(s3_store_uri, 1)[0]
     for tag in "abcd":
         publish_version(first, MODEL, _files(tmp_path, tag), {})

@@ -30,7 +30,7 @@ from adapters.store import (
     store_from_uri,
 )
 from core.settings import load_settings
-from tests.fixtures.moto import boto_client, moto_server, s3_store_uri  # noqa: F401
+from tests.fixtures.moto import boto_client
 
 OpenStore = Callable[[], Store]
 
