@@ -442,7 +442,7 @@ def create_app(settings: ModelSettings | None = None) -> FastAPI:
         # Loading blocks startup on purpose: the server accepts requests only once it knows
         # whether it can serve, so /ping is never "up" with nothing loaded.
         try:
-            state.settings = settings if settings is not None else ModelSettings()  # type: ignore[call-arg]
+            state.settings = settings if settings is not None else ModelSettings()
             state.loaded = load_model(state.settings)
             state.failure = None
             log.info(
