@@ -3,6 +3,16 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 export UV_LINK_MODE ?= copy
 
+# $(call stage,NAME,COMMAND): run one check; when it fails, say which one, so that the end of a
+# long CI log names the stage that stopped the run. COMMAND may not contain a comma.
+define stage
+	@echo "==> $(1)"
+	@$(2) || { echo "make: stage '$(1)' failed" >&2; exit 1; }
+endef
+
+# The stages of `make test` run in the order listed and stop at the first failure, even under -j.
+.NOTPARALLEL:
+
 .PHONY: help install run test test-unit lint typecheck seed status mlflow-ui server deploy worker clean
 
 help: ## List the targets
@@ -17,18 +27,18 @@ run: install ## Seed the source database if empty, then run the weekly retrain e
 	$(UV) run mlops seed --if-empty
 	$(UV) run mlops retrain --reason "make run"
 
-test: install ## Run the whole test suite (unit, flows, integration)
-	$(UV) run pytest
+test: install lint typecheck ## Lint, type-check, then run the whole test suite (unit, flows, integration)
+	$(call stage,pytest,$(UV) run pytest)
 
 test-unit: install ## Unit tests only
 	$(UV) run pytest tests/unit -q
 
-lint: install ## ruff
-	$(UV) run ruff check .
-	$(UV) run ruff format --check .
+lint: install ## ruff: lint rules, then formatting
+	$(call stage,ruff check,$(UV) run ruff check .)
+	$(call stage,ruff format,$(UV) run ruff format --check .)
 
-typecheck: install ## mypy
-	$(UV) run mypy tasks flows
+typecheck: install ## mypy over every product package ([tool.mypy] files)
+	$(call stage,mypy,$(UV) run mypy)
 
 seed: install ## Append one more week to the source database
 	$(UV) run mlops seed

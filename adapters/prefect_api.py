@@ -119,7 +119,7 @@ def run_deployment(
     from prefect.exceptions import ObjectNotFound
 
     try:
-        run: FlowRun = prefect_run_deployment(  # type: ignore[assignment]  # sync here, never a coroutine
+        run = prefect_run_deployment(
             deployment,
             parameters=parameters,
             timeout=0,
@@ -129,4 +129,6 @@ def run_deployment(
         )
     except ObjectNotFound:
         return None
+    # The dispatcher returns a coroutine only when called inside an event loop; this is sync.
+    assert isinstance(run, FlowRun), "run_deployment was called from async code"
     return StartedRun(id=str(run.id), name=run.name)

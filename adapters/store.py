@@ -144,6 +144,7 @@ class LocalStore:
         return self.root / _clean(key)
 
     def url(self, key: str) -> str:
+        """The absolute path of ``key`` under the root."""
         return str(self._path(key))
 
     def _open_temp(self, dest: Path) -> tuple[int, str]:
@@ -182,9 +183,12 @@ class LocalStore:
                 os.unlink(tmp)
 
     def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
+        """Write ``data`` through a temp file; ``if_none_match`` links instead of renaming."""
         self._write(key, lambda fh: fh.write(data), if_none_match)
 
     def put_file(self, key: str, path: Path, *, if_none_match: bool = False) -> None:
+        """Copy the file at ``path`` in, as :meth:`put_bytes` writes (temp file, then rename)."""
+
         def copy(fh: Any) -> None:
             with Path(path).open("rb") as src:
                 shutil.copyfileobj(src, fh, CHUNK)
@@ -192,6 +196,7 @@ class LocalStore:
         self._write(key, copy, if_none_match)
 
     def get_bytes(self, key: str) -> bytes:
+        """Read ``key``; a directory counts as missing, as a prefix does on S3."""
         try:
             return self._path(key).read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
@@ -199,6 +204,7 @@ class LocalStore:
             raise KeyNotFound(key) from exc
 
     def get_file(self, key: str, dest: Path) -> Path:
+        """Copy ``key`` to ``dest`` (parents created); raises :class:`KeyNotFound`."""
         src = self._path(key)
         if not src.is_file():
             raise KeyNotFound(key)
@@ -207,9 +213,11 @@ class LocalStore:
         return dest
 
     def exists(self, key: str) -> bool:
+        """Whether ``key`` is a file (a directory is only a prefix)."""
         return self._path(key).is_file()
 
     def list(self, prefix: str) -> list[str]:
+        """Every file under ``prefix``, sorted, without the hidden temp files of writes."""
         base = self._path(prefix) if prefix.strip("/") else self.root
         if not base.is_dir():
             return []
@@ -221,6 +229,7 @@ class LocalStore:
         return sorted(keys)
 
     def delete(self, key: str) -> None:
+        """Remove ``key`` and the directories it leaves empty; a missing key is no error."""
         path = self._path(key)
         path.unlink(missing_ok=True)
         # Drop directories the delete left empty, up to the root.
@@ -273,6 +282,7 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def url(self, key: str) -> str:
+        """``s3://bucket/prefix/key``."""
         return f"s3://{self.bucket}/{self._key(key)}"
 
     def _sse(self) -> dict[str, str]:
@@ -286,6 +296,7 @@ class S3Store:
         return str(response.get("Error", {}).get("Code", ""))
 
     def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
+        """One encrypted PUT; a 409 conflict on a conditional write is retried with backoff."""
         extra: dict[str, Any] = dict(self._sse())
         if if_none_match:
             extra["IfNoneMatch"] = "*"
@@ -307,6 +318,7 @@ class S3Store:
                 raise
 
     def put_file(self, key: str, path: Path, *, if_none_match: bool = False) -> None:
+        """Upload the file (multipart when large); a conditional write is one PUT instead."""
         if if_none_match:
             # Conditional writes need a single PUT; claims and pointers are small anyway.
             self.put_bytes(key, Path(path).read_bytes(), if_none_match=True)
@@ -314,6 +326,7 @@ class S3Store:
         self.client.upload_file(str(path), self.bucket, self._key(key), ExtraArgs=self._sse())
 
     def get_bytes(self, key: str) -> bytes:
+        """GET ``key``; raises :class:`KeyNotFound` on ``NoSuchKey``."""
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as exc:
@@ -323,6 +336,7 @@ class S3Store:
         return bytes(response["Body"].read())
 
     def get_file(self, key: str, dest: Path) -> Path:
+        """Download ``key`` to ``dest`` (parents created); raises :class:`KeyNotFound`."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.client.download_file(self.bucket, self._key(key), str(dest))
@@ -333,6 +347,7 @@ class S3Store:
         return dest
 
     def exists(self, key: str) -> bool:
+        """HEAD ``key``: False on 404, any other error raised."""
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as exc:
@@ -342,6 +357,7 @@ class S3Store:
         return True
 
     def list(self, prefix: str) -> list[str]:
+        """Every key under ``prefix``, relative to the store's prefix, sorted (all pages)."""
         if prefix.strip("/"):
             full = self._key(prefix) + "/"
         else:
@@ -354,6 +370,7 @@ class S3Store:
         return sorted(keys)
 
     def delete(self, key: str) -> None:
+        """DELETE ``key``; S3 answers success for a missing key too."""
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
 

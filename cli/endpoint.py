@@ -11,6 +11,7 @@ on the first promotion); these commands find them through ``$MLOPS_HOME/endpoint
 from __future__ import annotations
 
 import json
+import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -51,7 +52,7 @@ def status(
     _settings, target = _local()
     report = target.overview()
     if as_json:
-        print(json.dumps(report, indent=2, default=str))
+        sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
         return
     router = report["router"]
     state = f"[green]running[/] (pid {router['pid']})" if router["running"] else "[red]stopped[/]"

@@ -1,8 +1,8 @@
-"""Register the pipeline's Prefect deployments, their schedules and the writers' concurrency limit.
+r"""Register the pipeline's Prefect deployments, their schedules and the writers' concurrency limit.
 
     uv run python deployments/deploy.py                       # process pool on this machine
-    uv run python deployments/deploy.py --pool intelli-rate-ecs \\
-        --image 123456789012.dkr.ecr.eu-west-2.amazonaws.com/intelli-rate-flow-runner:1.4.0 \\
+    uv run python deployments/deploy.py --pool intelli-rate-ecs \
+        --image 123456789012.dkr.ecr.eu-west-2.amazonaws.com/intelli-rate-flow-runner:1.4.0 \
         --code-dir /opt/app                                    # ECS pool, code inside the image
 
 | deployment | schedule | parameters (defaults) |
@@ -160,7 +160,7 @@ def ensure_process_pool(client: Any, pool: str) -> None:
         client.create_work_pool(
             WorkPoolCreate(name=pool, type="process", base_job_template=template)
         )
-        print(f"created process work pool {pool!r}")
+        print(f"created process work pool {pool!r}")  # noqa: T201  (the script reports on stdout)
 
 
 def _set_writer_limit(client: Any, deployment_id: UUID, limit_id: UUID | None) -> None:
@@ -225,7 +225,7 @@ def register(
     for spec in wanted:
         when = f"cron {spec.cron!r} ({platform.schedule.timezone})" if spec.cron else "on demand"
         shared = f", shares {limit_name!r}" if spec.writer else ""
-        print(f"{spec.full_name}: pool {pool!r}, {when}{shared}")
+        print(f"{spec.full_name}: pool {pool!r}, {when}{shared}")  # noqa: T201  (its report)
     return ids
 
 

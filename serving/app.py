@@ -396,6 +396,24 @@ class _State:
         # two threads at once, so predictions take turns. Scale with workers (processes).
         self.predict_lock = threading.Lock()
 
+    def load(self, settings: ModelSettings | None) -> None:
+        """Load the model ``settings`` name (default: from the environment), or record why not."""
+        try:
+            self.settings = settings if settings is not None else ModelSettings()
+            self.loaded = load_model(self.settings)
+            self.failure = None
+            log.info(
+                "serving %s %s (%s), loaded in %.2fs",
+                self.loaded.name,
+                self.loaded.version,
+                self.loaded.family_name,
+                self.loaded.loaded_in_seconds,
+            )
+        except Exception as exc:  # reported on /ping; the process stays up to say why
+            self.loaded = None
+            self.failure = _load_failure(exc)
+            log.error("cannot serve: %s", self.failure)
+
 
 def _error(status: int, reason: str, state: _State) -> JSONResponse:
     body: dict[str, Any] = {"error": reason}
@@ -441,21 +459,7 @@ def create_app(settings: ModelSettings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Loading blocks startup on purpose: the server accepts requests only once it knows
         # whether it can serve, so /ping is never "up" with nothing loaded.
-        try:
-            state.settings = settings if settings is not None else ModelSettings()  # type: ignore[call-arg]
-            state.loaded = load_model(state.settings)
-            state.failure = None
-            log.info(
-                "serving %s %s (%s), loaded in %.2fs",
-                state.loaded.name,
-                state.loaded.version,
-                state.loaded.family_name,
-                state.loaded.loaded_in_seconds,
-            )
-        except Exception as exc:  # reported on /ping; the process stays up to say why
-            state.loaded = None
-            state.failure = _load_failure(exc)
-            log.error("cannot serve: %s", state.failure)
+        state.load(settings)
         yield
 
     app = FastAPI(
@@ -504,36 +508,47 @@ def create_app(settings: ModelSettings | None = None) -> FastAPI:
         try:
             fmt_in = request_format(request.headers.get("content-type"))
             fmt_out = response_format(request.headers.get("accept"))
-            body = await _read_body(request, state.settings.max_body_bytes)
-            if not body.strip():
-                raise BadRequest(400, "empty body: send at least one record")
-            if fmt_in == "json":
-                frame = parse_json(body, tuple(loaded.input_columns))
-            else:
-                frame = parse_csv(body)
-            if len(frame) == 0:
-                raise BadRequest(400, "empty batch: send at least one record")
-            limit = state.settings.max_batch_records
-            if len(frame) > limit:
-                raise BadRequest(
-                    413, f"batch of {len(frame)} records exceeds the maximum of {limit}"
-                )
+            frame = await _request_frame(request, fmt_in, state.settings, loaded)
             from starlette.concurrency import run_in_threadpool
 
             predictions = await run_in_threadpool(_predict, state, loaded, frame)
         except BadRequest as exc:
             return _error(exc.status, exc.reason, state)
-        if fmt_out == "csv":
-            return Response(_csv_predictions(predictions), media_type=CSV, headers=_identity(state))
-        meta = loaded.describe()
-        body_out = (
-            '{"predictions":'
-            + _json_predictions(predictions)
-            + f',"model":{json.dumps(meta["model"])},"version":{json.dumps(meta["version"])}}}'
-        )
-        return Response(body_out, media_type=JSON, headers=_identity(state))
+        return _predictions_response(predictions, fmt_out, loaded, state)
 
     return app
+
+
+async def _request_frame(
+    request: Request, fmt_in: str, settings: ModelSettings, loaded: LoadedModel
+) -> Any:
+    """The request's records as a frame, refused when empty or over the app's limits."""
+    body = await _read_body(request, settings.max_body_bytes)
+    if not body.strip():
+        raise BadRequest(400, "empty body: send at least one record")
+    columns = tuple(loaded.input_columns)
+    frame = parse_json(body, columns) if fmt_in == "json" else parse_csv(body)
+    if len(frame) == 0:
+        raise BadRequest(400, "empty batch: send at least one record")
+    limit = settings.max_batch_records
+    if len(frame) > limit:
+        raise BadRequest(413, f"batch of {len(frame)} records exceeds the maximum of {limit}")
+    return frame
+
+
+def _predictions_response(
+    predictions: Any, fmt_out: str, loaded: LoadedModel, state: _State
+) -> Response:
+    """Predictions as CSV, or as JSON naming the model and version."""
+    if fmt_out == "csv":
+        return Response(_csv_predictions(predictions), media_type=CSV, headers=_identity(state))
+    meta = loaded.describe()
+    body_out = (
+        '{"predictions":'
+        + _json_predictions(predictions)
+        + f',"model":{json.dumps(meta["model"])},"version":{json.dumps(meta["version"])}}}'
+    )
+    return Response(body_out, media_type=JSON, headers=_identity(state))
 
 
 def _load_failure(exc: Exception) -> str:

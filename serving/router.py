@@ -67,35 +67,125 @@ def choose(upstreams: tuple[Upstream, ...], avoid: set[str], wanted: str | None)
     return random.choices(fresh, weights=[u.weight for u in fresh])[0]
 
 
+def _error(status: int, reason: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": reason, **extra}, status_code=status)
+
+
+class Forwarder:
+    """Sends one invocation to a model's variant, failing over to another on connection errors.
+
+    It counts the requests in flight per variant, so that a deployer can tell when a variant
+    that left the routes has drained.
+    """
+
+    def __init__(self, follower: RouteFollower) -> None:
+        self.follower = follower
+        self._inflight: dict[tuple[str, str], int] = defaultdict(int)
+        self._client: httpx.AsyncClient | None = None
+
+    @asynccontextmanager
+    async def connected(self) -> AsyncIterator[None]:
+        """Hold the upstream HTTP client open for as long as the server runs."""
+        # trust_env off: a proxy from the environment must never see loopback traffic.
+        # keepalive_expiry stays below the serving app's keep-alive, so the server never
+        # closes a connection the router is about to reuse.
+        async with httpx.AsyncClient(
+            timeout=httpx.Timeout(UPSTREAM_TIMEOUT, connect=2.0, pool=10.0),
+            limits=httpx.Limits(max_connections=256, keepalive_expiry=5.0),
+            trust_env=False,
+        ) as client:
+            self._client = client
+            try:
+                yield
+            finally:
+                self._client = None
+
+    def inflight(self, model: str) -> dict[str, int]:
+        """Requests in flight to each variant of ``model`` (variants with none left out)."""
+        return {name: n for (m, name), n in self._inflight.items() if m == model and n}
+
+    async def forward(
+        self, model: str, body: bytes, headers: dict[str, str], wanted: str | None
+    ) -> Response:
+        """Answer one invocation from a variant, retrying on another when one cannot connect.
+
+        Args:
+            model: the endpoint's model name.
+            body: the request body, passed on unchanged.
+            headers: the request headers to pass on.
+            wanted: the variant the caller named, if any.
+
+        Returns:
+            The variant's answer (naming it), or the router's own error.
+        """
+        if self._client is None:
+            raise RuntimeError("the router's upstream client is not open (server not started)")
+        tried: set[str] = set()
+        last = "no variant serves it"
+        for attempt in range(ATTEMPTS):
+            # Routes are read per attempt: a retry after a swap goes to the new variant.
+            upstreams = self.follower.current().models.get(model)
+            if not upstreams:
+                return _error(404, f"endpoint {model} not found")
+            choice = choose(upstreams, tried, wanted)
+            if choice is None:
+                return _error(400, f"endpoint {model} has no variant {wanted!r}")
+            answer = await self._send(self._client, model, choice, body, headers)
+            if not isinstance(answer, str):
+                return answer
+            last = answer
+            tried.add(choice.name)
+            log.warning("retrying %s after %s", model, last)
+            await asyncio.sleep(0.05 * (attempt + 1))
+        return _error(502, f"no variant of {model} answered: {last}")
+
+    async def _send(
+        self,
+        client: httpx.AsyncClient,
+        model: str,
+        choice: Upstream,
+        body: bytes,
+        headers: dict[str, str],
+    ) -> Response | str:
+        """One attempt: the answer to pass back, or why the variant could not be reached."""
+        # Counted before the first await: once the deployer reads zero for a variant
+        # after the routes moved on, nothing can still be about to send to it.
+        key = (model, choice.name)
+        self._inflight[key] += 1
+        try:
+            answer = await client.post(
+                f"http://{choice.host}:{choice.port}/invocations", content=body, headers=headers
+            )
+        except httpx.TimeoutException as exc:
+            if not isinstance(exc, httpx.ConnectTimeout):
+                return _error(504, f"variant {choice.name} did not answer in time: {exc!r}")
+            return f"variant {choice.name}: {exc!r}"
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            return f"variant {choice.name}: {exc!r}"
+        finally:
+            self._inflight[key] -= 1
+            if not self._inflight[key]:
+                del self._inflight[key]
+        out = {k: v for k in _FORWARD_RESPONSE if (v := answer.headers.get(k)) is not None}
+        out["X-Amzn-Invoked-Production-Variant"] = choice.name
+        return Response(answer.content, status_code=answer.status_code, headers=out)
+
+
 def create_router(state_file: Path) -> FastAPI:
     """Build the router app following ``state_file``.
 
     The upstream HTTP client is created when the server starts and closed when it stops.
     """
     follower = RouteFollower(Path(state_file))
-    inflight: dict[tuple[str, str], int] = defaultdict(int)
-    clients: dict[str, httpx.AsyncClient] = {}
+    forwarder = Forwarder(follower)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # trust_env off: a proxy from the environment must never see loopback traffic.
-        # keepalive_expiry stays below the serving app's keep-alive, so the server never
-        # closes a connection the router is about to reuse.
-        clients["upstream"] = httpx.AsyncClient(
-            timeout=httpx.Timeout(UPSTREAM_TIMEOUT, connect=2.0, pool=10.0),
-            limits=httpx.Limits(max_connections=256, keepalive_expiry=5.0),
-            trust_env=False,
-        )
-        follower.current()
-        try:
+        async with forwarder.connected():
+            follower.current()
             yield
-        finally:
-            await clients["upstream"].aclose()
 
     app = FastAPI(title="Intelli-Rate local endpoint router", lifespan=lifespan, docs_url=None)
-
-    def error(status: int, reason: str, **extra: Any) -> JSONResponse:
-        return JSONResponse({"error": reason, **extra}, status_code=status)
 
     def view(model: str, table: RouteTable) -> dict[str, Any]:
         ups = table.models.get(model, ())
@@ -103,7 +193,7 @@ def create_router(state_file: Path) -> FastAPI:
             "model": model,
             "generation": table.generation,
             "variants": [u.describe() for u in ups],
-            "inflight": {name: n for (m, name), n in inflight.items() if m == model and n},
+            "inflight": forwarder.inflight(model),
         }
 
     @app.get("/ping")
@@ -135,53 +225,16 @@ def create_router(state_file: Path) -> FastAPI:
     async def endpoint(model: str) -> JSONResponse:
         table = follower.current()
         if model not in table.models:
-            return error(404, f"endpoint {model} not found", generation=table.generation)
+            return _error(404, f"endpoint {model} not found", generation=table.generation)
         return JSONResponse(view(model, table))
 
     @app.post("/endpoints/{model}/invocations")
     async def invoke(model: str, request: Request) -> Response:
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
-            return error(413, f"body exceeds the router's maximum of {MAX_BODY_BYTES} bytes")
+            return _error(413, f"body exceeds the router's maximum of {MAX_BODY_BYTES} bytes")
         headers = {k: v for k in _FORWARD_REQUEST if (v := request.headers.get(k)) is not None}
         wanted = request.headers.get("x-amzn-sagemaker-target-variant")
-        tried: set[str] = set()
-        last = "no variant serves it"
-        for attempt in range(ATTEMPTS):
-            # Routes are read per attempt: a retry after a swap goes to the new variant.
-            upstreams = follower.current().models.get(model)
-            if not upstreams:
-                return error(404, f"endpoint {model} not found")
-            choice = choose(upstreams, tried, wanted)
-            if choice is None:
-                return error(400, f"endpoint {model} has no variant {wanted!r}")
-            # Counted before the first await: once the deployer reads zero for a variant
-            # after the routes moved on, nothing can still be about to send to it.
-            key = (model, choice.name)
-            inflight[key] += 1
-            try:
-                answer = await clients["upstream"].post(
-                    f"http://{choice.host}:{choice.port}/invocations",
-                    content=body,
-                    headers=headers,
-                )
-            except httpx.TimeoutException as exc:
-                if not isinstance(exc, httpx.ConnectTimeout):
-                    return error(504, f"variant {choice.name} did not answer in time: {exc!r}")
-                last = f"variant {choice.name}: {exc!r}"
-            except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                last = f"variant {choice.name}: {exc!r}"
-            else:
-                out = {k: v for k in _FORWARD_RESPONSE if (v := answer.headers.get(k)) is not None}
-                out["X-Amzn-Invoked-Production-Variant"] = choice.name
-                return Response(answer.content, status_code=answer.status_code, headers=out)
-            finally:
-                inflight[key] -= 1
-                if not inflight[key]:
-                    del inflight[key]
-            tried.add(choice.name)
-            log.warning("retrying %s after %s", model, last)
-            await asyncio.sleep(0.05 * (attempt + 1))
-        return error(502, f"no variant of {model} answered: {last}")
+        return await forwarder.forward(model, body, headers, wanted)
 
     return app

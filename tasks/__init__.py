@@ -1,0 +1,1 @@
+"""Prefect tasks: each stage of the pipeline as a small typed function over core and adapters."""

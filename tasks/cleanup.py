@@ -97,12 +97,13 @@ def _apply_one(
     kind = item.kind
     if kind in ("endpoint", "endpoint-config", "model"):
         res = fresh.get((kind, item.name))
-        if res is None:
+        # Without a target there is no inventory either: nothing of the kind can be found.
+        if res is None or target is None:
             return "skipped: already gone"
         if res.in_use and kind != "endpoint":
             return "skipped: in use now"
         try:
-            target.delete(res)  # type: ignore[union-attr]
+            target.delete(res)
         except ValueError as exc:  # the target re-checks use and refuses
             return f"skipped: in use now ({exc})"
         return "deleted"

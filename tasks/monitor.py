@@ -1,5 +1,7 @@
-"""The monitor's Prefect tasks: find the champion, read its data and the recent rows, measure,
-assess, report, and ask for a retrain.
+"""The monitor's Prefect tasks: measure drift against the champion's data, ask for a retrain.
+
+They find the champion, read the rows it was trained on and the recent rows, measure, assess,
+report, and ask for a retrain when the policy says so.
 
 The statistics and the policy are pure functions in :mod:`core.drift`; the SQL that reads the
 recent rows is in :mod:`adapters.source`, and the events and deployment runs go through

@@ -37,6 +37,10 @@ class Registered:
     store_version: str
 
 
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def gate_markdown(cfg: ModelConfig, decision: gate.Decision, champion: ChampionScore) -> str:
     """A table of the challenger against the champion, with the verdict."""
     lines = [
@@ -48,10 +52,9 @@ def gate_markdown(cfg: ModelConfig, decision: gate.Decision, champion: ChampionS
         "|---|---|---|---|---|---|",
     ]
     for c in decision.checks:
-        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
         lines.append(
-            f"| {c.metric} | {c.rule} | {fmt(c.challenger)} | {fmt(c.champion)} "
-            f"| {fmt(c.threshold)} | {'yes' if c.passed else '**no**'} |"
+            f"| {c.metric} | {c.rule} | {_cell(c.challenger)} | {_cell(c.champion)} "
+            f"| {_cell(c.threshold)} | {'yes' if c.passed else '**no**'} |"
         )
     lines += [
         "",

@@ -42,7 +42,7 @@ def _log(message: str) -> None:
     try:
         get_run_logger().info(message)
     except Exception:  # called outside a run (a notebook): print instead
-        print(message)
+        print(message)  # noqa: T201  (a notebook shows stdout, not an unconfigured logger)
 
 
 def target_for(
@@ -249,8 +249,17 @@ def promote_version(
     """Move ``latest.json`` (appending to the promotion history) and the ``champion`` alias.
 
     Args:
+        store: the model store whose pointer moves.
+        registry: the MLflow registry whose ``champion`` alias moves.
+        cfg: the model's config.
+        wanted: the version the endpoint now serves.
+        serving: what the endpoint reported after the rollout; None when rollout is off.
+        reason: why it is promoted, recorded in the pointer and the history.
         mlflow_version: the registered version of ``wanted`` (:func:`registered_version`).
         extra: more fields for the pointer and the history record (``rolled_back_from``).
+
+    Returns:
+        The new ``latest.json`` record.
     """
     extra = {**(extra or {}), "mlflow_version": mlflow_version, "uri": wanted.version_uri}
     if serving is not None:
