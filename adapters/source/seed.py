@@ -66,8 +66,9 @@ def _insert(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> int:
 
 
 def _executemany_sqlite(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> int:
-    """One prepared INSERT run over plain tuples: SQLAlchemy's per-row parameter handling
-    took three quarters of the seeding time.
+    """Insert ``frame`` with one prepared INSERT over plain tuples (SQLite).
+
+    SQLAlchemy's per-row parameter handling took three quarters of the seeding time.
 
     Timestamps are written as text in the exact format SQLAlchemy's SQLite ``DateTime`` uses,
     so reading them back through the table definitions gives the same values.
