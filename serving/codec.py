@@ -1,0 +1,186 @@
+"""Request and response formats of the serving app: JSON and CSV in, JSON and CSV out.
+
+Every way a request can be wrong becomes a :class:`BadRequest` with the status and a reason the
+caller reads; nothing here knows about models beyond the columns they require.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+JSON = "application/json"
+CSV = "text/csv"
+_SCALARS = (str, int, float, bool, type(None))
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+class BadRequest(Exception):
+    """Input the app refuses: an HTTP status and a reason for the caller."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _media_type(header: str | None) -> str:
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+def request_format(content_type: str | None) -> str:
+    """``json`` or ``csv`` for a ``Content-Type`` header.
+
+    Raises:
+        BadRequest: (415) anything else, a missing header included.
+    """
+    media = _media_type(content_type)
+    if media == JSON or (media.startswith("application/") and media.endswith("+json")):
+        return "json"
+    if media == CSV:
+        return "csv"
+    shown = media or "none"
+    raise BadRequest(415, f"unsupported Content-Type {shown}: send {JSON} or {CSV} (header row)")
+
+
+def response_format(accept: str | None) -> str:
+    """``json`` or ``csv`` for an ``Accept`` header (JSON when absent or ``*/*``).
+
+    The first acceptable type in the header wins; quality values are not weighed.
+
+    Raises:
+        BadRequest: (406) nothing in the header is JSON or CSV.
+    """
+    if not accept or not accept.strip():
+        return "json"
+    for part in accept.split(","):
+        media = _media_type(part)
+        if media in (JSON, "application/*", "*/*") or media.endswith("+json"):
+            return "json"
+        if media in (CSV, "text/*"):
+            return "csv"
+    raise BadRequest(406, f"cannot answer Accept: {accept}; ask for {JSON} or {CSV}")
+
+
+def _records_frame(records: Any, where: str, required: tuple[str, ...]) -> Any:
+    import pandas as pd
+
+    if not isinstance(records, list):
+        raise BadRequest(400, f"{where} must be a list of records, got {type(records).__name__}")
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise BadRequest(
+                400, f"{where}[{i}] must be an object of column: value, got {type(record).__name__}"
+            )
+        for key, value in record.items():
+            if not isinstance(value, _SCALARS):
+                raise BadRequest(
+                    400, f"{where}[{i}].{key}: a value must be a string, number, bool or null"
+                )
+            if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+                raise BadRequest(400, f"{where}[{i}].{key}: {value} is out of the int64 range")
+        # Said per record: in a frame, one record's missing key is only a null among values.
+        lacking = [c for c in required if c not in record]
+        if lacking:
+            raise BadRequest(400, f"{where}[{i}] lacks column(s): {', '.join(lacking)}")
+    return pd.DataFrame.from_records(records) if records else pd.DataFrame()
+
+
+def parse_json(body: bytes, required: tuple[str, ...] = ()) -> Any:
+    """Records from a JSON body, as a DataFrame (types are coerced later, per family).
+
+    Accepted shapes: ``{"instances": [record, ...]}``, ``[record, ...]``,
+    ``{"dataframe_records": [...]}`` and ``{"dataframe_split": {"columns": [...], "data":
+    [[...], ...]}}``.
+
+    Args:
+        body: the request body.
+        required: columns every record must have (named in the error when one lacks them).
+
+    Raises:
+        BadRequest: (400) not JSON, or another shape.
+    """
+    import pandas as pd
+
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise BadRequest(400, f"body is not valid JSON: {exc}") from exc
+    if isinstance(payload, list):
+        return _records_frame(payload, "body", required)
+    if isinstance(payload, dict):
+        for key in ("instances", "dataframe_records"):
+            if key in payload:
+                return _records_frame(payload[key], key, required)
+        if "dataframe_split" in payload:
+            split = payload["dataframe_split"]
+            columns = split.get("columns") if isinstance(split, dict) else None
+            data = split.get("data") if isinstance(split, dict) else None
+            if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+                raise BadRequest(400, "dataframe_split.columns must be a list of column names")
+            if not isinstance(data, list) or not all(
+                isinstance(row, list) and len(row) == len(columns) for row in data
+            ):
+                raise BadRequest(
+                    400, f"dataframe_split.data must be rows of {len(columns)} values each"
+                )
+            records = [dict(zip(columns, row, strict=True)) for row in data]
+            return (
+                _records_frame(records, "dataframe_split.data", required)
+                if records
+                else pd.DataFrame()
+            )
+    raise BadRequest(
+        400,
+        'expected {"instances": [{column: value, ...}, ...]} or a list of such records',
+    )
+
+
+def parse_csv(body: bytes) -> Any:
+    """Records from a CSV body whose first row names the columns.
+
+    Every cell is read as text and coerced by the family's column types, so ``007`` stays a
+    string where a string is wanted and fails clearly where a number is.
+
+    Raises:
+        BadRequest: (400) not UTF-8, or not parseable as CSV.
+    """
+    import pandas as pd
+
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(400, f"CSV body is not UTF-8: {exc}") from exc
+    if not text.strip():
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(io.StringIO(text), dtype=str, skipinitialspace=True)
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise BadRequest(400, f"body is not valid CSV with a header row: {exc}") from exc
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready Python value: numpy scalars unboxed, NaN and infinities as null."""
+    import math
+
+    if hasattr(value, "item") and not isinstance(value, str):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def json_predictions(frame: Any) -> str:
+    """Predictions as a JSON array of objects, floats at full precision."""
+    records = [
+        {str(k): _plain(v) for k, v in row.items()} for row in frame.to_dict(orient="records")
+    ]
+    return json.dumps(records, allow_nan=False, separators=(",", ":"))
+
+
+def csv_predictions(frame: Any) -> str:
+    """Predictions as CSV with a header row, timestamps in ISO 8601."""
+    return str(frame.to_csv(index=False, lineterminator="\n", date_format="%Y-%m-%dT%H:%M:%S"))
