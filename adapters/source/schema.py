@@ -1,6 +1,6 @@
 """The source database's tables and connections (SQLAlchemy Core).
 
-Tables are built from :data:`core.synth.SCHEMAS`, plus an ``id`` autoincrement primary key that
+Tables are built from :data:`core.tables.SCHEMAS`, plus an ``id`` autoincrement primary key that
 the exporter uses as its watermark. The natural keys are deliberately *not* unique in the
 database: duplicates are a data-quality problem that the pipeline's validation must be able to
 see, so the database must be able to hold them.
@@ -19,7 +19,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from core.synth import EVENT_TIME, SCHEMAS, TABLES
+from core.tables import EVENT_TIME, SCHEMAS, TABLES
 
 _SA_TYPES: dict[str, Callable[[], sa.types.TypeEngine[Any]]] = {
     "int64": sa.BigInteger,
@@ -34,7 +34,7 @@ def source_tables(metadata: sa.MetaData | None = None) -> dict[str, sa.Table]:
     """The source tables, defined on ``metadata`` (a new one when not given).
 
     Each table has ``id`` (a BigInteger autoincrement primary key; INTEGER on SQLite so that it
-    is the rowid and autoincrements) followed by the columns of :data:`core.synth.SCHEMAS`, all
+    is the rowid and autoincrements) followed by the columns of :data:`core.tables.SCHEMAS`, all
     nullable, and a non-unique index on the event time.
     """
     metadata = metadata if metadata is not None else sa.MetaData()

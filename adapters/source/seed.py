@@ -18,7 +18,8 @@ from adapters.source.schema import (
     source_extent,
     source_tables,
 )
-from core.synth import EVENT_TIME, KEYS, SCHEMAS, TABLES, generate
+from core.synth import generate
+from core.tables import EVENT_TIME, KEYS, SCHEMAS, TABLES
 
 log = logging.getLogger(__name__)
 

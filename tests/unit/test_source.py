@@ -19,7 +19,8 @@ from adapters.source import (
     source_has_data,
     source_tables,
 )
-from core.synth import EVENT_TIME, KEYS, SCHEMAS, TABLES, generate
+from core.synth import generate
+from core.tables import EVENT_TIME, KEYS, SCHEMAS, TABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"n_clients": 4, "n_services": 2, "seed": 5}

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from core.config import DatasetConfig
-from core.synth import EVENT_TIME, KEYS, SCHEMAS, TABLES, clients, generate, holidays
+from core.synth import clients, generate, holidays
+from core.tables import EVENT_TIME, KEYS, SCHEMAS, TABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = {
