@@ -10,12 +10,14 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from prefect.states import State
+
     from core.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Intelli-Rate MLOps pipeline.")
@@ -27,7 +29,7 @@ ModelOpt = Annotated[
 ]
 
 
-def finish(state: Any) -> None:
+def finish(state: State) -> None:
     """Print a flow's final state message; exit 1 unless it completed."""
     if state.is_completed():
         console.print(f"[green]{state.message}[/]")

@@ -17,7 +17,7 @@ from core.settings import load_settings
 from flows.rollout import rollout
 from tasks.export import export_new_data
 from tasks.promotion import decide_promotion, publish_model, register_model
-from tasks.report import outcome, summarise_run
+from tasks.report import outcome, outcome_of, summarise_run
 from tasks.training import (
     describe_lineage,
     load_training_window,
@@ -83,7 +83,7 @@ def retrain(
         cfg.name: retrain_model(cfg.name, force=force, reason=reason, return_state=True)
         for cfg in cfgs
     }
-    summary = summarise_run(cfgs, states)
+    summary = summarise_run(cfgs, [outcome_of(name, state) for name, state in states.items()])
     failed = [o for o in summary["models"] if o["status"] == "failed"]
     if failed:
         # The state message is what notifications carry: name the model and the reason.

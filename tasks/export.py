@@ -204,7 +204,7 @@ def export_snapshot(
 # --- Prefect tasks --------------------------------------------------------------------------
 
 
-def _run_logger() -> Any:
+def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
     """The Prefect run logger inside a run, this module's logger outside one (``task.fn``)."""
     from prefect import get_run_logger
     from prefect.exceptions import MissingContextError

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
 from adapters.prefect_api import publish_table
@@ -47,21 +49,25 @@ def outcome(
     )
 
 
-def summarise_run(cfgs: list[ModelConfig], states: dict[str, State]) -> dict[str, Any]:
-    """Collect every model's outcome (a failed subflow becomes a ``failed`` line naming why).
+def outcome_of(model: str, state: State) -> ModelOutcome:
+    """A model subflow's outcome from its final state (a failed run becomes ``failed``, why)."""
+    if state.is_completed():
+        result = state.result()
+        if isinstance(result, ModelOutcome):
+            return result
+    error = state.result(raise_on_failure=False)
+    message = state.message or state.name or "failed"
+    note = str(error) if isinstance(error, BaseException) else message
+    return ModelOutcome(model, "failed", note=note)
 
-    A plain function, not a task: Prefect would treat the states passed in as upstream
-    dependencies and refuse to run it when one of them failed.
+
+@task(name="summarise-run", cache_policy=NO_CACHE)
+def summarise_run(cfgs: list[ModelConfig], outcomes: list[ModelOutcome]) -> dict[str, Any]:
+    """The run's summary: a headline, every model's outcome and a table artifact of them.
+
+    It takes outcomes, not the subflows' states: Prefect treats states passed to a task as
+    upstream dependencies and would not run it once one of them failed.
     """
-    outcomes: list[ModelOutcome] = []
-    for model, state in states.items():
-        if state.is_completed():
-            outcomes.append(state.result())
-        else:
-            error = state.result(raise_on_failure=False)
-            message = state.message or state.name or "failed"
-            note = str(error) if isinstance(error, BaseException) else message
-            outcomes.append(ModelOutcome(model, "failed", note=note))
     gate_metrics = {c.name: list(c.gate.metrics) for c in cfgs}
     title = headline(outcomes)
     rows = summary_rows(outcomes, gate_metrics)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from prefect import task
@@ -27,6 +27,9 @@ from adapters.snapshots import current_watermark, read_snapshot_manifest, record
 from adapters.store import Store
 from core.config import ExpectationConfig, ModelConfig
 from tasks.training import WindowData
+
+if TYPE_CHECKING:
+    from great_expectations import ExpectationSuite
 
 SAMPLE_VALUES = 5
 
@@ -130,7 +133,7 @@ def schema_expectations(cfg: ModelConfig) -> list[ExpectationConfig]:
     ]
 
 
-def build_suite(cfg: ModelConfig) -> Any:
+def build_suite(cfg: ModelConfig) -> ExpectationSuite:
     """Turn the config's ``validation`` list into a ``gx.ExpectationSuite``.
 
     Raises:
@@ -201,6 +204,9 @@ def validate_frame(
         if res.success:
             continue
         config = res.expectation_config
+        if config is None:  # GX reports which expectation failed; without it, a broken suite
+            broken.append(f"a failed result without its expectation: {res.exception_info}")
+            continue
         kwargs = {k: v for k, v in config.kwargs.items() if k != "batch_id"}
         info = res.exception_info or {}
         raised = [v for v in info.values() if isinstance(v, dict) and v.get("raised_exception")]
