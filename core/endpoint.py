@@ -7,6 +7,7 @@ SageMaker) are adapters: :mod:`adapters.endpoints`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
@@ -27,6 +28,32 @@ class RolloutFailed(RuntimeError):
         super().__init__(f"rollout failed at {step}: {reason}")
         self.step = step
         self.reason = reason
+
+
+def parse_answer(name: str, status: int, body: bytes) -> dict[str, Any]:
+    """An endpoint's answer to an invocation as a JSON object, or why it is not one.
+
+    Args:
+        name: the endpoint or model, for the message.
+        status: the HTTP status of the answer.
+        body: the answer's body.
+
+    Raises:
+        RolloutFailed: (``smoke-test``) a non-2xx status, a body that is not JSON, or JSON
+            that is not an object.
+    """
+    if not 200 <= status < 300:
+        text = body[:300].decode("utf-8", "replace")
+        raise RolloutFailed("smoke-test", f"{name} answered HTTP {status}: {text}")
+    try:
+        answer = json.loads(body)
+    except ValueError as exc:
+        raise RolloutFailed(
+            "smoke-test", f"{name} answered a body that is not JSON: {body[:200]!r}"
+        ) from exc
+    if not isinstance(answer, dict):
+        raise RolloutFailed("smoke-test", f"{name} answered {type(answer).__name__}, not an object")
+    return answer
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from adapters.endpoints.local.processes import ServingProcesses, http_client, is_alive, read_json
 from adapters.endpoints.local.router_control import RouterControl
 from adapters.endpoints.local.variants import VARIANT_INFO, VARIANTS, Variants, fetch
-from core.endpoint import Progress, Resource, RolloutFailed, Serving, VersionToServe
+from core.endpoint import Progress, Resource, RolloutFailed, Serving, VersionToServe, parse_answer
 
 if TYPE_CHECKING:
     from adapters.store import LocalStore, S3Store
@@ -287,19 +287,7 @@ class LocalTarget:
                 response = client.post(self.address(model), json={"instances": records})
         except httpx.HTTPError as exc:
             raise RolloutFailed("smoke-test", f"cannot reach {self.address(model)}: {exc}") from exc
-        if not 200 <= response.status_code < 300:
-            raise RolloutFailed(
-                "smoke-test", f"{model} answered HTTP {response.status_code}: {response.text[:300]}"
-            )
-        try:
-            answer = response.json()
-        except ValueError as exc:
-            raise RolloutFailed(
-                "smoke-test", f"{model} answered a body that is not JSON: {response.text[:200]!r}"
-            ) from exc
-        if not isinstance(answer, dict):
-            raise RolloutFailed("smoke-test", f"{model} answered {type(answer).__name__}")
-        return answer
+        return parse_answer(model, response.status_code, response.content)
 
     def monthly_cost(self, endpoint: EndpointConfig, platform: PlatformConfig) -> float | None:
         """Local processes cost nothing to rent."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.endpoints.sagemaker.names import TAG_VERSION, tag_dict
-from core.endpoint import Progress, RolloutFailed, Serving
+from core.endpoint import Progress, RolloutFailed, Serving, parse_answer
 
 SETTLING = frozenset({"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"})
 """Statuses SageMaker moves out of by itself; anything else is where the endpoint stays."""
@@ -303,15 +303,4 @@ def invoke(runtime: Any, name: str, records: list[dict[str, Any]]) -> dict[str, 
         detail = f"{message} ({original})" if original else message
         raise RolloutFailed("smoke-test", f"{name} answered {code}: {detail}") from exc
     status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 200))
-    body = response["Body"].read()
-    if not 200 <= status < 300:
-        raise RolloutFailed("smoke-test", f"{name} answered HTTP {status}: {body[:200]!r}")
-    try:
-        answer = json.loads(body)
-    except ValueError as exc:
-        raise RolloutFailed(
-            "smoke-test", f"{name} answered a body that is not JSON: {body[:200]!r}"
-        ) from exc
-    if not isinstance(answer, dict):
-        raise RolloutFailed("smoke-test", f"{name} answered {type(answer).__name__}, not an object")
-    return answer
+    return parse_answer(name, status, response["Body"].read())
