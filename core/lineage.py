@@ -21,6 +21,9 @@ ENDPOINT_TAG_KEYS = ("snapshot_id", "config_hash", "code_version", "flow_run_id"
 SHOWN_KEYS = ("snapshot_id", "code_version", "flow_run_id", "mlflow_run_id")
 """What ``mlops status`` prints of a champion's lineage."""
 
+_SET_LATER = ("mlflow_run_id", "mlflow_experiment_id", "mlflow_model_uri", "model_contents_sha256")
+"""Fields filled once trained and published; left out of the stored form while unset."""
+
 
 @dataclass(frozen=True)
 class Lineage:
@@ -83,11 +86,9 @@ class Lineage:
             "holdout": f"{self.holdout_start or ''}..{self.holdout_end or ''}",
             "reason": self.reason,
         }
-        for name in ("mlflow_run_id", "mlflow_experiment_id", "mlflow_model_uri"):
-            if getattr(self, name) is not None:
-                out[name] = str(getattr(self, name))
-        if self.model_contents_sha256 is not None:
-            out["model_contents_sha256"] = self.model_contents_sha256
+        for name in _SET_LATER:
+            if (value := getattr(self, name)) is not None:
+                out[name] = value
         return {**self.extra, **out}
 
     @classmethod
