@@ -51,7 +51,7 @@ class Server:
     logs: Path
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.api, timeout=30, transport=_RetryServerErrors())
+        return httpx.Client(base_url=self.api, timeout=60, transport=_RetryServerErrors())
 
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """Run a command to completion in the project directory with the server's env."""
@@ -80,7 +80,9 @@ class Server:
 
 class _RetryServerErrors(httpx.BaseTransport):
     """Send a request again when the server answers 5xx (SQLite's "database is locked" under
-    load); the Prefect client retries such answers too. A 4xx is returned at once."""
+    load) or, for a GET, does not answer in time (a CPU-starved server on a 2-core CI machine
+    once took more than 30 s to answer one poll while a retrain ran beside it); the Prefect
+    client retries such answers too. A 4xx is returned at once."""
 
     def __init__(self, attempts: int = 5) -> None:
         self._inner = httpx.HTTPTransport()
@@ -88,7 +90,13 @@ class _RetryServerErrors(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         for attempt in range(1, self._attempts + 1):
-            response = self._inner.handle_request(request)
+            try:
+                response = self._inner.handle_request(request)
+            except httpx.TransportError:
+                if request.method != "GET" or attempt == self._attempts:
+                    raise
+                time.sleep(attempt)
+                continue
             if response.status_code < 500 or attempt == self._attempts:
                 return response
             response.read()
