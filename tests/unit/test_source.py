@@ -225,3 +225,39 @@ def test_corrupt_refuses_unknown_or_empty_tables(url: str) -> None:
     engine.dispose()
     with pytest.raises(ValueError, match="no rows"):
         corrupt_source(url, "client_windows")
+
+
+def test_mlops_seed_sizes_the_population_on_request(mlops_home: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+    from core.settings import load_settings
+
+    result = CliRunner().invoke(
+        app, ["seed", "--weeks", "2", "--clients", "7", "--services", "3", "--seed", "5"]
+    )
+    assert result.exit_code == 0, result.output
+    engine = sa.create_engine(load_settings().source_url)
+    with engine.connect() as conn:
+        clients = {
+            table: conn.execute(sa.text(f"SELECT count(DISTINCT client_id) FROM {table}")).scalar()
+            for table in ("client_windows", "client_limits")
+        }
+        services = conn.execute(
+            sa.text("SELECT count(DISTINCT service) FROM service_traffic")
+        ).scalar()
+    engine.dispose()
+    assert clients == {"client_windows": 7, "client_limits": 7}
+    assert services == 3
+
+
+@pytest.mark.parametrize("flag", ["--clients", "--services"])
+def test_mlops_seed_refuses_an_empty_population(mlops_home: Path, flag: str) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    result = CliRunner().invoke(app, ["seed", "--weeks", "2", flag, "0"])
+    assert result.exit_code == 2
+    assert f"Invalid value for '{flag}'" in result.output
+    assert not list(mlops_home.glob("*.db")), "nothing is written for a refused size"
