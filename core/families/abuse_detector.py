@@ -13,7 +13,9 @@ the MLflow pyfunc returns) always agree.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,14 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.families import Evaluation, Family, MlflowModel, check_columns, json_records
+from core.families import (
+    Evaluation,
+    Family,
+    MlflowModel,
+    check_columns,
+    column_arrays,
+    json_records,
+)
 from core.families import metrics as m
 
 FEATURES: dict[str, str] = {
@@ -85,6 +94,52 @@ class AbuseModel:
     def scores(self, features: pd.DataFrame) -> np.ndarray:
         """Anomaly score per row: higher = more anomalous (the negated ``score_samples``)."""
         return -np.asarray(self.estimator.score_samples(features[list(FEATURES)]), dtype=float)
+
+    @cached_property
+    def _leaf_depths(self) -> list[tuple[Any, Any, np.ndarray]]:
+        """Per tree: its ``tree_``, its feature subset (None: all) and each node's path length.
+
+        The path length of a leaf is what ``IsolationForest._compute_score_samples`` adds for a
+        row landing there (depth + average path length of the leaf's samples - 1), computed
+        once instead of per call, by the same float operations.
+        """
+        est = self.estimator
+        subsample = est._max_features != est.n_features_in_
+        return [
+            (
+                tree.tree_,
+                features if subsample else None,
+                decision_path + average_path - 1.0,
+            )
+            for tree, features, decision_path, average_path in zip(
+                est.estimators_,
+                est.estimators_features_,
+                est._decision_path_lengths,
+                est._average_path_length_per_tree,
+                strict=True,
+            )
+        ]
+
+    def fast_scores(self, matrix: np.ndarray) -> np.ndarray:
+        """:meth:`scores` for a float matrix whose columns are :data:`FEATURES`, in order.
+
+        ``score_samples`` validates its input and dispatches every tree through joblib: about
+        5 ms a call whatever the rows. This walks the same trees with the same arithmetic, in
+        the same order (so the same floats, checked by a regression test), in a tenth of it.
+        The private attributes it reads are scikit-learn's; that test fails if they change.
+        """
+        from sklearn.ensemble._iforest import _average_path_length
+
+        x = np.ascontiguousarray(matrix, dtype=np.float32)
+        depths: np.ndarray = np.zeros(int(x.shape[0]), order="F")
+        for tree, features, leaf_depth in self._leaf_depths:
+            depths += leaf_depth[tree.apply(x if features is None else x[:, features])]
+        est = self.estimator
+        denominator = len(est.estimators_) * _average_path_length([est._max_samples])
+        scores = 2 ** (
+            -np.divide(depths, denominator, out=np.ones_like(depths), where=denominator != 0)
+        )
+        return -np.asarray(-scores, dtype=float)
 
 
 class AbuseDetector(Family):
@@ -211,6 +266,23 @@ class AbuseDetector(Family):
             {"anomaly_score": scores, "is_abuse": scores > model.threshold},
             index=records.index,
         )
+
+    # IsolationForest costs about the same for 1 row as for 100 (a Python loop over its trees):
+    # the serving app joins concurrent requests into one call.
+    batchable = True
+
+    def predict_columns(
+        self, model: AbuseModel, columns: Mapping[str, Sequence[Any]]
+    ) -> dict[str, Any]:
+        """:meth:`predict` for plain columns, scored by :meth:`AbuseModel.fast_scores`.
+
+        Raises:
+            ValueError: as :meth:`predict`.
+        """
+        checked = column_arrays(columns, FEATURES)
+        matrix = np.column_stack([checked[c].astype("float64") for c in FEATURES])
+        scores = model.fast_scores(matrix)
+        return {"anomaly_score": scores, "is_abuse": scores > model.threshold}
 
     def input_columns(self) -> dict[str, str]:
         """The eight behaviour columns and their types."""
