@@ -269,7 +269,9 @@ def test_a_bug_in_the_family_is_a_500_with_a_reason_and_the_app_keeps_serving(
     family = get_family("limit_optimiser")
     with serve(model) as client:
         monkeypatch.setattr(
-            type(family), "predict", lambda self, m, r: (_ for _ in ()).throw(RuntimeError("boom"))
+            type(family),
+            "predict_columns",
+            lambda self, m, r: (_ for _ in ()).throw(RuntimeError("boom")),
         )
         broken = post_json(client, model.example_request)
         monkeypatch.undo()
