@@ -18,11 +18,15 @@ def serve() -> int:
     import uvicorn
 
     from serving.app import ServerSettings
+    from serving.transport import HTTP
 
     server = ServerSettings()
     uvicorn.run(
         "serving.app:create_app",
         factory=True,
+        # uvloop and httptools: about twice asyncio's and h11's requests/s (BENCHMARKS.md).
+        loop="uvloop",
+        http=HTTP,
         host=server.host,
         port=server.port,
         workers=server.workers,
@@ -74,9 +78,12 @@ def router(host: str, port: int, state_file: str, log_level: str) -> int:
     import uvicorn
 
     from serving.router import create_router
+    from serving.transport import HTTP
 
     uvicorn.run(
         create_router(Path(state_file)),
+        loop="uvloop",
+        http=HTTP,
         host=host,
         port=port,
         log_level=log_level,

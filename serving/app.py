@@ -53,6 +53,7 @@ from serving.codec import (
     json_answer,
     parse_csv,
     parse_json_columns,
+    read_body,
     request_format,
     response_format,
 )
@@ -309,21 +310,6 @@ def _identity(state: _State) -> dict[str, str]:
     return headers
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with a 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadRequest(413, f"body of {declared} bytes exceeds the maximum of {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(413, f"body exceeds the maximum of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def create_app(settings: ModelSettings | None = None) -> FastAPI:
     """Build the serving app; the model loads when the server starts (lifespan).
 
@@ -391,7 +377,7 @@ def create_app(settings: ModelSettings | None = None) -> FastAPI:
         try:
             fmt_in = request_format(request.headers.get("content-type"))
             fmt_out = response_format(request.headers.get("accept"))
-            body = await _read_body(request, settings.max_body_bytes)
+            body = await read_body(request, settings.max_body_bytes)
             if not body.strip():
                 raise BadRequest(400, "empty body: send at least one record")
             if fmt_in == "csv":

@@ -10,6 +10,7 @@ notebooks use them directly, and a family says how MLflow should log it
 from __future__ import annotations
 
 import importlib
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -197,6 +198,21 @@ def check_columns(records: pd.DataFrame, columns: dict[str, str]) -> pd.DataFram
 
 
 _NUMERIC = ("float64", "int64")
+_PLAIN_ISO = re.compile(r"^(19|20)\d\d-\d\d-\d\d([T ]\d\d:\d\d(:\d\d(\.\d{1,9})?)?)?$")
+"""A timestamp without a zone, 1900-2099 (inside ``datetime64[ns]``): read without pandas."""
+
+
+def _one_plain_iso_format(raw: Sequence[str]) -> bool:
+    """Whether every value is a plain ISO timestamp written like the first.
+
+    pandas infers the format from the first value and refuses the others when they differ
+    (``2025-03-03T01:00`` after ``2025-03-03 01:00:00``): such a column keeps pandas' answer.
+    """
+    if not raw:
+        return False
+    first = raw[0]
+    size, sep = len(first), first[10:11]
+    return all(len(v) == size and v[10:11] == sep and _PLAIN_ISO.match(v) for v in raw)
 
 
 def _has_bool(series: pd.Series) -> bool:
@@ -237,6 +253,9 @@ def column_arrays(values: Mapping[str, Sequence[Any]], columns: dict[str, str]) 
             out[col] = np.array(raw, dtype="int64")
         elif kind == "string" and types <= {str}:
             out[col] = np.array(raw, dtype=object)
+        elif kind == "timestamp" and types <= {str} and _one_plain_iso_format(raw):
+            # Naive ISO 8601 of this era, one format: numpy reads the instants pandas reads.
+            out[col] = np.array(raw, dtype="datetime64[ns]")
         else:
             checked = check_columns(pd.DataFrame({col: list(raw)}), {col: kind})[col]
             out[col] = checked.to_numpy(dtype=object) if kind == "string" else checked.to_numpy()

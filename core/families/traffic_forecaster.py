@@ -549,7 +549,9 @@ class TrafficForecaster(Family):
             return super().predict_columns(model, columns)
         checked = column_arrays(columns, INPUTS)
         service = checked["service"]
-        ts = _naive_utc(pd.Series(checked["ts"])).to_numpy()
+        ts = checked["ts"]
+        if ts.dtype != np.dtype("datetime64[ns]"):
+            ts = _naive_utc(pd.Series(ts)).to_numpy()
         unknown = sorted(set(service.tolist()) - set(model.models))
         if unknown:
             raise ValueError(

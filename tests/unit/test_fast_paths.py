@@ -120,6 +120,26 @@ def test_column_arrays_coerce_like_check_columns() -> None:
     got = column_arrays(values, columns)
     expected = check_columns(pd.DataFrame(values), columns)
     for column in columns:
-        assert got[column].tolist() == expected[column].tolist(), column
+        assert pd.Series(got[column]).tolist() == expected[column].tolist(), column
+    # Timestamps numpy reads itself (naive ISO, either separator, fractions) and those it
+    # leaves to pandas (a zone, another era) come out as pandas reads them.
+    for stamps in (
+        ["2025-03-03 01:00:00", "2025-03-03 01:30:00"],
+        ["2025-03-03T01:30", "2025-12-31T23:59"],
+        ["2025-03-03", "2026-01-01"],
+        ["2025-03-03T01:00:00.25", "2025-03-03T01:00:00.50"],
+        ["2025-03-03T01:00:00Z", "2025-03-03T02:00:00Z"],
+        ["2025-03-03T01:00:00+02:00"],
+        ["1850-01-01T00:00:00", "2025-03-03T00:00:00"],
+    ):
+        got_ts = column_arrays({"t": stamps}, {"t": "timestamp"})["t"]
+        want = check_columns(pd.DataFrame({"t": stamps}), {"t": "timestamp"})["t"]
+        assert pd.Series(got_ts).tolist() == want.tolist(), stamps
+    # Mixed formats: pandas refuses them, and so does the fast path.
+    mixed = ["2025-03-03 01:00:00", "2025-03-03T01:30"]
+    with pytest.raises(ValueError, match="column 't' must be timestamp"):
+        check_columns(pd.DataFrame({"t": mixed}), {"t": "timestamp"})
+    with pytest.raises(ValueError, match="column 't' must be timestamp"):
+        column_arrays({"t": mixed}, {"t": "timestamp"})
     with pytest.raises(ValueError, match="missing column"):
         column_arrays({"a": [1.0]}, columns)
