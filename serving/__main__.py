@@ -47,7 +47,10 @@ def check() -> int:
     import pkgutil
     import platform
 
+    import httptools
+    import orjson
     import uvicorn
+    import uvloop
 
     import core.families
     import serving.app  # noqa: F401  (importing is the check)
@@ -65,6 +68,10 @@ def check() -> int:
     report = {
         "python": platform.python_version(),
         "uvicorn": uvicorn.__version__,
+        # The fast server setup (serving.transport, serving.codec): the build fails without it.
+        "uvloop": uvloop.__version__,
+        "httptools": httptools.__version__,
+        "orjson": orjson.__version__,
         "families": families,
     }
     print(json.dumps(report))  # noqa: T201  (this JSON line is the command's output)

@@ -43,6 +43,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from serving.asgi import FastRoute, RawRequest
 from serving.batching import MicroBatcher
 from serving.codec import (
     CSV,
@@ -367,8 +368,7 @@ def create_app(settings: ModelSettings | None = None) -> FastAPI:
             }
         )
 
-    @app.post("/invocations")
-    async def invocations(request: Request) -> Response:
+    async def invocations(_key: str, request: RawRequest) -> Response:
         """Predict for a batch of records (JSON or CSV in, JSON or CSV out)."""
         loaded = state.loaded
         settings = state.settings
@@ -388,6 +388,13 @@ def create_app(settings: ModelSettings | None = None) -> FastAPI:
             return _error(exc.status, exc.reason, state)
         return _predictions_response(predictions, fmt_out, loaded, state)
 
+    # POST /invocations, the hot path, skips FastAPI's routing (see serving.asgi).
+    app.add_middleware(
+        FastRoute,
+        match=lambda path: "" if path == "/invocations" else None,
+        handler=invocations,
+        on_error=lambda exc: _error(500, f"internal error: {exc.__class__.__name__}: {exc}", state),
+    )
     return app
 
 

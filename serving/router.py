@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
+from serving.asgi import FastRoute, RawRequest
 from serving.codec import BadRequest, read_body
 from serving.routes import RouteFollower, RouteTable, Upstream
 
@@ -181,6 +182,16 @@ class Forwarder:
         return Response(content, status_code=status, headers=out)
 
 
+def _invocation_model(path: str) -> str | None:
+    """The model of ``/endpoints/{model}/invocations``; None for any other path."""
+    prefix, suffix = "/endpoints/", "/invocations"
+    if path.startswith(prefix) and path.endswith(suffix):
+        model = path[len(prefix) : -len(suffix)]
+        if model and "/" not in model:
+            return model
+    return None
+
+
 def create_router(state_file: Path, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """Build the router app following ``state_file``.
 
@@ -242,8 +253,7 @@ def create_router(state_file: Path, max_body_bytes: int = MAX_BODY_BYTES) -> Fas
             return _error(404, f"endpoint {model} not found", generation=table.generation)
         return JSONResponse(view(model, table))
 
-    @app.post("/endpoints/{model}/invocations")
-    async def invoke(model: str, request: Request) -> Response:
+    async def invoke(model: str, request: RawRequest) -> Response:
         # Read whole before forwarding (a retry on another variant sends it again), but as a
         # stream with the limit checked on the way: Content-Length first, then each chunk.
         try:
@@ -253,5 +263,13 @@ def create_router(state_file: Path, max_body_bytes: int = MAX_BODY_BYTES) -> Fas
         headers = {k: v for k in _FORWARD_REQUEST if (v := request.headers.get(k)) is not None}
         wanted = request.headers.get("x-amzn-sagemaker-target-variant")
         return await forwarder.forward(model, body, headers, wanted)
+
+    # POST /endpoints/{model}/invocations, the hot path, skips FastAPI's routing.
+    app.add_middleware(
+        FastRoute,
+        match=_invocation_model,
+        handler=invoke,
+        on_error=lambda exc: _error(500, f"router: internal error: {exc!r}"),
+    )
 
     return app
