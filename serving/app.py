@@ -107,19 +107,20 @@ class ModelSettings(BaseSettings):
         description="Largest request body (SageMaker real-time allows 6 MB); more is a 413.",
     )
     batch_wait_ms: float = Field(
-        default=2.0,
+        default=0.0,
         ge=0.0,
-        le=50.0,
+        le=2.0,
         validation_alias=AliasChoices("MLOPS_SERVING_BATCH_WAIT_MS", "batch_wait_ms"),
-        description="Micro-batching of a batchable family: most milliseconds the first "
-        "request waits for others while the model is idle (0: no micro-batching).",
+        description="Micro-batching of a batchable family: milliseconds the first request "
+        "waits for others while the model is idle. 0 (the default): it goes at once, and "
+        "batches form from what queues while the model is busy.",
     )
     batch_max_rows: int = Field(
         default=256,
         ge=1,
         le=100_000,
         validation_alias=AliasChoices("MLOPS_SERVING_BATCH_MAX_ROWS", "batch_max_rows"),
-        description="Micro-batching: most rows joined into one model call.",
+        description="Micro-batching: most rows joined into one model call (1: no batching).",
     )
 
 
@@ -275,7 +276,7 @@ class _State:
             self.settings = settings if settings is not None else ModelSettings()
             self.loaded = load_model(self.settings)
             self.failure = None
-            if self.loaded.family.batchable and self.settings.batch_wait_ms > 0:
+            if self.loaded.family.batchable and self.settings.batch_max_rows > 1:
                 loaded = self.loaded
                 self.batcher = MicroBatcher(
                     lambda columns: _predict_columns(self, loaded, columns),
