@@ -8,8 +8,9 @@ model through the router with ``wrk`` (its own process, one thread, 16 keep-aliv
 for 1-row and 100-row JSON requests. It writes requests/s, p50, p99, error counts and the CPU
 each process used into ``BENCHMARKS.md`` between this benchmark's markers.
 
-``--baseline REV`` runs the same benchmark on another commit (a temporary ``git worktree``,
-same interpreter and libraries) right after, and adds the ratios. The figures are noisy on a
+``--baseline REV`` runs the same benchmark on another commit (a temporary ``git worktree``;
+``--baseline-python`` names an interpreter with that commit's libraries) right after, and adds
+the ratios. The figures are noisy on a
 shared machine: the load average is written beside them.
 
 wrk comes from the distribution's packages (``apt-get install -y wrk`` when missing): a C load
@@ -354,6 +355,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=8, help="Length of each wrk run.")
     parser.add_argument("--baseline", help="Also measure this git revision, for ratios.")
+    parser.add_argument(
+        "--baseline-python",
+        default=sys.executable,
+        help="Interpreter for the baseline (a venv synced from that revision's lock, so that "
+        "it runs with its own libraries; default: this one).",
+    )
     parser.add_argument("--families", default=",".join(FAMILIES), help="Comma-separated.")
     parser.add_argument("--rows", default="1,100", help="Request sizes, comma-separated.")
     parser.add_argument("--runs-json", help="Write every run here (JSON) instead of BENCHMARKS.md.")
@@ -390,7 +397,7 @@ def run_baseline(args: argparse.Namespace, wrk: str) -> list[Run]:
             env = {**os.environ, "PYTHONPATH": str(tree)}
             subprocess.run(
                 [
-                    sys.executable,
+                    args.baseline_python,
                     str(tree / "bench" / "bench_serving.py"),
                     "--seconds",
                     str(args.seconds),

@@ -416,6 +416,27 @@ def test_the_environment_configures_the_model_and_the_server(
     assert (server.port, server.workers, server.host) == (9090, 3, "0.0.0.0")
 
 
+def test_the_entry_point_runs_uvicorn_on_uvloop_and_httptools_with_nodelay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What SageMaker runs (`serve`) and the local router: the fast loop and parser, and the
+    # protocol that sets TCP_NODELAY on each connection (lost with several workers otherwise).
+    import uvicorn
+
+    from serving.transport import NoDelayHttpToolsProtocol
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(kwargs))
+    monkeypatch.setenv("MLOPS_SERVING_WORKERS", "2")
+    assert serving_main(["serve"]) == 0
+    assert serving_main(["router", "--state-file", "/nonexistent/routes.json"]) == 0
+    for kwargs in calls:
+        assert kwargs["loop"] == "uvloop"
+        module, name = kwargs["http"].split(":")
+        assert getattr(__import__(module, fromlist=[name]), name) is NoDelayHttpToolsProtocol
+    assert calls[0]["workers"] == 2
+
+
 def test_the_entry_point_refuses_train(capsys: pytest.CaptureFixture[str]) -> None:
     assert serving_main(["train"]) == 2
     assert "serves models only" in capsys.readouterr().err
