@@ -71,6 +71,7 @@ class Run:
     wrk_cpu: float  # share of one core
     server_cpu: float  # share of one core, serving process + router
     load: float
+    cpu_ms: float = 0.0  # server CPU per request: what a quiet core would sustain, inverted
 
 
 def ensure_wrk() -> str:
@@ -233,6 +234,7 @@ def measure(
                             wrk_cpu=round(share, 2),
                             server_cpu=round(server, 2),
                             load=round(os.getloadavg()[0], 2),
+                            cpu_ms=round(server / rps * 1000, 3) if rps else 0.0,
                         )
                         print(json.dumps({"label": label, **asdict(run)}), flush=True)  # noqa: T201
                         runs.append(run)
@@ -296,16 +298,20 @@ def render(meta: dict[str, str], runs: list[Run], baseline: list[Run], rev: str 
         "the local endpoint (one serving process per model, 1 uvicorn worker, and the router).",
         "Latencies are wrk's; `wrk CPU` and `server CPU` are shares of one core (the machine has",
         "two, shared by wrk, the servers and anything else running: see the load average).",
+        "`CPU ms/request` is the serving process's (and the router's) CPU per request, the figure",
+        "least moved by other load: 1000 / it is what one otherwise idle core would sustain.",
+        "The serving processes are `python -m serving serve`, the SageMaker container's entry",
+        "point, so the container runs this same app.",
         "",
         "Measured " + ", ".join(f"{k} {v}" for k, v in meta.items()) + ".",
         "",
     ]
     head = (
         "| family | path | rows | requests/s | rows/s | p50 ms | p99 ms | errors | wrk CPU "
-        "| server CPU | load |"
+        "| server CPU | CPU ms/request | load |"
     )
     if old:
-        head += f" requests/s at {rev} | ratio | p99 ms at {rev} |"
+        head += f" requests/s at {rev} | ratio | p99 ms at {rev} | CPU ms/request at {rev} |"
     lines.append(head)
     lines.append("|" + "---|" * (head.count("|") - 1))
     for r in runs:
@@ -320,6 +326,7 @@ def render(meta: dict[str, str], runs: list[Run], baseline: list[Run], rev: str 
             str(r.errors),
             f"{r.wrk_cpu:.2f}",
             f"{r.server_cpu:.2f}",
+            f"{r.cpu_ms:.2f}",
             f"{r.load:.2f}",
         ]
         if old:
@@ -329,9 +336,10 @@ def render(meta: dict[str, str], runs: list[Run], baseline: list[Run], rev: str 
                     f"{b.requests_per_s:,.0f}",
                     f"{r.requests_per_s / b.requests_per_s:.1f}x",
                     f"{b.p99_ms:.0f}",
+                    f"{b.cpu_ms:.2f}" if b.cpu_ms else "-",
                 ]
                 if b
-                else ["-", "-", "-"]
+                else ["-", "-", "-", "-"]
             )
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", MARK_END]
@@ -353,7 +361,7 @@ def write_section(section: str) -> None:
 def main() -> int:
     """Parse the options, run the benchmark (and the baseline), write BENCHMARKS.md."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=8, help="Length of each wrk run.")
+    parser.add_argument("--seconds", type=int, default=6, help="Length of each wrk run.")
     parser.add_argument("--baseline", help="Also measure this git revision, for ratios.")
     parser.add_argument(
         "--baseline-python",

@@ -43,7 +43,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from serving.asgi import FastRoute, RawRequest
+from serving.asgi import FastRoute, RawRequest, quiet_fastapi
 from serving.batching import MicroBatcher
 from serving.codec import (
     CSV,
@@ -338,6 +338,7 @@ def create_app(settings: ModelSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        **quiet_fastapi(),
     )
     app.state.serving = state
 

@@ -40,7 +40,7 @@ import aiohttp
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
-from serving.asgi import FastRoute, RawRequest
+from serving.asgi import FastRoute, RawRequest, quiet_fastapi
 from serving.codec import BadRequest, read_body
 from serving.routes import RouteFollower, RouteTable, Upstream
 
@@ -210,7 +210,12 @@ def create_router(state_file: Path, max_body_bytes: int = MAX_BODY_BYTES) -> Fas
             follower.current()
             yield
 
-    app = FastAPI(title="Intelli-Rate local endpoint router", lifespan=lifespan, docs_url=None)
+    app = FastAPI(
+        title="Intelli-Rate local endpoint router",
+        lifespan=lifespan,
+        docs_url=None,
+        **quiet_fastapi(),
+    )
 
     def view(model: str, table: RouteTable) -> dict[str, Any]:
         ups = table.models.get(model, ())
