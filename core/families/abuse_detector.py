@@ -110,13 +110,20 @@ class AbuseModel:
         from sklearn.ensemble._iforest import _average_path_length
 
         x = np.ascontiguousarray(matrix, dtype=np.float32)
-        depths = self._forest.depths(x)
+        forest = self._forest
+        # All trees at once wins on a few rows; tree by tree (scikit-learn's Cython walk,
+        # without its per-call checks) on many, where the level-by-level arrays grow large.
+        depths = forest.depths(x) if len(x) <= PACKED_ROWS else forest.depths_by_tree(x)
         est = self.estimator
         denominator = len(est.estimators_) * _average_path_length([est._max_samples])
         scores = 2 ** (
             -np.divide(depths, denominator, out=np.ones_like(depths), where=denominator != 0)
         )
         return -np.asarray(-scores, dtype=float)
+
+
+PACKED_ROWS = 24
+"""Up to this many rows, :class:`_PackedForest` walks all trees at once (measured crossover)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,7 @@ class _PackedForest:
     they change meaning.
     """
 
+    trees: tuple[tuple[Any, Any, np.ndarray], ...]
     roots: np.ndarray
     feature: np.ndarray
     threshold: np.ndarray
@@ -145,7 +153,7 @@ class _PackedForest:
         """Pack a fitted ``IsolationForest``."""
         subsample = est._max_features != est.n_features_in_
         parts: dict[str, list[np.ndarray]] = {k: [] for k in ("f", "t", "l", "r", "p")}
-        roots, offset, depth = [], 0, 0
+        roots, offset, depth, trees = [], 0, 0, []
         for tree, features, decision, average in zip(
             est.estimators_,
             est.estimators_features_,
@@ -162,10 +170,12 @@ class _PackedForest:
             parts["l"].append(np.where(leaf, own, t.children_left + offset))
             parts["r"].append(np.where(leaf, own, t.children_right + offset))
             parts["p"].append(decision + average - 1.0)
+            trees.append((t, features if subsample else None, parts["p"][-1]))
             roots.append(offset)
             offset += t.node_count
             depth = max(depth, int(t.max_depth))
         return cls(
+            trees=tuple(trees),
             roots=np.asarray(roots, dtype=np.intp),
             feature=np.concatenate(parts["f"]).astype(np.intp),
             threshold=np.concatenate(parts["t"]),
@@ -186,6 +196,13 @@ class _PackedForest:
         # Summed tree by tree from zero, as scikit-learn adds them: accumulate, not pairwise.
         out: np.ndarray = np.add.accumulate(self.path[nodes], axis=1)[:, -1]
         return np.ascontiguousarray(out)
+
+    def depths_by_tree(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`depths`, one tree at a time, as ``_compute_score_samples`` adds them."""
+        out: np.ndarray = np.zeros(x.shape[0], order="F")
+        for tree, features, path in self.trees:
+            out += path[tree.apply(x if features is None else x[:, features])]
+        return out
 
 
 class AbuseDetector(Family):
