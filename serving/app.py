@@ -416,7 +416,9 @@ async def _predict_json(
     rows, columns = parse() if len(body) <= INLINE_BYTES else await run_in_threadpool(parse)
     if state.batcher is not None and rows <= state.batcher.max_rows:
         return await state.batcher.predict(rows, columns)
-    if loaded.fast and rows <= INLINE_ROWS:
+    # Optional columns (the forecaster's is_holiday) may take the family's DataFrame path:
+    # tens of milliseconds, so off the event loop.
+    if loaded.fast and rows <= INLINE_ROWS and columns.keys() <= loaded.input_columns.keys():
         return _predict_columns(state, loaded, columns)
     return await run_in_threadpool(_predict_columns, state, loaded, columns)
 
