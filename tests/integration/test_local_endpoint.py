@@ -123,7 +123,9 @@ def test_swap_to_v2_under_load_fails_no_request(endpoint: Endpoint) -> None:
     url = target.address(MODEL)
     records = endpoint.tiny.example_request
     stop = threading.Event()
-    seen: list[list[tuple[str | None, float]]] = [[], []]
+    # Eight clients, each sending its next request as soon as the last is answered: the
+    # router and the variants run at several hundred requests/s through the switch.
+    seen: list[list[tuple[str | None, float]]] = [[] for _ in range(8)]
     failures: list[str] = []
 
     threads = [
@@ -156,7 +158,8 @@ def test_swap_to_v2_under_load_fails_no_request(endpoint: Endpoint) -> None:
     timings = target.last_timings
     latency = max(seconds for log in seen for _, seconds in log)
     print(
-        f"\nswap v1 -> v2: {sum(len(s) for s in seen)} requests, 0 failed, slowest "
+        f"\nswap v1 -> v2: {sum(len(s) for s in seen)} requests from {len(seen)} clients, 0 "
+        f"failed, slowest "
         f"{latency * 1000:.0f} ms; deploy {timings['total']:.1f}s = fetch {timings['fetch']:.2f}s"
         f" + start {timings['start']:.1f}s + switch {timings['switch'] * 1000:.0f} ms + drain "
         f"{timings['drain'] * 1000:.0f} ms"

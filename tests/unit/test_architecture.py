@@ -35,7 +35,8 @@ CLIENTS = {
     "sqlalchemy": ("adapters/source/",),
     "subprocess": ("adapters/git.py", "adapters/endpoints/local/"),
     "psutil": ("adapters/endpoints/local/",),
-    "httpx": ("adapters/endpoints/local/", "serving/router.py"),
+    "httpx": ("adapters/endpoints/local/",),
+    "aiohttp": ("serving/router.py",),
 }
 """Each outside system's client library, and the one adapter allowed to import it."""
 

@@ -250,6 +250,68 @@ def test_a_body_over_the_maximum_is_413(tiny: dict[str, TinyModel], limits: Test
     assert "exceeds the maximum of 4096" in response.json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("literal", "reason"),
+    [
+        (b"Infinity", "'avg_rps' must be finite"),
+        (b"-Infinity", "'avg_rps' must be finite"),
+        (b"1e309", "'avg_rps' must be finite"),
+        (b"NaN", "'avg_rps' has null values"),
+        (b"true", "'avg_rps' must be float64: got a boolean"),
+    ],
+)
+def test_non_finite_and_boolean_numbers_are_400_naming_the_column(
+    tiny: dict[str, TinyModel], limits: TestClient, literal: bytes, reason: str
+) -> None:
+    # Security review finding 11: these were predicted (a limit for avg_rps=inf, abuse
+    # flagged), and `true` was read as 1. JSON has no such numbers; a caller sent a bug.
+    good = json.dumps(_record(tiny)).encode()
+    bad = json.dumps(_record(tiny, avg_rps="SENTINEL")).encode().replace(b'"SENTINEL"', literal)
+    response = limits.post(
+        "/invocations",
+        content=b'{"instances": [' + good + b"," + bad + b"]}",
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400, response.text
+    assert reason in response.json()["error"]
+
+
+def test_a_boolean_count_is_400_for_the_abuse_detector_too(tiny: dict[str, TinyModel]) -> None:
+    model = tiny["abuse_detector"]
+    with serve(model) as client:
+        response = post_json(client, [{**model.example_request[0], "login_attempts": False}])
+    assert response.status_code == 400, response.text
+    assert "'login_attempts' must be int64: got a boolean" in response.json()["error"]
+
+
+def test_a_csv_far_wider_than_the_model_is_refused_before_parsing(
+    tiny: dict[str, TinyModel],
+) -> None:
+    # Security review finding 3: a 6 MB header of 600,000 names took pandas 24 s to parse on
+    # the event loop, and /ping waited as long. The header is now counted before parsing.
+    model = tiny["limit_optimiser"]
+    record = model.example_request[0]
+    names = list(record) + [f"x{i}" for i in range(200_000)]
+    values = [str(v) for v in record.values()] + ["0"] * 200_000
+    wide = (",".join(names) + "\n" + ",".join(values) + "\n").encode()
+    with serve(model) as client:
+        response = client.post("/invocations", content=wide, headers={"content-type": "text/csv"})
+        assert client.get("/ping").status_code == 200
+    assert response.status_code == 413, response.text[:300]
+    assert "CSV header has 200008 columns" in response.json()["error"]
+
+
+def test_a_csv_with_extra_columns_within_reason_still_answers(tiny: dict[str, TinyModel]) -> None:
+    model = tiny["limit_optimiser"]
+    frame = pd.DataFrame(model.example_request).assign(**{f"extra{i}": i for i in range(20)})
+    with serve(model) as client:
+        response = client.post(
+            "/invocations", content=frame.to_csv(index=False), headers={"content-type": "text/csv"}
+        )
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == len(frame)
+
+
 def test_forecaster_refuses_an_unknown_service_and_a_bad_timestamp(
     tiny: dict[str, TinyModel],
 ) -> None:
@@ -269,7 +331,9 @@ def test_a_bug_in_the_family_is_a_500_with_a_reason_and_the_app_keeps_serving(
     family = get_family("limit_optimiser")
     with serve(model) as client:
         monkeypatch.setattr(
-            type(family), "predict", lambda self, m, r: (_ for _ in ()).throw(RuntimeError("boom"))
+            type(family),
+            "predict_columns",
+            lambda self, m, r: (_ for _ in ()).throw(RuntimeError("boom")),
         )
         broken = post_json(client, model.example_request)
         monkeypatch.undo()
@@ -350,6 +414,27 @@ def test_the_environment_configures_the_model_and_the_server(
         assert client.get("/ping").json()["version"] == "v7"
     server = ServerSettings()
     assert (server.port, server.workers, server.host) == (9090, 3, "0.0.0.0")
+
+
+def test_the_entry_point_runs_uvicorn_on_uvloop_and_httptools_with_nodelay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What SageMaker runs (`serve`) and the local router: the fast loop and parser, and the
+    # protocol that sets TCP_NODELAY on each connection (lost with several workers otherwise).
+    import uvicorn
+
+    from serving.transport import NoDelayHttpToolsProtocol
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(kwargs))
+    monkeypatch.setenv("MLOPS_SERVING_WORKERS", "2")
+    assert serving_main(["serve"]) == 0
+    assert serving_main(["router", "--state-file", "/nonexistent/routes.json"]) == 0
+    for kwargs in calls:
+        assert kwargs["loop"] == "uvloop"
+        module, name = kwargs["http"].split(":")
+        assert getattr(__import__(module, fromlist=[name]), name) is NoDelayHttpToolsProtocol
+    assert calls[0]["workers"] == 2
 
 
 def test_the_entry_point_refuses_train(capsys: pytest.CaptureFixture[str]) -> None:
