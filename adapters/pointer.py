@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from adapters import layout
-from adapters.layout import PublishError, mismatch
+from adapters.layout import IntegrityError, PublishError, mismatch
 from adapters.store import KeyNotFound, PreconditionFailed, Store, create_once
 from adapters.versions import version_manifest_sha256
 
@@ -48,6 +48,31 @@ def promotion_history(store: Store, model: str) -> list[dict[str, Any]]:
     """Every pointer move of ``model``, oldest first."""
     by_seq = _promotions(store, model)
     return [by_seq[seq] for seq in sorted(by_seq)]
+
+
+def recorded_manifest_sha256(store: Store, model: str, version: str) -> str | None:
+    """The manifest hash the store recorded when ``version`` was promoted; None if never.
+
+    ``latest.json`` (when it names the version) and every promotion record of it must agree:
+    they were all written from the manifest as it was then.
+
+    Raises:
+        IntegrityError: two records of the same version name different hashes.
+    """
+    recorded: dict[str, str] = {}
+    latest = read_latest(store, model) or {}
+    if latest.get("version") == version and latest.get("manifest_sha256"):
+        recorded["latest.json"] = str(latest["manifest_sha256"])
+    for record in promotion_history(store, model):
+        if record.get("version") == version and record.get("manifest_sha256"):
+            recorded[f"promotion record {record.get('seq')}"] = str(record["manifest_sha256"])
+    hashes = sorted(set(recorded.values()))
+    if len(hashes) > 1:
+        raise IntegrityError(
+            f"{model} {version}: the store's records disagree on its manifest sha256: "
+            + ", ".join(f"{where} {sha}" for where, sha in sorted(recorded.items()))
+        )
+    return hashes[0] if hashes else None
 
 
 def rollback_target(history: list[dict[str, Any]], current: str) -> str | None:
