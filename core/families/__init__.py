@@ -76,6 +76,9 @@ class Family(ABC):
     name: ClassVar[str]
     Params: ClassVar[type[BaseModel]]
     """Strict pydantic model of the family's hyperparameters (``params:`` in the config)."""
+    gate_metrics: ClassVar[frozenset[str]]
+    """Metrics :meth:`evaluate` always reports: the names a config's ``gate.metrics`` may use
+    (checked when the config loads, so a misspelt metric cannot silently reject every model)."""
 
     @abstractmethod
     def train(self, frame: pd.DataFrame, params: Any, seed: int) -> Any:

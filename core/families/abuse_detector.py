@@ -91,6 +91,20 @@ class AbuseDetector(Family):
     """IsolationForest over the behaviour columns of ``client_windows``."""
 
     name = "abuse_detector"
+    gate_metrics = frozenset(
+        {
+            "roc_auc",
+            "average_precision",
+            "precision_at_k",
+            "recall_at_k",
+            "k",
+            "precision_at_threshold",
+            "recall_at_threshold",
+            "flagged_share",
+            "n_windows",
+            "abuse_share",
+        }
+    )
     Params = AbuseDetectorParams
 
     def train(self, frame: pd.DataFrame, params: Any, seed: int) -> AbuseModel:

@@ -104,6 +104,7 @@ class LimitOptimiser(Family):
     """XGBoost (hist) regression of ``best_limit`` on client features."""
 
     name = "limit_optimiser"
+    gate_metrics = frozenset({"mae", "rmse", "r2", "mape", "n_rows"})
     Params = LimitOptimiserParams
 
     def _regressor(self, p: LimitOptimiserParams, seed: int) -> Any:

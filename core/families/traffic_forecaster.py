@@ -161,6 +161,18 @@ class TrafficForecaster(Family):
     """Prophet per service, scored against the seasonal-naive forecast."""
 
     name = "traffic_forecaster"
+    gate_metrics = frozenset(
+        {
+            "smape",
+            "mape",
+            "mase",
+            "baseline_smape",
+            "baseline_mase",
+            "relative_mae",
+            "n_services",
+            "n_hours",
+        }
+    )
     Params = TrafficForecasterParams
 
     # --- training -----------------------------------------------------------------------
