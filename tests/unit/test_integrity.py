@@ -1,8 +1,9 @@
 """A tampered store, an archive bomb and racing promotions, on the local store.
 
-Each test is a finding of the security review (docs in README "What a store writer can do"):
+Each test is a finding of the security review (README, "What a writer of the store can do"):
 the version rewritten with a consistent manifest (1), unbounded downloads and extraction (2),
-and ``latest.json`` written last-writer-wins (5). The S3 side of the same rules is in
+``latest.json`` written last-writer-wins (5), and serving processes that inherited every secret
+of the caller's environment (10). The S3 side of the same rules is in
 ``tests/integration/test_faults.py``.
 """
 
@@ -11,14 +12,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import sys
 import tarfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from adapters import package
+from adapters.endpoints.local.processes import ServingProcesses
 from adapters.layout import IntegrityError, PublishError
 from adapters.package import extract_tarball
 from adapters.pointer import move_latest, promotion_history, read_latest
@@ -244,3 +249,40 @@ def _try_move(store: LocalStore, version: str) -> None:
         move_latest(store, MODEL, version, reason="race")
     except PublishError as exc:
         assert "concurrent promotion" in str(exc)
+
+
+# --- 10. serving processes get an allowlisted environment -------------------------------------
+
+
+def test_a_serving_process_inherits_no_secret_of_the_caller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    planted = {
+        "MLOPS_DATABASE_URL": "postgresql://etl:PLANTED-db@db/api",
+        "AWS_SECRET_ACCESS_KEY": "PLANTED-aws",
+        "MLFLOW_TRACKING_PASSWORD": "PLANTED-mlflow",
+        "SLACK_WEBHOOK_URL": "https://hooks.example/PLANTED-hook",
+    }
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    processes = ServingProcesses(sys.executable, stop_seconds=5)
+    proc = processes.start(["check"], tmp_path / "check.log", tmp_path, {"MLOPS_MODEL_NAME": "m"})
+    try:
+        environ = _environ_after_exec(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert not [k for k, v in environ.items() if "PLANTED" in v], environ
+    assert environ["MLOPS_MODEL_NAME"] == "m" and environ["PATH"] == os.environ["PATH"]
+
+
+def _environ_after_exec(pid: int) -> dict[str, str]:
+    """The environment of ``pid`` once it runs ``python -m serving`` (not the forked parent's)."""
+    proc_dir = Path(f"/proc/{pid}")
+    for _ in range(200):
+        if b"serving" in (proc_dir / "cmdline").read_bytes():
+            raw = (proc_dir / "environ").read_bytes()
+            pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
+            return {k.decode(): v.decode(errors="replace") for k, _, v in pairs}
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} never ran python -m serving")
