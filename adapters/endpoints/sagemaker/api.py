@@ -122,6 +122,25 @@ class SageMakerApi:
 
     # --- reads -----------------------------------------------------------------------------------
 
+    def while_role_propagates(self, call: Callable[[], Any], seconds: float = 60.0) -> Any:
+        """Run ``call``, retrying while SageMaker cannot yet assume a newly created role.
+
+        IAM is eventually consistent: for some seconds after ``CreateRole`` SageMaker answers
+        ``ValidationException: Could not assume role``. Any other error is raised at once.
+        """
+        start = self._clock()
+        delay = max(self.poll_seconds, 0.01)
+        while True:
+            try:
+                return call()
+            except Exception as exc:
+                code, message = error(exc)
+                propagating = code == "ValidationException" and "assume" in message.lower()
+                if not propagating or self._clock() - start + delay > seconds:
+                    raise
+            self._sleep(delay)
+            delay = min(delay * 2, 10.0)
+
     def describe_endpoint(self, name: str) -> dict[str, Any] | None:
         """The endpoint's description; None when there is none."""
         return _found(self.sm.describe_endpoint, EndpointName=name)
