@@ -21,7 +21,14 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.families import Evaluation, Family, MlflowModel, check_columns, json_records
+from core.families import (
+    Evaluation,
+    Family,
+    MlflowModel,
+    check_columns,
+    json_records,
+    model_file,
+)
 from core.families import metrics as m
 
 FEATURES: dict[str, str] = {
@@ -205,7 +212,9 @@ class AbuseDetector(Family):
         index = json.loads((directory / INDEX_FILE).read_text())
         if index.get("family") != self.name:
             raise ValueError(f"{directory} holds a {index.get('family')!r} model, not {self.name}")
-        estimator = skops.io.load(directory / index["model_file"], trusted=TRUSTED_TYPES)
+        estimator = skops.io.load(
+            model_file(directory, index.get("model_file")), trusted=TRUSTED_TYPES
+        )
         return AbuseModel(
             estimator=estimator,
             threshold=float(index["threshold"]),

@@ -21,7 +21,14 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.families import Evaluation, Family, MlflowModel, check_columns, json_records
+from core.families import (
+    Evaluation,
+    Family,
+    MlflowModel,
+    check_columns,
+    json_records,
+    model_file,
+)
 from core.families import metrics as m
 
 TIERS: tuple[str, ...] = ("free", "pro", "enterprise")
@@ -208,7 +215,7 @@ class LimitOptimiser(Family):
         if index.get("features") != FEATURES:
             raise ValueError(f"{directory}: model features {index.get('features')} != {FEATURES}")
         regressor = XGBRegressor()
-        regressor.load_model(directory / index["model_file"])
+        regressor.load_model(model_file(directory, index.get("model_file")))
         return LimitModel(regressor)
 
     def predict(self, model: LimitModel, records: pd.DataFrame) -> pd.DataFrame:

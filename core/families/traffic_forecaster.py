@@ -30,7 +30,14 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.families import Evaluation, Family, MlflowModel, check_columns, json_records
+from core.families import (
+    Evaluation,
+    Family,
+    MlflowModel,
+    check_columns,
+    json_records,
+    model_file,
+)
 from core.families import metrics as m
 
 INPUTS: dict[str, str] = {"service": "string", "ts": "timestamp"}
@@ -386,7 +393,7 @@ class TrafficForecaster(Family):
         if index.get("family") != self.name:
             raise ValueError(f"{directory} holds a {index.get('family')!r} model, not {self.name}")
         models = {
-            service: model_from_json((Path(directory) / name).read_text())
+            service: model_from_json(model_file(directory, name).read_text())
             for service, name in index["services"].items()
         }
         return ForecastModel(

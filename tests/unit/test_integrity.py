@@ -286,3 +286,40 @@ def _environ_after_exec(pid: int) -> dict[str, str]:
             return {k.decode(): v.decode(errors="replace") for k, _, v in pairs}
         time.sleep(0.01)
     raise AssertionError(f"process {pid} never ran python -m serving")
+
+
+# --- 14. loaders open only files inside the verified directory ---------------------------------
+
+
+def test_a_loader_refuses_a_model_file_outside_its_directory(tmp_path: Path) -> None:
+    import numpy as np
+    from xgboost import XGBRegressor
+
+    from core.families import get_family, model_file
+    from core.families.limit_optimiser import FEATURES, INDEX_FILE
+
+    # A valid booster that contents.json does not list, outside the model directory.
+    outside = tmp_path / "elsewhere.ubj"
+    XGBRegressor(n_estimators=2).fit(np.zeros((8, len(FEATURES))), np.arange(8.0)).save_model(
+        outside
+    )
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    index = {"family": "limit_optimiser", "features": FEATURES}
+    family = get_family("limit_optimiser")
+    for name, why in [
+        (str(outside), "must be a relative path"),
+        ("../elsewhere.ubj", "outside the model directory"),
+    ]:
+        (model_dir / INDEX_FILE).write_text(json.dumps({**index, "model_file": name}))
+        with pytest.raises(ValueError, match=why):
+            family.load(model_dir)
+
+    # Inside, but not listed in a published directory's contents.json: refused too.
+    (model_dir / "booster.ubj").write_bytes(outside.read_bytes())
+    (model_dir / "contents.json").write_text(json.dumps({"files": {INDEX_FILE: "x"}}))
+    with pytest.raises(ValueError, match=r"not listed in contents\.json"):
+        model_file(model_dir, "booster.ubj")
+    (model_dir / "link.ubj").symlink_to(outside)
+    with pytest.raises(ValueError, match=r"outside the model directory|not a regular file"):
+        model_file(model_dir, "link.ubj")
