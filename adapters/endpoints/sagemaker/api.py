@@ -32,6 +32,12 @@ def error(exc: Exception) -> tuple[str, str]:
     return str(details.get("Code", "")), str(details.get("Message", exc))
 
 
+def described(exc: Exception) -> str:
+    """``"Code: message"`` of an AWS error (what a failed run reports, not a traceback)."""
+    code, message = error(exc)
+    return f"{code}: {message}" if code else message
+
+
 def is_client_error(exc: Exception) -> bool:
     """Whether ``exc`` is an answer from the API (rather than a network or programming error)."""
     return bool(getattr(exc, "response", None))

@@ -26,6 +26,7 @@ from adapters.endpoints.sagemaker.api import (
     SageMakerApi,
     StillSettling,
     already_exists,
+    described,
     error,
     not_found,
 )
@@ -208,7 +209,7 @@ class Rollout:
             except RolloutFailed:
                 raise
             except Exception as exc:
-                raise self._fail(step, error(exc)[1], delete_endpoint=False) from exc
+                raise self._fail(step, described(exc), delete_endpoint=False) from exc
 
     def _create_model(self) -> None:
         definition, name = self.definition, self.names.model
@@ -288,7 +289,7 @@ class Rollout:
             return None
         except Exception as exc:
             if not already_exists(exc):
-                raise self._fail("create", error(exc)[1], delete_endpoint=False) from exc
+                raise self._fail("create", described(exc), delete_endpoint=False) from exc
         # A lost response or a concurrent deploy: decide on what is there once settled.
         self.progress(f"endpoint {names.endpoint} exists already")
         existing = self._settled_endpoint()
@@ -316,7 +317,7 @@ class Rollout:
         except Exception as exc:
             raise self._fail(
                 "update",
-                f"{names.endpoint}: {error(exc)[1]}; {old} still serves",
+                f"{names.endpoint}: {described(exc)}; {old} still serves",
                 delete_endpoint=False,
             ) from exc
         self.progress(
