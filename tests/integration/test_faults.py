@@ -1,5 +1,7 @@
-"""Faults through real parts: a killed publisher, and S3/SageMaker errors on the wire.
+"""Faults through real parts: a killed exporter or publisher, S3/SageMaker errors on the wire.
 
+* An export killed between its Parquet parts, or before its manifest (PostgreSQL source), is
+  invisible: no snapshot, no watermark moved; the next export takes the same rows.
 * A process killed while publishing (between files; between the files and the pointer; between
   the promotion record and ``latest.json``) leaves nothing partial as latest, and the next run
   completes without repair. The publisher is a real child process, SIGKILLed at the point.
@@ -27,12 +29,17 @@ import pytest
 from adapters.endpoints.sagemaker.target import SageMakerTarget
 from adapters.layout import PublishError
 from adapters.pointer import move_latest, promotion_history, read_latest
-from adapters.store import PreconditionFailed, S3Store, store_from_uri
+from adapters.snapshots import current_watermark, list_snapshots
+from adapters.source import seed_source
+from adapters.store import LocalStore, PreconditionFailed, S3Store, store_from_uri
 from adapters.versions import list_versions, publish_version, verify_version
 from core.endpoint import RolloutFailed
 from core.settings import PROJECT_ROOT, load_settings
+from tasks.export import export_snapshot
 from tests.fixtures.faults import FaultProxy, key_is, sagemaker_action
 from tests.fixtures.published import MODEL, files_for
+from tests.integration.test_export_postgres import SMALL, TODAY, dataset
+from tests.integration.test_export_postgres import pg as pg  # the fixture, reused
 from tests.integration.test_sagemaker_target import IMAGE, Log, version
 from tests.integration.test_sagemaker_target import env as env  # the fixture, reused
 
@@ -103,7 +110,6 @@ def run_publisher(uri: str, endpoint: str, files_dir: Path, kill_at: str) -> int
     ("kill_at", "what"),
     [
         ("2", "after the claim and one file: between files"),
-        ("manifest.json", "before the manifest: every file written, version incomplete"),
         ("before-pointer", "complete version, pointer not moved"),
         ("latest.json", "promotion record appended, latest.json not written"),
     ],
@@ -133,6 +139,60 @@ def test_a_publisher_killed_midway_leaves_latest_intact_and_the_next_run_complet
     assert history[-1]["version"] == "v3" and history[-1]["seq"] == moved["seq"]
     complete = {v["version"]: v["complete"] for v in list_versions(store, MODEL)}
     assert complete["v1"] and complete["v3"]
+
+
+EXPORTER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from adapters.store import LocalStore
+    from tests.integration.test_export_postgres import dataset
+    from tasks.export import export_snapshot
+
+    url, root, kill_at = sys.argv[1:4]
+
+    class Dying(LocalStore):
+        parts = 0
+
+        def put_file(self, key, path, **kw):
+            super().put_file(key, path, **kw)
+            Dying.parts += 1
+            if kill_at == "part" and Dying.parts == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        def put_bytes(self, key, data, **kw):
+            if kill_at == "manifest" and key.endswith("/manifest.json"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            super().put_bytes(key, data, **kw)
+
+    export_snapshot(url, Dying(root), dataset("abuse_detector"), chunk_rows=300, part_rows=500)
+    """
+)
+
+
+def test_an_export_killed_midway_is_invisible_and_the_next_export_completes(
+    pg: str, tmp_path: Path
+) -> None:
+    kill_at = "part"  # "manifest" (every part written) behaves the same; one case is enough
+    seed_source(pg, weeks=1, today=TODAY, **SMALL)
+    root = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", EXPORTER, pg, str(root), kill_at],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == -9, done.stdout + done.stderr
+    store = LocalStore(root)
+    ds = dataset("abuse_detector")
+    assert store.list(f"snapshots/{ds.name}")  # parts were written...
+    assert list_snapshots(store, ds.name) == []  # ...but no snapshot exists
+    assert current_watermark(store, ds.name) is None
+
+    info = export_snapshot(pg, store, ds, chunk_rows=300, part_rows=500)
+    assert info is not None and info.rows == 6 * 24 * 7
+    assert [s["snapshot_id"] for s in list_snapshots(store, ds.name)] == [info.snapshot_id]
 
 
 # --- transient and permanent S3 faults ----------------------------------------------------------
