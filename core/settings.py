@@ -21,12 +21,13 @@ otherwise fall back to the embedded SQLite without a word).
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.secrets import split_userinfo
@@ -75,7 +76,10 @@ class Settings(BaseSettings):
         default="auto",
         description="Where promoted models are served; auto: sagemaker when AWS is configured.",
     )
-    endpoint_host: str = Field(default="127.0.0.1", description="Local endpoint bind address.")
+    endpoint_host: str = Field(
+        default="127.0.0.1",
+        description="Local endpoint bind address: a loopback address (the router has no auth).",
+    )
     endpoint_port: int = Field(
         default=8080, ge=1024, le=65535, description="Local endpoint router port."
     )
@@ -103,6 +107,22 @@ class Settings(BaseSettings):
         default=None,
         description="ECR image URI of the serving image built from docker/serving.Dockerfile.",
     )
+
+    @field_validator("endpoint_host")
+    @classmethod
+    def _loopback_only(cls, v: str) -> str:
+        # The local router and variants answer anyone who reaches them: no authentication, as
+        # the SageMaker contract they implement has none. 0.0.0.0 would serve the network.
+        try:
+            loopback = v == "localhost" or ipaddress.ip_address(v).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(
+                f"MLOPS_ENDPOINT_HOST={v!r}: the local endpoint binds a loopback address only "
+                "(127.0.0.1, ::1, localhost); it has no authentication"
+            )
+        return v
 
     @property
     def home_dir(self) -> Path:

@@ -126,6 +126,15 @@ def test_a_misspelt_setting_is_an_error_naming_the_closest_one(
         load_settings()
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.5", "example.com"])
+def test_the_local_endpoint_binds_loopback_only(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    monkeypatch.setenv("MLOPS_ENDPOINT_HOST", host)
+    with pytest.raises(ValueError, match="loopback address only"):
+        load_settings()
+    monkeypatch.setenv("MLOPS_ENDPOINT_HOST", "127.0.0.2")
+    assert load_settings().endpoint_host == "127.0.0.2"
+
+
 def test_serving_variables_and_known_settings_pass() -> None:
     check_environment(
         {
