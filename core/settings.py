@@ -181,10 +181,13 @@ class SettingsError(ValueError):
 RESERVED_PREFIXES = ("MLOPS_MODEL_", "MLOPS_SERVING_", "MLOPS_MAX_", "MLOPS_ROUTER_")
 """Variables of the serving processes and the router (their own settings), not of runs."""
 
+OTHER_VARIABLES = frozenset({"MLOPS_APP_DIR"})
+"""Read by scripts rather than by :class:`Settings` (``docker/flow-runner-entrypoint.sh``)."""
+
 
 def known_variables() -> frozenset[str]:
-    """Every ``MLOPS_*`` variable :class:`Settings` reads (field names and aliases)."""
-    known: set[str] = set()
+    """Every known ``MLOPS_*`` variable: what :class:`Settings` reads, and the scripts' own."""
+    known: set[str] = set(OTHER_VARIABLES)
     for name, field in Settings.model_fields.items():
         known.add(f"MLOPS_{name.upper()}")
         alias = field.validation_alias
