@@ -305,3 +305,16 @@ def test_a_permanent_sagemaker_error_fails_the_deploy_with_its_code_and_message(
         message
     )
     assert "Traceback" not in message
+
+
+def test_a_new_role_still_propagating_is_waited_for_before_create_model_succeeds(
+    env: dict[str, Any], proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """IAM is eventually consistent: SageMaker refuses a role created seconds ago."""
+    target = _target_through(proxy, env, monkeypatch)
+    assert target.role_arn is None  # the deploy creates the project's role
+    rule = proxy.inject(sagemaker_action("CreateModel"), "role-propagating", "role-propagating")
+    log = Log()
+    serving = target.deploy(version(env, 1), log)
+    assert serving.version == "v1"
+    assert rule.served == ["role-propagating", "role-propagating"] and not rule.faults
