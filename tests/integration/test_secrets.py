@@ -2,23 +2,21 @@
 
 Review finding 8: with ``MLFLOW_TRACKING_URI=http://mlflow:s3cret@127.0.0.1:1`` a retrain printed
 the password on 9 lines and stored it in the Prefect database. Here the command runs as a user
-runs it (``mlops retrain`` in a process of its own, recording into the session's Prefect API),
+runs it (the ``mlops retrain`` entry point, recording into the session's Prefect API),
 with a recognisable fake credential in every setting of this run that can hold one, and an
 unreachable tracking server so that MLflow's errors (which quote the URL) happen.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from adapters.source import seed_source
-from core.settings import PROJECT_ROOT
-from tests.fixtures.home import LEAKY, SMALL_SOURCE
+from cli import main
+from tests.fixtures.home import SMALL_SOURCE, isolated_env
 
 pytestmark = pytest.mark.integration
 
@@ -34,45 +32,41 @@ def _files_holding(root: Path, secret: bytes) -> list[str]:
 
 
 def test_a_planted_credential_reaches_no_output_and_no_file(
-    tmp_path: Path, prefect_api: None
+    tmp_path: Path,
+    prefect_api: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     from prefect.settings import get_current_settings
 
     # The session's Prefect API (its own server costs 10-30 s to start here); its database is
     # checked below like the files under MLOPS_HOME.
     prefect = get_current_settings()
-    api_url = str(prefect.api.url)
     database = str(prefect.server.database.connection_url.get_secret_value())
-    home = tmp_path / "home"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in LEAKY and not k.startswith(("PREFECT_", "MLFLOW_", "AWS_"))
-    }
-    env |= {
-        "MLOPS_HOME": str(home),
-        "MLOPS_ENDPOINT_TARGET": "none",
-        "PYTHONPATH": str(PROJECT_ROOT),
-        "PREFECT_API_URL": api_url,
+    home = isolated_env(monkeypatch, tmp_path / "home")
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)  # restored (absent) after the test
+    planted = {
+        "PREFECT_API_URL": str(prefect.api.url),
         # Every credential-bearing setting of an embedded run, each with the planted secret.
         "MLFLOW_TRACKING_URI": f"http://mlflow:{PLANTED}@127.0.0.1:1",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
         "AWS_SECRET_ACCESS_KEY": f"{PLANTED}-aws",
-        "AWS_ACCESS_KEY_ID": "testing",
     }
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
     seed_source(f"sqlite:///{home / 'source.db'}", weeks=3, **SMALL_SOURCE)
-    run = [sys.executable, "-c", "import sys; from cli import main; sys.argv[0] = 'mlops'; main()"]
-    done = subprocess.run(
-        [*run, "retrain", "-m", "limit_optimiser"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    output = done.stdout + done.stderr
+    capfd.readouterr()
+
+    # The command as a user runs it (its entry point, its own output), in this process.
+    monkeypatch.setattr(sys, "argv", ["mlops", "retrain", "-m", "limit_optimiser"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capfd.readouterr()
+    output = captured.out + captured.err
     # The run failed where MLflow is unreachable, and said so with the URL masked.
-    assert done.returncode != 0, output
+    assert exit_info.value.code not in (0, None), output
     assert "127.0.0.1:1" in output, output
     leaked = [line for line in output.splitlines() if PLANTED in line]
     assert not leaked, leaked
