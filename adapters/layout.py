@@ -58,6 +58,18 @@ class PublishError(RuntimeError):
     """A version cannot be published, read, verified or promoted as asked."""
 
 
+class IntegrityError(PublishError):
+    """A version in the store is not what was recorded when it was published and promoted."""
+
+
+def mismatch(model: str, version: str, actual: str, recorded: str, where: str) -> IntegrityError:
+    """The error for a manifest whose sha256 is not the one ``where`` recorded."""
+    return IntegrityError(
+        f"{model} {version} was changed in the store after it was published: its manifest "
+        f"has sha256 {actual}, but {where} recorded {recorded}; refusing to use it"
+    )
+
+
 # --- names --------------------------------------------------------------------------------------
 
 

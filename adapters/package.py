@@ -26,6 +26,11 @@ from adapters.store import sha256_file
 _TAR_FORMAT = tarfile.PAX_FORMAT
 _GZIP_LEVEL = 6
 
+MAX_MEMBERS = 10_000
+"""Most entries a model tarball may hold (the largest family writes a few dozen)."""
+MAX_UNPACKED_BYTES = 4 << 30
+"""Most bytes a model tarball may unpack to (4 GiB), whatever its compressed size."""
+
 
 def _tar_entries(src_dir: Path, skip: Path | None) -> list[tuple[Path, str]]:
     entries: list[tuple[Path, str]] = []
@@ -90,22 +95,58 @@ def make_tarball(src_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def extract_tarball(path: Path, dest: Path) -> Path:
+def _bounded_members(
+    tar: tarfile.TarFile, path: Path, max_members: int, max_bytes: int
+) -> list[tarfile.TarInfo]:
+    """Read member headers one by one, stopping as soon as a limit is passed.
+
+    ``getmembers()`` would read every header of a 100k-member archive first; stopping at the
+    first header over a limit bounds the work (decompression included) by the limits.
+    """
+    members: list[tarfile.TarInfo] = []
+    total = 0
+    while (member := tar.next()) is not None:
+        members.append(member)
+        total += max(member.size, 0)
+        if len(members) > max_members:
+            raise PublishError(f"{path}: more than {max_members} members; refusing to unpack")
+        if total > max_bytes:
+            raise PublishError(
+                f"{path}: members add up to more than {max_bytes} bytes; refusing to unpack"
+            )
+    return members
+
+
+def extract_tarball(
+    path: Path,
+    dest: Path,
+    *,
+    max_members: int | None = None,
+    max_bytes: int | None = None,
+) -> Path:
     """Unpack a model tarball into ``dest``, treating it as untrusted input.
 
     Every member is checked before anything is written: absolute names, ``..`` parts, links
-    (symbolic or hard) and device or FIFO entries are refused, so a bad archive writes nothing.
+    (symbolic or hard) and device or FIFO entries are refused, and so is an archive with more
+    than ``max_members`` entries or whose entries add up to more than ``max_bytes`` (a
+    decompression bomb), so a bad archive writes nothing. The limits default to
+    :data:`MAX_MEMBERS` and :data:`MAX_UNPACKED_BYTES`.
 
     Returns:
         ``dest``.
 
     Raises:
-        PublishError: the archive holds a refused member or cannot be read.
+        PublishError: the archive holds a refused member, passes a limit, or cannot be read.
     """
     dest = Path(dest)
     try:
         with tarfile.open(path, mode="r:*") as tar:
-            members = tar.getmembers()
+            members = _bounded_members(
+                tar,
+                Path(path),
+                MAX_MEMBERS if max_members is None else max_members,
+                MAX_UNPACKED_BYTES if max_bytes is None else max_bytes,
+            )
             for member in members:
                 name = member.name
                 parts = PurePosixPath(name).parts

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from adapters import layout
-from adapters.layout import PublishError
-from adapters.store import KeyNotFound, Store, create_once
+from adapters.layout import IntegrityError, PublishError, mismatch
+from adapters.store import KeyNotFound, PreconditionFailed, Store, create_once
 from adapters.versions import version_manifest_sha256
 
 # Keys of a promotion record and of latest.json that ``extra`` may not override.
@@ -50,6 +50,31 @@ def promotion_history(store: Store, model: str) -> list[dict[str, Any]]:
     return [by_seq[seq] for seq in sorted(by_seq)]
 
 
+def recorded_manifest_sha256(store: Store, model: str, version: str) -> str | None:
+    """The manifest hash the store recorded when ``version`` was promoted; None if never.
+
+    ``latest.json`` (when it names the version) and every promotion record of it must agree:
+    they were all written from the manifest as it was then.
+
+    Raises:
+        IntegrityError: two records of the same version name different hashes.
+    """
+    recorded: dict[str, str] = {}
+    latest = read_latest(store, model) or {}
+    if latest.get("version") == version and latest.get("manifest_sha256"):
+        recorded["latest.json"] = str(latest["manifest_sha256"])
+    for record in promotion_history(store, model):
+        if record.get("version") == version and record.get("manifest_sha256"):
+            recorded[f"promotion record {record.get('seq')}"] = str(record["manifest_sha256"])
+    hashes = sorted(set(recorded.values()))
+    if len(hashes) > 1:
+        raise IntegrityError(
+            f"{model} {version}: the store's records disagree on its manifest sha256: "
+            + ", ".join(f"{where} {sha}" for where, sha in sorted(recorded.items()))
+        )
+    return hashes[0] if hashes else None
+
+
 def rollback_target(history: list[dict[str, Any]], current: str) -> str | None:
     """The version a rollback from ``current`` returns to, from the promotion history.
 
@@ -77,13 +102,18 @@ def move_latest(
     reason: str,
     extra: dict[str, Any] | None = None,
     max_attempts: int = 50,
+    expected_manifest_sha256: str | None = None,
 ) -> dict[str, Any]:
     """Point ``latest.json`` at a complete version, recording the move first.
 
     Appends ``promotions/{seq:06d}.json`` (conditional create of the next free sequence number;
-    a lost race retries with the next one) and then writes ``latest.json``. Moving the pointer to
-    the version (and manifest) it already points at changes nothing and records nothing, so a
-    retried promotion is a no-op.
+    a lost race retries with the next one) and then writes ``latest.json`` conditionally (S3
+    ``If-Match`` on the ETag it read, a lock on a local store): a pointer that moved meanwhile
+    is re-read, and only a record older than ours is overwritten. A newer promotion that got
+    there first wins, and this one fails saying so, so the newest record of the history and
+    ``latest.json`` always name the same version. Moving the pointer to the version (and
+    manifest) it already points at changes nothing and records nothing, so a retried promotion
+    is a no-op.
 
     Args:
         store: the model store.
@@ -92,13 +122,17 @@ def move_latest(
         reason: why the pointer moves (promotion, rollback, ...), recorded in both files.
         extra: more fields for both files (for example the MLflow version); may not override
             the core fields.
-        max_attempts: sequence numbers to try before giving up.
+        max_attempts: sequence numbers (and pointer writes) to try before giving up.
+        expected_manifest_sha256: the manifest hash the caller checked (and deployed); a
+            manifest rewritten since is refused rather than recorded as the champion's.
 
     Returns:
         The new content of ``latest.json``.
 
     Raises:
-        PublishError: the version is incomplete or missing, or no record could be appended.
+        IntegrityError: the manifest is no longer ``expected_manifest_sha256``.
+        PublishError: the version is incomplete or missing, no record could be appended, or a
+            newer promotion moved the pointer first.
         ValueError: ``extra`` overrides a core field.
     """
     extra = dict(extra or {})
@@ -106,6 +140,8 @@ def move_latest(
     if clash:
         raise ValueError(f"extra may not override {clash}")
     manifest_sha256 = version_manifest_sha256(store, model, version)
+    if expected_manifest_sha256 is not None and manifest_sha256 != expected_manifest_sha256:
+        raise mismatch(model, version, manifest_sha256, expected_manifest_sha256, "the rollout")
 
     current = read_latest(store, model)
     if (
@@ -147,5 +183,33 @@ def move_latest(
         "reason": reason,
         **extra,
     }
-    store.put_bytes(layout.latest_key(model), layout.document_bytes(latest))
+    _write_latest(store, model, latest, max_attempts)
     return json.loads(layout.document_bytes(latest))
+
+
+def _write_latest(store: Store, model: str, latest: dict[str, Any], max_attempts: int) -> None:
+    """Compare-and-swap ``latest.json``: replace only what was read, and only an older record."""
+    key, body = layout.latest_key(model), layout.document_bytes(latest)
+    for _ in range(max_attempts):
+        try:
+            raw, etag = store.get_tagged(key)
+            current: dict[str, Any] | None = json.loads(raw)
+        except KeyNotFound:
+            current, etag = None, None
+        if current is not None and int(current.get("seq") or 0) > latest["seq"]:
+            raise PublishError(
+                f"{model}: a concurrent promotion (record {current['seq']}, "
+                f"{current.get('version')}) moved latest.json after this one (record "
+                f"{latest['seq']}, {latest['version']}); latest.json names "
+                f"{current.get('version')}, as the newest record does. Promote "
+                f"{latest['version']} again if it should serve."
+            )
+        try:
+            if etag is None:
+                store.put_bytes(key, body, if_none_match=True)
+            else:
+                store.put_bytes(key, body, if_match=etag)
+            return
+        except PreconditionFailed:
+            continue  # someone wrote between our read and our write: read again
+    raise PublishError(f"{model}: latest.json kept changing; not moved after {max_attempts} tries")

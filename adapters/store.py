@@ -17,6 +17,7 @@ What the keys are (``models/...``, ``snapshots/...``) is :mod:`adapters.layout`'
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -41,7 +42,15 @@ class KeyNotFound(StoreError, KeyError):
 
 
 class PreconditionFailed(StoreError):
-    """A conditional create lost: the key already exists."""
+    """A conditional write lost: the key already exists, or changed since it was read."""
+
+
+class ObjectTooLarge(StoreError):
+    """An object is larger than the caller allows; nothing past the limit was read."""
+
+
+def _too_large(url: str, size: int, max_bytes: int) -> ObjectTooLarge:
+    return ObjectTooLarge(f"{url} holds {size} bytes, more than the {max_bytes} allowed")
 
 
 def sha256_file(path: Path) -> str:
@@ -62,8 +71,15 @@ class Store(Protocol):
         """Full URI of ``key`` (``s3://bucket/prefix/key`` or an absolute path)."""
         ...
 
-    def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
-        """Write ``data`` at ``key`` atomically; with ``if_none_match`` only if it is new."""
+    def put_bytes(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> None:
+        """Write ``data`` at ``key`` atomically.
+
+        With ``if_none_match`` only if the key is new; with ``if_match`` only if the key still
+        has that entity tag (from :meth:`get_tagged`). A lost condition raises
+        :class:`PreconditionFailed`.
+        """
         ...
 
     def put_file(self, key: str, path: Path, *, if_none_match: bool = False) -> None:
@@ -74,8 +90,17 @@ class Store(Protocol):
         """Read ``key``; raises :class:`KeyNotFound`."""
         ...
 
-    def get_file(self, key: str, dest: Path) -> Path:
-        """Download ``key`` to ``dest``; raises :class:`KeyNotFound`."""
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        """Read ``key`` and its entity tag (for a later ``put_bytes(if_match=...)``)."""
+        ...
+
+    def get_file(self, key: str, dest: Path, *, max_bytes: int | None = None) -> Path:
+        """Download ``key`` to ``dest``; raises :class:`KeyNotFound`.
+
+        With ``max_bytes``, an object larger than that is refused with
+        :class:`ObjectTooLarge` before its body is read, and reading stops at the limit if the
+        object grows meanwhile.
+        """
         ...
 
     def exists(self, key: str) -> bool:
@@ -106,6 +131,20 @@ def create_once(store: Store, key: str, body: bytes) -> bool:
             return store.get_bytes(key) == body
         except KeyNotFound:
             return False
+
+
+def _etag_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _copy_limited(src: Any, dest: Any, url: str, max_bytes: int | None) -> None:
+    """Copy in chunks; past ``max_bytes`` stop and raise (the object grew after its size check)."""
+    copied = 0
+    for block in iter(lambda: src.read(CHUNK), b""):
+        copied += len(block)
+        if max_bytes is not None and copied > max_bytes:
+            raise _too_large(url, copied, max_bytes)
+        dest.write(block)
 
 
 def _clean(key: str) -> str:
@@ -161,8 +200,25 @@ class LocalStore:
                 time.sleep(0.01)
         raise AssertionError("unreachable")
 
-    def _write(self, key: str, writer: Any, if_none_match: bool) -> None:
+    def _write(
+        self, key: str, writer: Any, if_none_match: bool, if_match: str | None = None
+    ) -> None:
         dest = self._path(key)
+        if if_match is not None:
+            # Compare-and-swap under an exclusive lock on a hidden file beside the key: a
+            # directory has no ETag, so the lock is what makes the check and the rename one step.
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            lock = dest.parent / f".{dest.name}.lock"
+            with lock.open("a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                try:
+                    current = _etag_of(dest.read_bytes()) if dest.is_file() else None
+                    if current != if_match:
+                        raise PreconditionFailed(f"{key} changed since it was read")
+                    self._write(key, writer, False)
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+            return
         fd, tmp = self._open_temp(dest)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -182,9 +238,19 @@ class LocalStore:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-    def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
-        """Write ``data`` through a temp file; ``if_none_match`` links instead of renaming."""
-        self._write(key, lambda fh: fh.write(data), if_none_match)
+    def put_bytes(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> None:
+        """Write ``data`` through a temp file; ``if_none_match`` links instead of renaming.
+
+        ``if_match`` compares the key's current content tag under a lock first.
+        """
+        self._write(key, lambda fh: fh.write(data), if_none_match, if_match)
+
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        """Read ``key`` and a tag of its content (sha256, as the lock compares it)."""
+        data = self.get_bytes(key)
+        return data, _etag_of(data)
 
     def put_file(self, key: str, path: Path, *, if_none_match: bool = False) -> None:
         """Copy the file at ``path`` in, as :meth:`put_bytes` writes (temp file, then rename)."""
@@ -203,13 +269,20 @@ class LocalStore:
             # A "directory" is a prefix, not a key: missing, as on S3.
             raise KeyNotFound(key) from exc
 
-    def get_file(self, key: str, dest: Path) -> Path:
-        """Copy ``key`` to ``dest`` (parents created); raises :class:`KeyNotFound`."""
+    def get_file(self, key: str, dest: Path, *, max_bytes: int | None = None) -> Path:
+        """Copy ``key`` to ``dest`` (parents created); raises :class:`KeyNotFound`.
+
+        ``max_bytes``: refuse a larger file (stat first), and stop copying at the limit.
+        """
         src = self._path(key)
         if not src.is_file():
             raise KeyNotFound(key)
+        size = src.stat().st_size
+        if max_bytes is not None and size > max_bytes:
+            raise _too_large(self.url(key), size, max_bytes)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+        with src.open("rb") as fh_in, dest.open("wb") as fh_out:
+            _copy_limited(fh_in, fh_out, self.url(key), max_bytes)
         return dest
 
     def exists(self, key: str) -> bool:
@@ -270,11 +343,15 @@ class S3Store:
         self.kms_key_id = kms_key_id
         if client is None:
             import boto3  # local: keep the local store free of boto3's import cost
+            from botocore.config import Config
 
             # A session of its own: boto3's default session is not safe to share across threads.
             # The profile and region SageMaker uses too (settings), so both act as one account.
             session = boto3.session.Session(profile_name=profile, region_name=region)
-            client = session.client("s3", endpoint_url=endpoint_url)
+            # boto3's standard retry mode: throttling, 500/503 and dropped connections are
+            # retried with jittered exponential backoff (the legacy default retries fewer cases).
+            config = Config(retries={"mode": "standard", "max_attempts": 6})
+            client = session.client("s3", endpoint_url=endpoint_url, config=config)
         self.client = client
 
     def _key(self, key: str) -> str:
@@ -295,11 +372,19 @@ class S3Store:
         response = getattr(exc, "response", None) or {}
         return str(response.get("Error", {}).get("Code", ""))
 
-    def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
-        """One encrypted PUT; a 409 conflict on a conditional write is retried with backoff."""
+    def put_bytes(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> None:
+        """One encrypted PUT; a 409 conflict on a conditional write is retried with backoff.
+
+        ``if_none_match`` sends ``If-None-Match: *``; ``if_match`` sends ``If-Match`` with the
+        ETag from :meth:`get_tagged` (S3's compare-and-swap).
+        """
         extra: dict[str, Any] = dict(self._sse())
         if if_none_match:
             extra["IfNoneMatch"] = "*"
+        if if_match is not None:
+            extra["IfMatch"] = if_match
         for attempt in range(CONFLICT_RETRIES + 1):
             try:
                 self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
@@ -307,10 +392,18 @@ class S3Store:
             except Exception as exc:
                 code = self._code(exc)
                 if code in ("PreconditionFailed", "412"):
-                    raise PreconditionFailed(f"{self.url(key)} already exists") from exc
+                    raise PreconditionFailed(
+                        f"{self.url(key)} "
+                        + ("changed since it was read" if if_match else "already exists")
+                    ) from exc
+                if code in ("NoSuchKey", "404") and if_match is not None:
+                    raise PreconditionFailed(
+                        f"{self.url(key)} was deleted since it was read"
+                    ) from exc
                 # 409: a concurrent conditional write to the same key was in flight. S3 asks
                 # for a retry, whose answer (created, or 412) settles who won.
-                if code in ("ConditionalRequestConflict", "409") and if_none_match:
+                conditional = if_none_match or if_match is not None
+                if code in ("ConditionalRequestConflict", "409") and conditional:
                     if attempt < CONFLICT_RETRIES:
                         time.sleep(0.05 * 2**attempt)
                         continue
@@ -335,15 +428,42 @@ class S3Store:
             raise
         return bytes(response["Body"].read())
 
-    def get_file(self, key: str, dest: Path) -> Path:
-        """Download ``key`` to ``dest`` (parents created); raises :class:`KeyNotFound`."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        """GET ``key`` with its ETag; raises :class:`KeyNotFound` on ``NoSuchKey``."""
         try:
-            self.client.download_file(self.bucket, self._key(key), str(dest))
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as exc:
             if self._code(exc) in ("NoSuchKey", "404"):
                 raise KeyNotFound(self.url(key)) from exc
             raise
+        return bytes(response["Body"].read()), str(response["ETag"])
+
+    def get_file(self, key: str, dest: Path, *, max_bytes: int | None = None) -> Path:
+        """Download ``key`` to ``dest`` (parents created); raises :class:`KeyNotFound`.
+
+        Without a limit, boto3's managed (parallel, ranged) download. With ``max_bytes``, one
+        GET whose ``Content-Length`` is compared before the body is read, then streamed with the
+        limit enforced (so a swapped 1 GiB object costs one header, not a gigabyte).
+        """
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if max_bytes is None:
+                self.client.download_file(self.bucket, self._key(key), str(dest))
+                return dest
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as exc:
+            if self._code(exc) in ("NoSuchKey", "404"):
+                raise KeyNotFound(self.url(key)) from exc
+            raise
+        body = response["Body"]
+        try:
+            size = int(response.get("ContentLength", 0))
+            if size > max_bytes:
+                raise _too_large(self.url(key), size, max_bytes)
+            with dest.open("wb") as fh:
+                _copy_limited(body, fh, self.url(key), max_bytes)
+        finally:
+            body.close()
         return dest
 
     def exists(self, key: str) -> bool:

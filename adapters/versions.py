@@ -28,8 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from adapters import layout
-from adapters.layout import PublishError
-from adapters.store import KeyNotFound, Store, create_once, sha256_file
+from adapters.layout import PublishError, mismatch
+from adapters.store import KeyNotFound, ObjectTooLarge, Store, create_once, sha256_file
+
+MAX_FILE_BYTES = 4 << 30
+"""Largest file a version may hold (4 GiB): a bound on what any manifest can make us download,
+even one rewritten to claim more. A manifest's own ``bytes`` bounds each download further."""
 
 
 @dataclass(frozen=True)
@@ -229,39 +233,102 @@ def version_manifest_sha256(store: Store, model: str, version: str) -> str:
     Raises:
         PublishError: the version is incomplete or missing, or its manifest is malformed.
     """
+    return read_checked_manifest(store, model, version)[1]
+
+
+def read_checked_manifest(
+    store: Store, model: str, version: str, expected_sha256: str | None = None
+) -> tuple[dict[str, Any], str]:
+    """The manifest of a complete version and the sha256 of its bytes, from one read.
+
+    One read matters: a manifest read twice (once parsed, once hashed) could be rewritten in
+    between, pairing one manifest's content with another's hash.
+
+    Args:
+        store: the model store.
+        model: model name.
+        version: ``vN``.
+        expected_sha256: the hash recorded when the version was published or promoted (MLflow
+            tag, ``latest.json``, the promotion history); a different manifest is refused.
+
+    Raises:
+        IntegrityError: the manifest's sha256 is not ``expected_sha256``.
+        PublishError: the version is incomplete or missing, or its manifest is malformed.
+    """
     body = _manifest_bytes(store, model, version)
-    _parse_manifest(model, version, body)
-    return hashlib.sha256(body).hexdigest()
+    digest = hashlib.sha256(body).hexdigest()
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise mismatch(model, version, digest, expected_sha256, "its publication")
+    return _parse_manifest(model, version, body), digest
 
 
-def verify_version(store: Store, model: str, version: str, dest: Path) -> dict[str, Any]:
+def _file_size(model: str, version: str, name: str, meta: Any, max_file_bytes: int) -> int:
+    size = meta.get("bytes") if isinstance(meta, dict) else None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise PublishError(f"{model} {version}: manifest entry for {name} is malformed")
+    if size > max_file_bytes:
+        raise PublishError(
+            f"{model} {version}: {name} is listed at {size} bytes, over the "
+            f"{max_file_bytes}-byte limit of a model file"
+        )
+    return size
+
+
+def verify_version(
+    store: Store,
+    model: str,
+    version: str,
+    dest: Path,
+    *,
+    expected_manifest_sha256: str | None = None,
+    max_file_bytes: int | None = None,
+) -> dict[str, Any]:
     """Download every file of a version into ``dest`` and check it against the manifest.
 
     Each file is downloaded under a temporary name and renamed only once its sha256 and size
-    match, so ``dest`` never holds an unverified file under a published name.
+    match, so ``dest`` never holds an unverified file under a published name. No download reads
+    past the size the manifest lists: a larger object is refused from its size alone.
+
+    Args:
+        store: the model store.
+        model: model name.
+        version: ``vN``.
+        dest: local directory the files land in.
+        expected_manifest_sha256: the manifest hash recorded at publication or promotion; a
+            rewritten manifest is refused before any file is downloaded.
+        max_file_bytes: refuse a manifest that lists a larger file (default
+            :data:`MAX_FILE_BYTES`).
 
     Returns:
         The manifest.
 
     Raises:
-        PublishError: the version is incomplete, a file is missing, or a file's sha256 or size
-            differs from the manifest (the message names the file).
+        IntegrityError: the manifest is not the one recorded.
+        PublishError: the version is incomplete, a file is missing, too large, or its sha256 or
+            size differs from the manifest (the message names the file).
     """
-    manifest = read_version_manifest(store, model, version)
+    manifest, _ = read_checked_manifest(store, model, version, expected_manifest_sha256)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for name, meta in sorted(manifest["files"].items()):
         # The manifest comes from the store: a name with a path in it must not escape dest.
         layout.check_file_name(name)
-        if not isinstance(meta, dict):
-            raise PublishError(f"{model} {version}: manifest entry for {name} is malformed")
+        limit = MAX_FILE_BYTES if max_file_bytes is None else max_file_bytes
+        size_listed = _file_size(model, version, name, meta, limit)
         final = dest / name
         final.parent.mkdir(parents=True, exist_ok=True)  # model/ of an unpacked model
         part = final.with_name(f".{final.name}.part")
         try:
-            store.get_file(layout.version_file_key(model, version, name), part)
+            store.get_file(
+                layout.version_file_key(model, version, name), part, max_bytes=size_listed
+            )
         except KeyNotFound as exc:
             raise PublishError(f"{model} {version}: {name} is missing from the store") from exc
+        except ObjectTooLarge as exc:
+            part.unlink(missing_ok=True)
+            raise PublishError(
+                f"{model} {version}: {name} does not match the manifest ({exc})"
+            ) from exc
         digest, size = sha256_file(part), part.stat().st_size
         if digest != meta.get("sha256") or size != meta.get("bytes"):
             part.unlink(missing_ok=True)

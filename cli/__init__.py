@@ -14,15 +14,26 @@ imports of flows and tasks happen inside the commands.
 """
 
 from cli import data, endpoint, models, monitor, status
-from cli.common import app
+from cli.common import app, console
 
 app.add_typer(endpoint.app, name="endpoint")
 __all__ = ["app", "data", "main", "models", "monitor", "status"]
 
 
 def main() -> None:
-    """Entry point of the ``mlops`` command."""
-    app()
+    """Entry point of the ``mlops`` command.
+
+    A configuration mistake (a missing config directory, an unknown gate metric or setting)
+    ends with its one-line message and exit code 2, before anything ran.
+    """
+    from core.config import ConfigError
+    from core.settings import SettingsError
+
+    try:
+        app()
+    except (ConfigError, SettingsError) as exc:
+        console.print(f"[red]configuration error[/]: {exc}", soft_wrap=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from adapters.layout import METRICS, PublishError, version_file_key, version_pre
 from adapters.pointer import promotion_history, read_latest
 from adapters.registry import CHAMPION, Registry
 from adapters.store import KeyNotFound, Store, store_from_settings
-from adapters.versions import read_version_manifest
+from adapters.versions import read_checked_manifest
 from cli.common import ModelOpt, app, console
 from core.config import ModelConfig, load_model_configs, load_platform_config
 from core.endpoint import EndpointTarget
@@ -67,6 +67,7 @@ def model_status(
                 row |= _published(store, cfg, str(latest["version"]))
             except (PublishError, KeyNotFound) as exc:
                 problems.append(f"latest.json points at an unreadable version: {exc}")
+            problems += _hash_findings(row, latest, alias)
         row["agree"] = not problems
         if problems:
             row["problem"] = "; ".join(problems)
@@ -101,14 +102,38 @@ def _endpoint_findings(row: dict[str, Any], target: EndpointTarget, model: str) 
     return []
 
 
+def _hash_findings(
+    row: dict[str, Any], latest: dict[str, Any], alias: dict[str, Any] | None
+) -> list[str]:
+    """Compare the champion's manifest in the store with the hashes recorded for it.
+
+    ``latest.json`` recorded the hash at promotion, the MLflow version's tag at publication: a
+    store manifest that matches neither was rewritten after the fact (the README's
+    "What a writer of the store can do").
+    """
+    actual = row.get("manifest_sha256")
+    if not actual:
+        return []
+    recorded = {"latest.json": latest.get("manifest_sha256")}
+    if alias and alias["tags"].get("store_version") == latest.get("version"):
+        recorded["the MLflow champion's tag"] = alias["tags"].get("manifest_sha256")
+    return [
+        f"MANIFEST CHANGED: {latest.get('version')}'s manifest in the store has sha256 "
+        f"{actual}, {where} recorded {sha}"
+        for where, sha in recorded.items()
+        if sha != actual
+    ]
+
+
 def _published(store: Store, cfg: ModelConfig, version: str) -> dict[str, Any]:
-    """The champion version's lineage, location, metrics and gate verdict."""
-    manifest = read_version_manifest(store, cfg.name, version)
+    """The champion version's lineage, location, manifest hash, metrics and gate verdict."""
+    manifest, manifest_sha256 = read_checked_manifest(store, cfg.name, version)
     metrics = json.loads(store.get_bytes(version_file_key(cfg.name, version, METRICS)))
     holdout = metrics.get("holdout", {})
     gate = metrics.get("gate") or {}
     return {
         "lineage": manifest.get("lineage", {}),
+        "manifest_sha256": manifest_sha256,
         "uri": store.url(version_prefix(cfg.name, version)),
         "metrics": holdout,
         "gate_metrics": {k: holdout[k] for k in cfg.gate.metrics if k in holdout},

@@ -25,6 +25,99 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+IDENTIFIER = r"^[a-z][a-z0-9_]{0,62}$"
+"""A table or column name the export may put into SQL: lower case, digits, underscores."""
+
+SQL_RESERVED = frozenset(
+    {
+        "all",
+        "and",
+        "any",
+        "as",
+        "asc",
+        "between",
+        "by",
+        "case",
+        "cast",
+        "check",
+        "column",
+        "constraint",
+        "create",
+        "cross",
+        "current_date",
+        "current_time",
+        "current_timestamp",
+        "default",
+        "delete",
+        "desc",
+        "distinct",
+        "drop",
+        "else",
+        "end",
+        "except",
+        "exists",
+        "false",
+        "fetch",
+        "for",
+        "foreign",
+        "from",
+        "full",
+        "grant",
+        "group",
+        "having",
+        "in",
+        "inner",
+        "insert",
+        "intersect",
+        "into",
+        "is",
+        "join",
+        "leading",
+        "left",
+        "like",
+        "limit",
+        "natural",
+        "not",
+        "null",
+        "offset",
+        "on",
+        "or",
+        "order",
+        "outer",
+        "primary",
+        "references",
+        "right",
+        "select",
+        "set",
+        "table",
+        "then",
+        "to",
+        "trailing",
+        "true",
+        "union",
+        "unique",
+        "update",
+        "user",
+        "using",
+        "values",
+        "when",
+        "where",
+        "with",
+    }
+)
+"""Words PostgreSQL or SQLite reserve: valid by the pattern, yet a syntax error unquoted."""
+
+
+def _check_identifier(name: str, what: str) -> str:
+    import re
+
+    if not re.fullmatch(IDENTIFIER, name):
+        raise ValueError(f"{what} {name!r} is not a plain SQL identifier ({IDENTIFIER})")
+    if name in SQL_RESERVED:
+        raise ValueError(f"{what} {name!r} is an SQL reserved word; rename the column")
+    return name
+
+
 class DatasetConfig(Strict):
     """Where a model's training data comes from and what its rows look like."""
 
@@ -45,6 +138,20 @@ class DatasetConfig(Strict):
             "suite, so a null can never pass validation and then break training."
         ),
     )
+
+    @field_validator("columns")
+    @classmethod
+    def _plain_identifiers(cls, v: dict[str, ColumnType]) -> dict[str, ColumnType]:
+        # Column names go into the export's SQL text (values are bound, names cannot be): a
+        # name that is not a plain identifier would be SQL of the config author's choosing.
+        for name in v:
+            _check_identifier(name, "column")
+        return v
+
+    @field_validator("table")
+    @classmethod
+    def _table_not_reserved(cls, v: str) -> str:
+        return _check_identifier(v, "table")
 
     @model_validator(mode="after")
     def _columns_known(self) -> DatasetConfig:
@@ -328,19 +435,44 @@ def load_model_config(path: Path) -> ModelConfig:
     from core.families import get_family  # local: families import heavy libraries
 
     try:
-        get_family(cfg.family).Params.model_validate(cfg.params)
+        family = get_family(cfg.family)
+        family.Params.model_validate(cfg.params)
     except (ValueError, ImportError) as exc:
         raise ConfigError(f"{path}: params for family {cfg.family!r}: {exc}") from exc
+    _check_gate_metrics(path, cfg, family.gate_metrics)
     return cfg
+
+
+def _check_gate_metrics(path: Path, cfg: ModelConfig, known: frozenset[str]) -> None:
+    """A gate metric the family never reports would reject every challenger: refuse it here."""
+    import difflib
+
+    unknown = sorted(set(cfg.gate.metrics) - known)
+    if not unknown:
+        return
+    hints = [
+        name + "".join(f" (did you mean {c}?)" for c in difflib.get_close_matches(name, known, 1))
+        for name in unknown
+    ]
+    raise ConfigError(
+        f"{path}: gate.metrics: unknown metric(s) {', '.join(hints)} for family "
+        f"{cfg.family!r}; it reports {sorted(known)}"
+    )
 
 
 def load_model_configs(config_dir: Path, names: list[str] | None = None) -> list[ModelConfig]:
     """Load every ``models/*.yaml`` under ``config_dir`` (or just ``names``), sorted by name.
 
     Raises:
-        ConfigError: an unknown name, or an invalid file.
+        ConfigError: no config files at all, an unknown name, or an invalid file.
     """
-    files = {p.stem: p for p in sorted((config_dir / "models").glob("*.yaml"))}
+    folder = Path(config_dir) / "models"
+    files = {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+    if not files:
+        # "No models" would make a retrain succeed doing nothing and a cleanup delete every
+        # endpoint as unconfigured: a wrong MLOPS_CONFIG_DIR must stop everything instead.
+        state = "holds no *.yaml files" if folder.is_dir() else "does not exist"
+        raise ConfigError(f"{folder} {state}: no model configs (check MLOPS_CONFIG_DIR)")
     if names:
         unknown = sorted(set(names) - set(files))
         if unknown:

@@ -71,7 +71,15 @@ def _check_metric(
 ) -> list[Check]:
     if challenger is None:
         return [
-            Check(name, "present", False, None, None, champion, "challenger has no finite value")
+            Check(
+                name,
+                "present",
+                False,
+                None,
+                None,
+                champion,
+                f"{name}: the challenger reports no finite value for this gate metric",
+            )
         ]
     checks = []
     word = "at least" if rule.direction == "higher" else "at most"

@@ -16,6 +16,7 @@ from adapters.versions import PublishedVersion
 from core.config import ModelConfig
 from core.gate import Decision
 from core.outcome import ModelOutcome, Status, headline, summary_rows
+from core.secrets import scrub
 
 if TYPE_CHECKING:
     from tasks.promotion import Registered
@@ -32,11 +33,17 @@ def outcome(
     published: PublishedVersion | None = None,
     registered: Registered | None = None,
 ) -> ModelOutcome:
-    """One model's outcome from what its retrain got as far as."""
+    """One model's outcome from what its retrain got as far as.
+
+    A rejected model's note leads with the gate's reasons (which rule failed, on which metric),
+    then the champion's note: the reasons are what a person must act on.
+    """
+    if status == "rejected" and decision is not None and decision.reasons:
+        note = "; ".join([*decision.reasons, *([note] if note else [])])
     return ModelOutcome(
         model=model,
         status=status,
-        note=note,
+        note=scrub(note),
         version=published.version if published else None,
         uri=published.uri if published else None,
         mlflow_version=registered.version if registered else None,
@@ -58,7 +65,7 @@ def outcome_of(model: str, state: State) -> ModelOutcome:
     error = state.result(raise_on_failure=False)
     message = state.message or state.name or "failed"
     note = str(error) if isinstance(error, BaseException) else message
-    return ModelOutcome(model, "failed", note=note)
+    return ModelOutcome(model, "failed", note=scrub(note))
 
 
 @task(name="summarise-run", cache_policy=NO_CACHE)

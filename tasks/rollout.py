@@ -8,7 +8,6 @@ pointer and the alias where they were.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -20,19 +19,20 @@ from adapters.layout import (
     MODEL_TARBALL,
     SCHEMA,
     PublishError,
+    mismatch,
     version_file_key,
-    version_manifest_key,
     version_prefix,
 )
-from adapters.pointer import move_latest, read_latest
+from adapters.pointer import move_latest, read_latest, recorded_manifest_sha256
 from adapters.prefect_api import publish_markdown
 from adapters.registry import CHAMPION, Registry
 from adapters.store import Store
-from adapters.versions import read_version_manifest
+from adapters.versions import read_checked_manifest
 from core.config import ModelConfig, PlatformConfig
 from core.endpoint import EndpointTarget, RolloutFailed, Serving, VersionToServe
 from core.lineage import ENDPOINT_TAG_KEYS, Lineage
 from core.settings import Settings
+from tasks import retry_unless_tampered
 
 SETTLED = frozenset({"InService", "running"})
 """Endpoint statuses (SageMaker, local) in which the version reported is the one that serves."""
@@ -58,7 +58,12 @@ def target_for(
 def resolve_version(store: Store, cfg: ModelConfig, version: str | None) -> VersionToServe:
     """What the target needs to serve ``version`` (default: the one ``latest.json`` names).
 
+    The manifest is read once, and its sha256 must be the one the store recorded when the
+    version was promoted (``latest.json``, the promotion history), if it ever was; the MLflow
+    tag recorded at publication is compared by :func:`registered_version`.
+
     Raises:
+        IntegrityError: the manifest differs from the recorded one (the message has both hashes).
         PublishError: no such complete version, or nothing promoted yet and no version given.
     """
     if version is None:
@@ -66,14 +71,15 @@ def resolve_version(store: Store, cfg: ModelConfig, version: str | None) -> Vers
         if latest is None:
             raise PublishError(f"{cfg.name}: nothing promoted yet; name a version")
         version = str(latest["version"])
-    manifest = read_version_manifest(store, cfg.name, version)
+    manifest, manifest_sha256 = read_checked_manifest(
+        store, cfg.name, version, recorded_manifest_sha256(store, cfg.name, version)
+    )
     prefix = version_prefix(cfg.name, version)
     schema = json.loads(store.get_bytes(version_file_key(cfg.name, version, SCHEMA)))
     lineage = Lineage.from_dict(manifest.get("lineage", {}))
     contents = lineage.model_contents_sha256
     if not contents:
         raise PublishError(f"{cfg.name} {version}: the manifest has no model_contents_sha256")
-    body = store.get_bytes(version_manifest_key(cfg.name, version))
 
     return VersionToServe(
         model=cfg.name,
@@ -81,7 +87,7 @@ def resolve_version(store: Store, cfg: ModelConfig, version: str | None) -> Vers
         family=cfg.family,
         version_uri=store.url(prefix),
         model_data_uri=store.url(version_file_key(cfg.name, version, MODEL_TARBALL)),
-        manifest_sha256=hashlib.sha256(body).hexdigest(),
+        manifest_sha256=manifest_sha256,
         contents_sha256=str(contents),
         example_request=list(schema.get("example_request", [])),
         endpoint=cfg.endpoint,
@@ -204,17 +210,39 @@ def discard_version(
     return deleted, kept
 
 
-@task(name="registered-version", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(
+    name="registered-version",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_tampered,
+    cache_policy=NO_CACHE,
+)
 def registered_version(registry: Registry, cfg: ModelConfig, wanted: VersionToServe) -> str:
     """The MLflow model version registered for ``wanted`` (checked before deploying it).
 
+    Its ``manifest_sha256`` tag, written when the version was published, must be the hash of
+    the manifest the store holds now: MLflow is the record a writer of the store cannot change.
+
     Raises:
+        IntegrityError: the store's manifest is not the one registered.
         PublishError: the store version has no registered MLflow version to alias.
     """
     found = registry.version_for_store_version(cfg.name, wanted.version)
     if found is None:
         raise PublishError(
             f"{cfg.name} {wanted.version}: no registered MLflow version; nothing was deployed"
+        )
+    tags: dict[str, str] = next(
+        (v["tags"] for v in registry.list_versions(cfg.name) if v["version"] == found), {}
+    )
+    recorded = tags.get("manifest_sha256")
+    if recorded != wanted.manifest_sha256:
+        raise mismatch(
+            cfg.name,
+            wanted.version,
+            wanted.manifest_sha256,
+            str(recorded),
+            f"MLflow ({cfg.name} version {found}'s manifest_sha256 tag)",
         )
     return found
 
@@ -235,7 +263,13 @@ def version_to_restore(
     return served if served != wanted.version else None
 
 
-@task(name="promote-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(
+    name="promote-champion",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_tampered,
+    cache_policy=NO_CACHE,
+)
 def promote_version(
     store: Store,
     registry: Registry,
@@ -268,7 +302,14 @@ def promote_version(
             "endpoint_config": serving.config_name,
             "endpoint_address": serving.address,
         }
-    latest = move_latest(store, cfg.name, wanted.version, reason=reason, extra=extra)
+    latest = move_latest(
+        store,
+        cfg.name,
+        wanted.version,
+        reason=reason,
+        extra=extra,
+        expected_manifest_sha256=wanted.manifest_sha256,
+    )
     registry.set_alias(cfg.name, CHAMPION, mlflow_version)
     publish_markdown(
         f"rollout-{cfg.name}",

@@ -21,9 +21,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from adapters.git import code_version
-from adapters.layout import MODEL_TARBALL
+from adapters.layout import MODEL_TARBALL, IntegrityError
 from adapters.package import extract_tarball
-from adapters.pointer import read_latest
+from adapters.pointer import read_latest, recorded_manifest_sha256
 from adapters.prefect_api import current_flow_run_id
 from adapters.registry import Registry
 from adapters.snapshots import list_snapshots, read_snapshots
@@ -32,6 +32,7 @@ from adapters.versions import verify_version
 from core.config import ModelConfig
 from core.families import Evaluation, get_family
 from core.lineage import Lineage
+from tasks import retry_unless_tampered
 
 log = logging.getLogger(__name__)
 
@@ -260,14 +261,31 @@ def train_challenger(
     )
 
 
-def load_published_model(store: Store, cfg: ModelConfig, version: str, dest: Path) -> Any:
-    """Download a published version, check every sha256, unpack and load it."""
-    verify_version(store, cfg.name, version, dest)
+def load_published_model(
+    store: Store,
+    cfg: ModelConfig,
+    version: str,
+    dest: Path,
+    expected_manifest_sha256: str | None = None,
+) -> Any:
+    """Download a published version, check every sha256, unpack and load it.
+
+    ``expected_manifest_sha256`` (what ``latest.json`` recorded) refuses a rewritten version.
+    """
+    verify_version(
+        store, cfg.name, version, dest, expected_manifest_sha256=expected_manifest_sha256
+    )
     unpacked = extract_tarball(dest / MODEL_TARBALL, dest / "model")
     return get_family(cfg.family).load(unpacked)
 
 
-@task(name="score-champion", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(
+    name="score-champion",
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_tampered,
+    cache_policy=NO_CACHE,
+)
 def score_champion(
     store: Store, cfg: ModelConfig, data: TrainingData, work_dir: Path
 ) -> ChampionScore:
@@ -276,16 +294,24 @@ def score_champion(
     No champion yet gives ``metrics=None`` and the gate applies the floors only. A champion
     that cannot be loaded or scored also gives ``metrics=None``, with the reason as the note:
     the gate then rejects the challenger unless ``gate.unscored_champion`` is ``floors``.
+
+    Raises:
+        IntegrityError: the champion's manifest is not the one recorded when it was promoted.
     """
     latest = read_latest(store, cfg.name)
     if latest is None:
         return ChampionScore(None, None, "no champion yet: floors only")
     version = str(latest["version"])
+    # The hash recorded at promotion, not whatever manifest the store holds now: a champion
+    # rewritten in the store fails the run (IntegrityError is not swallowed below), naming it.
+    recorded = recorded_manifest_sha256(store, cfg.name, version)
     scratch = scratch_dir(work_dir, f"{cfg.name}-champion-")
     try:
-        model = load_published_model(store, cfg, version, scratch)
+        model = load_published_model(store, cfg, version, scratch, recorded)
         evaluation = get_family(cfg.family).evaluate(model, data.holdout, data.train)
         _close(evaluation)
+    except IntegrityError:
+        raise
     except Exception as exc:  # a champion that cannot be re-scored must not block a fix
         log.warning("%s: champion %s could not be re-scored: %s", cfg.name, version, exc)
         return ChampionScore(

@@ -66,7 +66,8 @@ def trust_policy(account_id: str | None = None) -> dict[str, Any]:
     """Who may assume the role: SageMaker only, and (given the account) only for this account.
 
     The ``aws:SourceAccount`` condition closes the confused-deputy hole: another account's
-    SageMaker cannot be tricked into using this role.
+    SageMaker cannot be tricked into using this role. The target passes the account from
+    ``sts.get_caller_identity()`` (:func:`caller_account`).
     """
     statement: dict[str, Any] = {
         "Sid": "SageMakerAssumesRole",
@@ -79,10 +80,20 @@ def trust_policy(account_id: str | None = None) -> dict[str, Any]:
     return {"Version": POLICY_VERSION, "Statement": [statement]}
 
 
-def _ecr_repository_arn(image: str | None) -> str | None:
+def ecr_image(image: str | None) -> bool:
+    """Whether ``image`` is an ECR image URI (``<account>.dkr.ecr.<region>.amazonaws.com/...``)."""
+    return bool(_ECR_IMAGE.match(image or ""))
+
+
+def _ecr_repository_arn(image: str | None) -> str:
     match = _ECR_IMAGE.match(image or "")
     if not match:
-        return None
+        # Granting ecr pull on "*" for an image SageMaker cannot pull anyway would be a
+        # permission with no use: refuse instead.
+        raise RoleError(
+            f"serving image {image!r} is not in ECR: SageMaker pulls only from ECR; push it "
+            "to <account>.dkr.ecr.<region>.amazonaws.com/<repository>"
+        )
     partition = "aws-cn" if ".amazonaws.com.cn/" in (image or "") else "aws"
     return (
         f"arn:{partition}:ecr:{match['region']}:{match['account']}:repository/{match['repository']}"
@@ -169,7 +180,7 @@ def permission_policy(
                 "ecr:BatchGetImage",
             ],
             # An image outside ECR (or not yet known) cannot be scoped to a repository.
-            "Resource": [_ecr_repository_arn(serving_image) or "*"],
+            "Resource": [_ecr_repository_arn(serving_image)],
         },
     ]
     if kms_key_id:
@@ -187,6 +198,18 @@ def permission_policy(
             key["Condition"] = {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}}
         statements.append(key)
     return {"Version": POLICY_VERSION, "Statement": statements}
+
+
+def caller_account(sts: Any) -> str:
+    """The AWS account id of the credentials in use (``sts.get_caller_identity()``).
+
+    Raises:
+        RoleError: STS refused (no credentials, or no network).
+    """
+    try:
+        return str(sts.get_caller_identity()["Account"])
+    except Exception as exc:
+        raise RoleError(f"cannot read the AWS account (sts get-caller-identity): {exc}") from exc
 
 
 def _code(exc: Exception) -> str:
@@ -228,6 +251,11 @@ def ensure_role(
                 Description="SageMaker execution role of the MLOps pipeline's endpoints",
                 Tags=[{"Key": k, "Value": v} for k, v in sorted(tags.items())],
             )["Role"]
+            # IAM's own waiter: the role is readable everywhere before anything uses it (the
+            # model creation retries further while SageMaker cannot assume it yet).
+            iam.get_waiter("role_exists").wait(
+                RoleName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30}
+            )
         except Exception as exc:
             if _code(exc) != "EntityAlreadyExists":
                 raise

@@ -19,6 +19,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from core import secrets
 from core.tables import EVENT_TIME, SCHEMAS, TABLES
 
 _SA_TYPES: dict[str, Callable[[], sa.types.TypeEngine[Any]]] = {
@@ -129,8 +130,16 @@ def source_has_data(url: str) -> bool:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    return make_url(url).render_as_string(hide_password=True)
+    """``url`` with any password replaced by ``***``: in the userinfo and in the query string.
+
+    SQLAlchemy masks the userinfo of the URLs it parses; :func:`core.secrets.mask_url` adds the
+    password-like query keys (``?password=``) that drivers also accept, and unparseable text.
+    """
+    try:
+        rendered = make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a database URL: mask it as any URL
+        rendered = url
+    return secrets.mask_url(rendered)
 
 
 @contextmanager

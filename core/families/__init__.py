@@ -10,6 +10,7 @@ notebooks use them directly, and a family says how MLflow should log it
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -78,6 +79,9 @@ class Family(ABC):
     name: ClassVar[str]
     Params: ClassVar[type[BaseModel]]
     """Strict pydantic model of the family's hyperparameters (``params:`` in the config)."""
+    gate_metrics: ClassVar[frozenset[str]]
+    """Metrics :meth:`evaluate` always reports: the names a config's ``gate.metrics`` may use
+    (checked when the config loads, so a misspelt metric cannot silently reject every model)."""
 
     @abstractmethod
     def train(self, frame: pd.DataFrame, params: Any, seed: int) -> Any:
@@ -147,6 +151,36 @@ class Family(ABC):
     @abstractmethod
     def mlflow_model(self, model: Any, input_example: pd.DataFrame) -> MlflowModel:
         """How MLflow logs ``model`` (flavour, example, requirements), for the registry."""
+
+
+CONTENTS_FILE = "contents.json"
+"""The published model directory's list of files (written by :mod:`adapters.package`)."""
+
+
+def model_file(directory: Path, name: Any) -> Path:
+    """The file ``name`` (from a model's ``family.json``) inside ``directory``, checked.
+
+    ``family.json`` travels with the model, so its file names are input: a name must be
+    relative, resolve inside ``directory`` (no ``..``, no link out), name a regular file and,
+    in a published directory, be one that ``contents.json`` lists (hence hash-checked).
+
+    Raises:
+        ValueError: the name fails one of these checks; the message names it.
+    """
+    root = Path(directory).resolve()
+    if not isinstance(name, str) or not name or Path(name).is_absolute():
+        raise ValueError(f"{directory}: model file {name!r} must be a relative path")
+    path = (root / name).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise ValueError(f"{directory}: model file {name!r} is outside the model directory")
+    if (root / name).is_symlink() or not path.is_file():
+        raise ValueError(f"{directory}: model file {name!r} is not a regular file")
+    contents = root / CONTENTS_FILE
+    if contents.is_file():
+        listed = json.loads(contents.read_text()).get("files", {})
+        if path.relative_to(root).as_posix() not in listed:
+            raise ValueError(f"{directory}: model file {name!r} is not listed in {CONTENTS_FILE}")
+    return path
 
 
 def get_family(name: str) -> Family:

@@ -30,6 +30,7 @@ from core.families import (
     check_columns,
     column_arrays,
     json_records,
+    model_file,
 )
 from core.families import metrics as m
 
@@ -209,6 +210,20 @@ class AbuseDetector(Family):
     """IsolationForest over the behaviour columns of ``client_windows``."""
 
     name = "abuse_detector"
+    gate_metrics = frozenset(
+        {
+            "roc_auc",
+            "average_precision",
+            "precision_at_k",
+            "recall_at_k",
+            "k",
+            "precision_at_threshold",
+            "recall_at_threshold",
+            "flagged_share",
+            "n_windows",
+            "abuse_share",
+        }
+    )
     Params = AbuseDetectorParams
 
     def train(self, frame: pd.DataFrame, params: Any, seed: int) -> AbuseModel:
@@ -309,7 +324,9 @@ class AbuseDetector(Family):
         index = json.loads((directory / INDEX_FILE).read_text())
         if index.get("family") != self.name:
             raise ValueError(f"{directory} holds a {index.get('family')!r} model, not {self.name}")
-        estimator = skops.io.load(directory / index["model_file"], trusted=TRUSTED_TYPES)
+        estimator = skops.io.load(
+            model_file(directory, index.get("model_file")), trusted=TRUSTED_TYPES
+        )
         return AbuseModel(
             estimator=estimator,
             threshold=float(index["threshold"]),

@@ -30,6 +30,7 @@ from core.families import (
     check_columns,
     column_arrays,
     json_records,
+    model_file,
 )
 from core.families import metrics as m
 
@@ -131,6 +132,7 @@ class LimitOptimiser(Family):
     """XGBoost (hist) regression of ``best_limit`` on client features."""
 
     name = "limit_optimiser"
+    gate_metrics = frozenset({"mae", "rmse", "r2", "mape", "n_rows"})
     Params = LimitOptimiserParams
 
     def _regressor(self, p: LimitOptimiserParams, seed: int) -> Any:
@@ -234,7 +236,7 @@ class LimitOptimiser(Family):
         if index.get("features") != FEATURES:
             raise ValueError(f"{directory}: model features {index.get('features')} != {FEATURES}")
         regressor = XGBRegressor()
-        regressor.load_model(directory / index["model_file"])
+        regressor.load_model(model_file(directory, index.get("model_file")))
         return LimitModel(regressor)
 
     def predict(self, model: LimitModel, records: pd.DataFrame) -> pd.DataFrame:

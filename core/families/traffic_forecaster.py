@@ -39,6 +39,7 @@ from core.families import (
     check_columns,
     column_arrays,
     json_records,
+    model_file,
 )
 from core.families import metrics as m
 
@@ -287,6 +288,18 @@ class TrafficForecaster(Family):
     """Prophet per service, scored against the seasonal-naive forecast."""
 
     name = "traffic_forecaster"
+    gate_metrics = frozenset(
+        {
+            "smape",
+            "mape",
+            "mase",
+            "baseline_smape",
+            "baseline_mase",
+            "relative_mae",
+            "n_services",
+            "n_hours",
+        }
+    )
     Params = TrafficForecasterParams
 
     # --- training -----------------------------------------------------------------------
@@ -500,7 +513,7 @@ class TrafficForecaster(Family):
         if index.get("family") != self.name:
             raise ValueError(f"{directory} holds a {index.get('family')!r} model, not {self.name}")
         models = {
-            service: model_from_json((Path(directory) / name).read_text())
+            service: model_from_json(model_file(directory, name).read_text())
             for service, name in index["services"].items()
         }
         return ForecastModel(

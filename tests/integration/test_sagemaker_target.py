@@ -118,6 +118,7 @@ def make_target(env: dict[str, Any], **options: Any) -> SageMakerTarget:
         runtime=boto_client("sagemaker-runtime", url),
         iam=boto_client("iam", url),
         cloudwatch=boto_client("cloudwatch", url),
+        sts=boto_client("sts", url),
         platform=env["platform"],
         store_uri=settings.store,
         region=settings.aws_region,
@@ -735,6 +736,30 @@ def test_execution_role_is_idempotent_and_least_privilege(env: dict[str, Any]) -
     }
 
 
+def test_the_created_role_trusts_only_this_accounts_sagemaker(env: dict[str, Any]) -> None:
+    """Review finding 9: the docs promised aws:SourceAccount; the created role lacked it."""
+    url = env["settings"].aws_endpoint_url
+    target = make_target(env)
+    arn = target._role()
+    account = boto_client("sts", url).get_caller_identity()["Account"]
+    trust = boto_client("iam", url).get_role(RoleName=arn.rsplit("/", 1)[-1])["Role"]
+    assert trust["AssumeRolePolicyDocument"]["Statement"][0]["Condition"] == {
+        "StringEquals": {"aws:SourceAccount": account}
+    }
+
+
+def test_an_image_outside_ecr_is_refused_before_anything_is_created(env: dict[str, Any]) -> None:
+    target = make_target(env)
+    target.serving_image = "ghcr.io/example/serving:1"
+    v1 = version(env, 1)
+    before = sm(env).list_models(MaxResults=100)["Models"]
+    with pytest.raises(RolloutFailed, match=r"ghcr\.io/example/serving:1 is not in ECR") as info:
+        target.deploy(v1, Log())
+    assert info.value.step == "prepare"
+    assert sm(env).list_models(MaxResults=100)["Models"] == before
+    assert target.role_arn is None  # no role created either
+
+
 def test_configured_role_is_used_and_no_role_is_created(
     env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -756,15 +781,17 @@ def test_permission_policy_needs_an_s3_store() -> None:
     with pytest.raises(RoleError, match="S3"):
         permission_policy("/var/lib/store", region="us-east-1", serving_image=IMAGE)
     bare = permission_policy(
-        "s3://b/p", region="eu-west-1", serving_image="ghcr.io/x/y:1", kms_key_id="alias/store"
+        "s3://b/p", region="eu-west-1", serving_image=IMAGE, kms_key_id="alias/store"
     )
     statements = {s["Sid"]: s for s in bare["Statement"]}
     # An alias names no key: allowed only through S3, in the endpoints' region.
     assert statements["StoreKmsKey"]["Condition"] == {
         "StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}
     }
-    assert statements["PullServingImage"]["Resource"] == ["*"]
     assert json.dumps(bare)  # plain data, ready for IAM
+    # An image outside ECR used to grant ECR pull on "*": now refused, naming the image.
+    with pytest.raises(RoleError, match=r"ghcr\.io/x/y:1' is not in ECR"):
+        permission_policy("s3://b/p", region="eu-west-1", serving_image="ghcr.io/x/y:1")
 
 
 def test_the_moto_extension_is_undone_after_its_fixture(moto_server: str) -> None:

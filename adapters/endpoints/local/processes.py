@@ -30,9 +30,34 @@ from core.settings import PROJECT_ROOT
 if TYPE_CHECKING:
     import httpx
 
-# What configures one serving process (its model, bind address, limits): a child gets only the
-# values given for it, never the ones of the command that starts it.
-_SCRUBBED_ENV = re.compile(r"^(MLOPS_MODEL_|MLOPS_SERVING_|MLOPS_MAX_|SAGEMAKER_)")
+# A serving process gets an allowlisted environment: what Python, the locale and the numeric
+# libraries need, and nothing else. The command that starts it holds database passwords, AWS
+# keys and webhook URLs; a process that answers HTTP requests needs none of them. What
+# configures it (its model, bind address, limits) is passed explicitly for each process.
+_ALLOWED_ENV = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "TEMP",
+        "TMP",
+        "PYTHONPATH",
+        "PYTHONHASHSEED",
+        "PYTHONDONTWRITEBYTECODE",
+        "VIRTUAL_ENV",
+        "SYSTEMROOT",
+        "MPLBACKEND",
+        "MPLCONFIGDIR",
+        "COVERAGE_PROCESS_START",
+        "COVERAGE_RCFILE",
+    }
+)
+_ALLOWED_ENV_PREFIX = re.compile(r"^(LC_|OMP_|MKL_|OPENBLAS_|NUMEXPR_)")
 # psutil's create time is the boot time plus the start in ticks since boot, and the boot time
 # moves (by whole seconds) when the wall clock is stepped: allow that much. A recycled pid
 # starting this close to the original would need the pid space to wrap within the window.
@@ -177,8 +202,9 @@ class ServingProcesses:
             args: the ``serving`` command and its options (``serve``, ``router --port ...``).
             log: the process's log file (stdout and stderr).
             cwd: its working directory.
-            env: variables for this process on top of this one's environment, from which
-                every serving setting (``MLOPS_MODEL_*``, ``SAGEMAKER_*``...) is removed.
+            env: variables for this process (its ``MLOPS_MODEL_*``, ``MLOPS_SERVING_*``...), on
+                top of an allowlist of this one's environment (``PATH``, locale, ``TMPDIR``...):
+                no secret of the caller reaches a serving process.
         """
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
@@ -210,7 +236,7 @@ class ServingProcesses:
 
 
 def _serving_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not _SCRUBBED_ENV.match(k)}
+    env = {k: v for k, v in os.environ.items() if k in _ALLOWED_ENV or _ALLOWED_ENV_PREFIX.match(k)}
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = f"{PROJECT_ROOT}{os.pathsep}{path}" if path else str(PROJECT_ROOT)
     env["PYTHONUNBUFFERED"] = "1"

@@ -62,7 +62,15 @@ def fetch(store: Store, target: VersionToServe, instance: Path, progress: Progre
     from adapters.versions import verify_version
 
     download = instance / "download"
-    verify_version(store, target.model, target.version, download)
+    # The manifest the rollout checked against the recorded hashes, not whatever the store
+    # holds by now: a rewrite between the check and this download is refused.
+    verify_version(
+        store,
+        target.model,
+        target.version,
+        download,
+        expected_manifest_sha256=target.manifest_sha256,
+    )
     model_dir = extract_tarball(download / MODEL_TARBALL, instance / MODEL_SUBDIR)
     shutil.rmtree(download, ignore_errors=True)
     progress(f"{target.model} {target.version}: downloaded, verified and unpacked")

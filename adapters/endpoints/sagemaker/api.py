@@ -32,6 +32,12 @@ def error(exc: Exception) -> tuple[str, str]:
     return str(details.get("Code", "")), str(details.get("Message", exc))
 
 
+def described(exc: Exception) -> str:
+    """``"Code: message"`` of an AWS error (what a failed run reports, not a traceback)."""
+    code, message = error(exc)
+    return f"{code}: {message}" if code else message
+
+
 def is_client_error(exc: Exception) -> bool:
     """Whether ``exc`` is an answer from the API (rather than a network or programming error)."""
     return bool(getattr(exc, "response", None))
@@ -121,6 +127,25 @@ class SageMakerApi:
         self._clock = clock
 
     # --- reads -----------------------------------------------------------------------------------
+
+    def while_role_propagates(self, call: Callable[[], Any], seconds: float = 60.0) -> Any:
+        """Run ``call``, retrying while SageMaker cannot yet assume a newly created role.
+
+        IAM is eventually consistent: for some seconds after ``CreateRole`` SageMaker answers
+        ``ValidationException: Could not assume role``. Any other error is raised at once.
+        """
+        start = self._clock()
+        delay = max(self.poll_seconds, 0.01)
+        while True:
+            try:
+                return call()
+            except Exception as exc:
+                code, message = error(exc)
+                propagating = code == "ValidationException" and "assume" in message.lower()
+                if not propagating or self._clock() - start + delay > seconds:
+                    raise
+            self._sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     def describe_endpoint(self, name: str) -> dict[str, Any] | None:
         """The endpoint's description; None when there is none."""

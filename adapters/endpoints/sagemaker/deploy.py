@@ -20,11 +20,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from adapters.endpoints.iam import ecr_image
 from adapters.endpoints.sagemaker.api import (
     SETTLING,
     SageMakerApi,
     StillSettling,
     already_exists,
+    described,
     error,
     not_found,
 )
@@ -46,13 +48,21 @@ def check_deployable(target: VersionToServe, serving_image: str | None, progress
     """Refuse, before anything is created, a deploy SageMaker cannot run.
 
     Raises:
-        RolloutFailed: (``prepare``) no serving image, or model data outside S3.
+        RolloutFailed: (``prepare``) no serving image, one outside ECR, or model data outside
+            S3.
     """
     if not serving_image:
         raise RolloutFailed(
             "prepare",
             "no serving image: build docker/serving.Dockerfile, push it to ECR and set "
             "MLOPS_SERVING_IMAGE",
+        )
+    if not ecr_image(serving_image):
+        raise RolloutFailed(
+            "prepare",
+            f"serving image {serving_image} is not in ECR: SageMaker pulls only from ECR, and the "
+            "execution role may pull only from that repository; push the image to "
+            "<account>.dkr.ecr.<region>.amazonaws.com/<repository> and set MLOPS_SERVING_IMAGE",
         )
     if not target.model_data_uri.startswith("s3://"):
         raise RolloutFailed(
@@ -199,7 +209,7 @@ class Rollout:
             except RolloutFailed:
                 raise
             except Exception as exc:
-                raise self._fail(step, error(exc)[1], delete_endpoint=False) from exc
+                raise self._fail(step, described(exc), delete_endpoint=False) from exc
 
     def _create_model(self) -> None:
         definition, name = self.definition, self.names.model
@@ -207,14 +217,17 @@ class Rollout:
             "create-model",
             "model",
             name,
-            lambda: self.sm.create_model(
-                ModelName=name,
-                PrimaryContainer=definition.container,
-                ExecutionRoleArn=definition.role,
-                # Network isolation: the container needs no network (SageMaker fetches the model
-                # and captures data itself). Serverless endpoints do not support it.
-                EnableNetworkIsolation=self.target.endpoint.serverless is None,
-                Tags=tag_list(definition.tags),
+            # A role created moments ago may not be assumable yet: wait for IAM to propagate.
+            lambda: self.api.while_role_propagates(
+                lambda: self.sm.create_model(
+                    ModelName=name,
+                    PrimaryContainer=definition.container,
+                    ExecutionRoleArn=definition.role,
+                    # Network isolation: the container needs no network (SageMaker fetches the
+                    # model and captures data itself). Serverless endpoints do not support it.
+                    EnableNetworkIsolation=self.target.endpoint.serverless is None,
+                    Tags=tag_list(definition.tags),
+                )
             ),
             lambda: model_differences(definition, self.api.describe_model(name) or {}),
         )
@@ -276,7 +289,7 @@ class Rollout:
             return None
         except Exception as exc:
             if not already_exists(exc):
-                raise self._fail("create", error(exc)[1], delete_endpoint=False) from exc
+                raise self._fail("create", described(exc), delete_endpoint=False) from exc
         # A lost response or a concurrent deploy: decide on what is there once settled.
         self.progress(f"endpoint {names.endpoint} exists already")
         existing = self._settled_endpoint()
@@ -304,7 +317,7 @@ class Rollout:
         except Exception as exc:
             raise self._fail(
                 "update",
-                f"{names.endpoint}: {error(exc)[1]}; {old} still serves",
+                f"{names.endpoint}: {described(exc)}; {old} still serves",
                 delete_endpoint=False,
             ) from exc
         self.progress(

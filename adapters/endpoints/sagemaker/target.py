@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.endpoints.iam import (
     RoleError,
+    caller_account,
     ensure_role,
     permission_policy,
     role_name,
@@ -54,6 +55,8 @@ class SageMakerTarget:
         serving_image: ECR URI of the serving image.
         role_arn: an existing execution role; when None the project's role is ensured.
         kms_key_id: the store's KMS key (role policy, captured data).
+        sts: boto3 ``sts`` client: the account id in the role's trust policy (only used when
+            no role ARN is given).
         poll_seconds: pause between status polls.
         timeout_seconds: longest wait for the endpoint to settle; default each model's
             ``endpoint.timeout_seconds``.
@@ -77,6 +80,7 @@ class SageMakerTarget:
         serving_image: str | None,
         role_arn: str | None = None,
         kms_key_id: str | None = None,
+        sts: Any = None,
         poll_seconds: float = 15.0,
         timeout_seconds: float | None = None,
         heartbeat_seconds: float = 60.0,
@@ -93,6 +97,7 @@ class SageMakerTarget:
         self.serving_image = serving_image
         self.role_arn = role_arn
         self.kms_key_id = kms_key_id
+        self.sts = sts
         self.poll_seconds = poll_seconds
         self.timeout_seconds = timeout_seconds
         self.heartbeat_seconds = heartbeat_seconds
@@ -128,6 +133,7 @@ class SageMakerTarget:
             runtime=session.client("sagemaker-runtime", endpoint_url=url, config=config),
             iam=session.client("iam", endpoint_url=url, config=config),
             cloudwatch=session.client("cloudwatch", endpoint_url=url, config=config),
+            sts=session.client("sts", endpoint_url=url, config=config),
             platform=platform,
             store_uri=settings.store,
             region=settings.aws_region,
@@ -171,10 +177,16 @@ class SageMakerTarget:
             serving_image=self.serving_image,
             kms_key_id=self.kms_key_id,
         )
+        if self.sts is None:
+            raise RoleError(
+                "no STS client: the role's trust policy needs this account's id "
+                "(aws:SourceAccount); build the target with sts= or from_settings"
+            )
         self.role_arn = ensure_role(
             self.iam,
             role_name(self.platform.project_tag),
-            trust_policy(),
+            # Only SageMaker acting for this account may assume it (the confused deputy).
+            trust_policy(caller_account(self.sts)),
             permissions,
             {TAG_PROJECT: self.platform.project_tag},
         )
