@@ -13,7 +13,6 @@ from typing import Any
 
 JSON = "application/json"
 CSV = "text/csv"
-_SCALARS = (str, int, float, bool, type(None))
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
@@ -87,80 +86,6 @@ def response_format(accept: str | None) -> str:
     raise BadRequest(406, f"cannot answer Accept: {accept}; ask for {JSON} or {CSV}")
 
 
-def _records_frame(records: Any, where: str, required: tuple[str, ...]) -> Any:
-    import pandas as pd
-
-    if not isinstance(records, list):
-        raise BadRequest(400, f"{where} must be a list of records, got {type(records).__name__}")
-    for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise BadRequest(
-                400, f"{where}[{i}] must be an object of column: value, got {type(record).__name__}"
-            )
-        for key, value in record.items():
-            if not isinstance(value, _SCALARS):
-                raise BadRequest(
-                    400, f"{where}[{i}].{key}: a value must be a string, number, bool or null"
-                )
-            if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
-                raise BadRequest(400, f"{where}[{i}].{key}: {value} is out of the int64 range")
-        # Said per record: in a frame, one record's missing key is only a null among values.
-        lacking = [c for c in required if c not in record]
-        if lacking:
-            raise BadRequest(400, f"{where}[{i}] lacks column(s): {', '.join(lacking)}")
-    return pd.DataFrame.from_records(records) if records else pd.DataFrame()
-
-
-def parse_json(body: bytes, required: tuple[str, ...] = ()) -> Any:
-    """Records from a JSON body, as a DataFrame (types are coerced later, per family).
-
-    Accepted shapes: ``{"instances": [record, ...]}``, ``[record, ...]``,
-    ``{"dataframe_records": [...]}`` and ``{"dataframe_split": {"columns": [...], "data":
-    [[...], ...]}}``.
-
-    Args:
-        body: the request body.
-        required: columns every record must have (named in the error when one lacks them).
-
-    Raises:
-        BadRequest: (400) not JSON, or another shape.
-    """
-    import pandas as pd
-
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise BadRequest(400, f"body is not valid JSON: {exc}") from exc
-    if isinstance(payload, list):
-        return _records_frame(payload, "body", required)
-    if isinstance(payload, dict):
-        for key in ("instances", "dataframe_records"):
-            if key in payload:
-                return _records_frame(payload[key], key, required)
-        if "dataframe_split" in payload:
-            split = payload["dataframe_split"]
-            columns = split.get("columns") if isinstance(split, dict) else None
-            data = split.get("data") if isinstance(split, dict) else None
-            if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
-                raise BadRequest(400, "dataframe_split.columns must be a list of column names")
-            if not isinstance(data, list) or not all(
-                isinstance(row, list) and len(row) == len(columns) for row in data
-            ):
-                raise BadRequest(
-                    400, f"dataframe_split.data must be rows of {len(columns)} values each"
-                )
-            records = [dict(zip(columns, row, strict=True)) for row in data]
-            return (
-                _records_frame(records, "dataframe_split.data", required)
-                if records
-                else pd.DataFrame()
-            )
-    raise BadRequest(
-        400,
-        'expected {"instances": [{column: value, ...}, ...]} or a list of such records',
-    )
-
-
 def _load_json(body: bytes) -> Any:
     """The JSON value of ``body``: orjson, and the standard library for what orjson refuses.
 
@@ -215,7 +140,7 @@ _PLAIN = frozenset((str, int, float, bool, type(None)))
 
 
 def _check_records(records: Any, where: str, required: tuple[str, ...]) -> None:
-    """What :func:`_records_frame` refuses, refused the same way, without building a frame."""
+    """Refuse what is not a list of flat records holding every ``required`` column (400)."""
     if not isinstance(records, list):
         raise BadRequest(400, f"{where} must be a list of records, got {type(records).__name__}")
     wanted = set(required)
@@ -252,7 +177,9 @@ def parse_json_columns(
 ) -> tuple[int, dict[str, list[Any]]]:
     """Records from a JSON body as columns of plain values, for a family's fast path.
 
-    The same shapes and refusals as :func:`parse_json`, without a DataFrame: ``required``
+    Accepted shapes: ``{"instances": [record, ...]}``, ``[record, ...]``,
+    ``{"dataframe_records": [...]}`` and ``{"dataframe_split": {"columns": [...], "data":
+    [[...], ...]}}``. No DataFrame is built: ``required``
     columns, and those of ``optional`` that any record has (None where a record lacks one);
     other keys are checked and dropped.
 
