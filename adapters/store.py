@@ -420,13 +420,7 @@ class S3Store:
 
     def get_bytes(self, key: str) -> bytes:
         """GET ``key``; raises :class:`KeyNotFound` on ``NoSuchKey``."""
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-        except Exception as exc:
-            if self._code(exc) in ("NoSuchKey", "404"):
-                raise KeyNotFound(self.url(key)) from exc
-            raise
-        return bytes(response["Body"].read())
+        return self.get_tagged(key)[0]
 
     def get_tagged(self, key: str) -> tuple[bytes, str]:
         """GET ``key`` with its ETag; raises :class:`KeyNotFound` on ``NoSuchKey``."""
