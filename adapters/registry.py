@@ -142,15 +142,12 @@ class Registry:
             "metadata": dict(spec.metadata),
             **spec.options,
         }
-        if spec.output_example is not None:
-            from mlflow.models import infer_signature
-
-            # A loader-module pyfunc is not run at logging time: state the schema here.
-            kwargs["signature"] = infer_signature(spec.input_example, spec.output_example)
         with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
             # MLflow hints that integer columns cannot carry missing values: none may, here
             # (the families refuse nulls), and int64 counts are the schema on purpose.
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+            if spec.output_example is not None:
+                kwargs["signature"] = _signature(spec)
             if spec.flavour == "pyfunc":
                 kwargs |= _pyfunc_files(spec, Path(tmp))
                 info = mlflow.pyfunc.log_model(**kwargs)
@@ -272,6 +269,30 @@ class Registry:
     def delete_version(self, model: str, version: str) -> None:
         """Delete one registered version (never one holding an alias; the caller checks)."""
         self._client().delete_model_version(model, version)
+
+
+# The request types of ``Family.input_columns`` (and schema.json) as MLflow column types. A
+# timestamp travels as an ISO 8601 string, as in the JSON request and schema.json's example:
+# MLflow 3's schema enforcement refuses to turn strings into its ``datetime`` type, so a
+# ``datetime`` column would refuse the documented request; the family parses the string.
+_COLUMN_TYPES = {"float64": "double", "int64": "long", "string": "string", "timestamp": "string"}
+
+
+def _signature(spec: MlflowModel) -> Any:
+    """Inputs as ``spec.input_schema`` (schema.json's), outputs inferred from the example answer.
+
+    A loader-module pyfunc is not run at logging time, so the schema is stated here.
+    """
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import ColSpec, Schema
+
+    inferred = infer_signature(spec.input_example, spec.output_example)
+    if spec.input_schema is None:
+        return inferred
+    inputs = Schema(
+        [ColSpec(_COLUMN_TYPES[kind], name) for name, kind in spec.input_schema.items()]
+    )
+    return ModelSignature(inputs=inputs, outputs=inferred.outputs)
 
 
 def _pyfunc_files(spec: MlflowModel, tmp: Path) -> dict[str, Any]:
