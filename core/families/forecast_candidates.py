@@ -256,19 +256,32 @@ class Folds:
     horizon: int = WEEK
 
 
-def rolling_folds(y: pd.Series, n_folds: int, horizon: int) -> Folds:
+def rolling_folds(y: pd.Series, n_folds: int, horizon: int, min_train: int = WEEK) -> Folds:
     """Up to ``n_folds`` folds of ``horizon`` hours, the last ending with the series.
 
-    Fewer folds are made where the history before the first would be shorter than the
-    cheapest candidate's minimum (a week); none where even one fold does not fit.
+    Only folds with at least ``min_train`` hours before them are made (fewer, or none, on a
+    short series): every candidate is then scored on the same folds, so the scores compare.
     """
     end = y.index[-1] + pd.Timedelta(hours=1)
     cutoffs = []
     for k in range(n_folds, 0, -1):
         cutoff = end - pd.Timedelta(hours=k * horizon)
-        if int((y.index < cutoff).sum()) >= min(MIN_HOURS.values()):
+        if int((y.index < cutoff).sum()) >= min_train:
             cutoffs.append(cutoff)
     return Folds(cutoffs, horizon)
+
+
+def common_folds(y: pd.Series, n_folds: int, horizon: int, candidates: Iterable[str]) -> Folds:
+    """The folds on which every candidate has its history; if none, those of the cheapest.
+
+    On a series too short for some candidate's fold, that candidate is skipped (with the
+    reason) and the others are compared on the folds they can all use.
+    """
+    needs = [MIN_HOURS.get(c, WEEK) for c in candidates]
+    folds = rolling_folds(y, n_folds, horizon, max(needs))
+    if folds.cutoffs or not needs:
+        return folds
+    return rolling_folds(y, n_folds, horizon, min(needs))
 
 
 def backtest_candidate(

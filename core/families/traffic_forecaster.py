@@ -54,7 +54,6 @@ INPUTS: dict[str, str] = {"service": "string", "ts": "timestamp"}
 """The request schema; ``is_holiday`` (0/1) may be sent too, see the module docstring."""
 TRAIN_COLUMNS: dict[str, str] = {**INPUTS, "requests": "float64"}
 SEASON = 168  # hours in a week: the seasonal-naive lag and MASE's scale
-MIN_HISTORY_HOURS = SEASON + 24
 HOLIDAY = "holiday"
 INDEX_FILE = "family.json"
 FORMAT = "forecast-json"
@@ -276,7 +275,7 @@ class TrafficForecaster(Family):
     ) -> tuple[Any, list[fc.CandidateScore]]:
         """Backtest the candidates on one service, refit the best on all of it."""
         y = fc.hourly(df["ds"], df["y"])
-        folds = fc.rolling_folds(y, p.backtest_folds, p.backtest_horizon_hours)
+        folds = fc.common_folds(y, p.backtest_folds, p.backtest_horizon_hours, p.candidates)
         rows = fc.score_candidates(service, y, self._fitters(service, df, p, dates, seed), folds)
         by_name = {r.candidate: r for r in rows}
         for name in fc.ranking(rows, p.candidates):
