@@ -366,6 +366,7 @@ class TrafficForecaster(Family):
         metrics["n_hours"] = float(sum(len(df) for df in test.values()))
         for service, values in per.items():
             metrics[f"smape__{_metric_key(service)}"] = values["smape"]
+            metrics[f"relative_mae__{_metric_key(service)}"] = values["relative_mae"]
         return metrics, panels
 
     def evaluate(
@@ -375,7 +376,7 @@ class TrafficForecaster(Family):
 
         Metrics: ``smape``, ``mape``, ``mase``, ``baseline_smape``, ``baseline_mase``,
         ``relative_mae`` (MAE over the seasonal-naive forecast's MAE on the same hours), and
-        ``smape__<service>`` per service. ``history`` (the data before the holdout) gives
+        ``smape__<service>`` and ``relative_mae__<service>`` per service. ``history`` (the data before the holdout) gives
         MASE's scale and the seasonal-naive forecast.
 
         Raises:

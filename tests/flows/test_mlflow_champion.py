@@ -1,11 +1,14 @@
 """The MLflow champion is the served model: same request, same answer, wherever it is loaded.
 
-One retrain of all three models on the local endpoint (real serving processes) publishes and
-promotes v1 of each; then, per model, the documented request (``schema.json``'s example) gets
-the same answer from the endpoint, from ``mlflow.pyfunc.load_model("models:/NAME@champion")``
-and from ``mlflow models serve -m models:/NAME@champion --env-manager local`` run as a real
-process (one per model, started and stopped inside its test). The same run shows lineage in
-MLflow: each training run's inputs are its snapshots, digest and sha256 as the store has them.
+One retrain of all three models publishes and promotes v1 of each; then, per model, the
+documented request (``schema.json``'s example) gets the same answer from the serving app (the
+code the endpoint runs, on the published version's verified files), from
+``mlflow.pyfunc.load_model("models:/NAME@champion")`` and from
+``mlflow models serve -m models:/NAME@champion --env-manager local`` run as a real process (one
+per model, started and stopped inside its test). No endpoint is started: the local endpoint's
+processes run this same app, and their tests are in test_local_rollout.py. The same run shows
+lineage in MLflow: each training run's inputs are its snapshots, digest and sha256 as the store
+has them.
 """
 
 from __future__ import annotations
@@ -24,18 +27,20 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
+from fastapi.testclient import TestClient
 
-from adapters.endpoints.local import LocalTarget
 from adapters.endpoints.local.processes import free_port
+from adapters.package import extract_tarball
 from adapters.pointer import read_latest
 from adapters.snapshots import list_snapshots
 from adapters.source import seed_source
 from adapters.store import store_from_settings
-from core.config import load_model_config, load_platform_config
+from adapters.versions import verify_version
+from core.config import load_model_config
 from core.settings import Settings, load_settings
 from flows.retrain import retrain
+from serving.app import ModelSettings, create_app
 from tests.fixtures.home import SMALL_SOURCE, isolated_env, project_configs
-from tests.fixtures.serving import our_processes
 
 pytestmark = pytest.mark.integration
 
@@ -45,9 +50,9 @@ MODELS = ["abuse_detector", "limit_optimiser", "traffic_forecaster"]
 @dataclass
 class Champions:
     settings: Settings
-    target: LocalTarget
     configs: Path
     run_ids: dict[str, str]
+    work: Path
 
 
 @pytest.fixture(scope="module")
@@ -55,23 +60,16 @@ def champions(tmp_path_factory: pytest.TempPathFactory, prefect_api: None) -> It
     """v1 of every model, promoted: serving on the local endpoint and aliased ``champion``."""
     tmp = tmp_path_factory.mktemp("champions")
     with pytest.MonkeyPatch.context() as mp:
-        home = isolated_env(mp, tmp / "home", endpoint_target="local")
-        mp.setenv("MLOPS_ENDPOINT_PORT", str(free_port()))
+        isolated_env(mp, tmp / "home")
         configs = project_configs(mp, tmp / "configs")
         settings = load_settings()
         seed_source(settings.source_url, weeks=3, **SMALL_SOURCE)
-        target = LocalTarget.from_settings(settings, load_platform_config(configs))
-        try:
-            summary = retrain(reason="parity", return_state=True).result()
-            outcomes = {o["model"]: o for o in summary["models"]}
-            for model in MODELS:
-                assert outcomes[model]["status"] == "promoted", outcomes[model]
-            run_ids = {m: str(outcomes[m]["mlflow_run_id"]) for m in MODELS}
-            yield Champions(settings, target, configs, run_ids)
-        finally:
-            target.stop()
-            for pid in our_processes(home):  # nothing may outlive the tests
-                os.kill(pid, signal.SIGKILL)
+        summary = retrain(reason="parity", return_state=True).result()
+        outcomes = {o["model"]: o for o in summary["models"]}
+        for model in MODELS:
+            assert outcomes[model]["status"] == "promoted", outcomes[model]
+        run_ids = {m: str(outcomes[m]["mlflow_run_id"]) for m in MODELS}
+        yield Champions(settings, configs, run_ids, tmp / "work")
 
 
 def example_request(champions: Champions, model: str) -> list[dict[str, Any]]:
@@ -83,9 +81,21 @@ def example_request(champions: Champions, model: str) -> list[dict[str, Any]]:
 
 
 def served(champions: Champions, model: str, records: list[dict[str, Any]]) -> pd.DataFrame:
-    """The endpoint's answer to ``records`` (the serving app, behind the local router)."""
-    with httpx.Client(trust_env=False, timeout=30) as client:
-        answer = client.post(champions.target.address(model), json={"instances": records})
+    """The serving app's answer to ``records``, serving the champion's verified store files."""
+    store = store_from_settings(champions.settings)
+    version = (read_latest(store, model) or {})["version"]
+    dest = champions.work / f"{model}-{version}-{time.monotonic_ns()}"
+    manifest = verify_version(store, model, version, dest)
+    model_dir = extract_tarball(dest / "model.tar.gz", dest / "model")
+    app = create_app(
+        ModelSettings(
+            model_dir=model_dir,
+            model_contents_sha256=manifest["lineage"]["model_contents_sha256"],
+            model_version=version,
+        )
+    )
+    with TestClient(app) as client:
+        answer = client.post("/invocations", json={"instances": records})
     assert answer.status_code == 200, answer.text
     return pd.DataFrame(answer.json()["predictions"])
 
@@ -125,7 +135,10 @@ def test_mlflow_models_serve_answers_the_documented_request_as_the_endpoint(
     command += ["-m", f"models:/{model}@champion", "--env-manager", "local"]
     command += ["-h", "127.0.0.1", "-p", str(port)]
     log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # Its own session: the CLI runs uvicorn through bash, and the group ends together.
+    process = subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         with httpx.Client(trust_env=False, timeout=30) as client:
@@ -144,11 +157,11 @@ def test_mlflow_models_serve_answers_the_documented_request_as_the_endpoint(
         got = pd.DataFrame(answer.json()["predictions"])
         same_answer(got, served(champions, model, records))
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)  # the group of the process started above
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         log.close()
 
