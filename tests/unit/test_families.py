@@ -536,3 +536,31 @@ def test_the_registry_logs_each_family_as_a_loadable_pyfunc(
     got = pyfunc.predict(request)
     want = case.family.predict(models[name], records)
     pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+
+
+def test_a_forecaster_logged_before_the_shared_loader_still_loads(
+    cases: dict[str, Case], models: dict[str, Any], mlflow_experiment: str
+) -> None:
+    import mlflow
+
+    from core.families import MlflowModel
+
+    case = cases["traffic_forecaster"]
+    model = models["traffic_forecaster"]
+    example = pd.DataFrame(json_records(case.holdout.head(3), case.family.input_columns()))
+    # As the forecaster was logged before: its own module as the loader, Prophet files as data.
+    old = MlflowModel(
+        flavour="pyfunc",
+        model=None,
+        input_example=example,
+        output_example=case.family.predict(model, example),
+        pip_requirements=[],
+        metadata={"family": "traffic_forecaster"},
+        loader_module="core.families.traffic_forecaster",
+        code_modules=("core", "core.families", "core.families.traffic_forecaster"),
+        save=lambda directory: case.family.save(model, directory),
+    )
+    with mlflow.start_run(experiment_id=mlflow_experiment):
+        uri = Registry(mlflow.get_tracking_uri()).log_model(old)
+    got = mlflow.pyfunc.load_model(uri).predict(example)
+    pd.testing.assert_frame_equal(got, case.family.predict(model, example))
