@@ -322,6 +322,15 @@ class TrafficForecaster(Family):
         last: dict[Any, Any] = {}
         fitters = self._fitters(service, df, p, dates, seed, last)
         rows = fc.score_candidates(service, y, fitters, folds)
+        for row in rows:
+            if row.status != "scored":
+                log.info(
+                    "traffic_forecaster: %s: %s %s: %s",
+                    service,
+                    row.candidate,
+                    row.status,
+                    row.reason,
+                )
         by_name = {r.candidate: r for r in rows}
         for name in fc.ranking(rows, p.candidates):
             try:

@@ -69,6 +69,7 @@ def test_retrain_on_real_series_chooses_and_records_a_forecaster_per_service(
     run_id = outcome["mlflow_run_id"]
     gate = json.loads(Path(client.download_artifacts(run_id, "gate.json")).read_text())
     run = client.get_run(run_id)
+    assert "candidates.json" in {a.path for a in client.list_artifacts(run_id)}
     for service in SERIES:
         mine = [r for r in gate["candidates"] if r["service"] == service]
         assert {r["candidate"] for r in mine} == set(CANDIDATES)
