@@ -115,6 +115,42 @@ class Registry:
 
         mlflow.set_tag(key, value)
 
+    def log_snapshots(self, snapshots: list[dict[str, Any]]) -> None:
+        """Record the run's input snapshots as MLflow datasets (``mlflow.log_inputs``).
+
+        Each dict has ``dataset``, ``snapshot_id``, ``sha256``, ``uri`` and ``rows``. The
+        dataset's name is ``<dataset>/<snapshot_id>`` and its source the store URI; its digest
+        is the snapshot's sha256, cut to the 36 characters MLflow stores, and the full sha256
+        is the input's ``sha256`` tag.
+        """
+        import mlflow
+        from mlflow.data.meta_dataset import MetaDataset
+
+        for snap in snapshots:
+            dataset = MetaDataset(  # type: ignore[abstract]  # profile is optional at runtime
+                source=_dataset_source(str(snap["uri"])),
+                name=f"{snap['dataset']}/{snap['snapshot_id']}",
+                digest=str(snap["sha256"])[:36],
+            )
+            tags = {"sha256": str(snap["sha256"]), "rows": str(snap["rows"])}
+            mlflow.log_input(dataset, context="training", tags=tags)
+
+    def log_summary(
+        self, params: dict[str, str], metrics: dict[str, float], tables: dict[str, Any]
+    ) -> None:
+        """Log what training decided to the active run: params, metrics, ``<name>.json`` tables."""
+        import mlflow
+        import pandas as pd
+
+        if params:
+            mlflow.log_params(params)
+        clean = {k: float(v) for k, v in metrics.items() if v == v}  # drop NaN
+        if clean:
+            mlflow.log_metrics(clean)
+        for name, rows in tables.items():
+            if rows:
+                mlflow.log_table(pd.DataFrame(rows), f"{name}.json")
+
     def log_evaluation(
         self, prefix: str, metrics: dict[str, float], figures: dict[str, Any] | None = None
     ) -> None:
@@ -142,15 +178,12 @@ class Registry:
             "metadata": dict(spec.metadata),
             **spec.options,
         }
-        if spec.output_example is not None:
-            from mlflow.models import infer_signature
-
-            # A loader-module pyfunc is not run at logging time: state the schema here.
-            kwargs["signature"] = infer_signature(spec.input_example, spec.output_example)
         with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
             # MLflow hints that integer columns cannot carry missing values: none may, here
             # (the families refuse nulls), and int64 counts are the schema on purpose.
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+            if spec.output_example is not None:
+                kwargs["signature"] = _signature(spec)
             if spec.flavour == "pyfunc":
                 kwargs |= _pyfunc_files(spec, Path(tmp))
                 info = mlflow.pyfunc.log_model(**kwargs)
@@ -272,6 +305,44 @@ class Registry:
     def delete_version(self, model: str, version: str) -> None:
         """Delete one registered version (never one holding an alias; the caller checks)."""
         self._client().delete_model_version(model, version)
+
+
+# The request types of ``Family.input_columns`` (and schema.json) as MLflow column types. A
+# timestamp travels as an ISO 8601 string, as in the JSON request and schema.json's example:
+# MLflow 3's schema enforcement refuses to turn strings into its ``datetime`` type, so a
+# ``datetime`` column would refuse the documented request; the family parses the string.
+_COLUMN_TYPES = {"float64": "double", "int64": "long", "string": "string", "timestamp": "string"}
+
+
+def _signature(spec: MlflowModel) -> Any:
+    """Inputs as ``spec.input_schema`` (schema.json's), outputs inferred from the example answer.
+
+    A loader-module pyfunc is not run at logging time, so the schema is stated here.
+    """
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import ColSpec, Schema
+
+    inferred = infer_signature(spec.input_example, spec.output_example)
+    if spec.input_schema is None:
+        return inferred
+    inputs = Schema(
+        [ColSpec(_COLUMN_TYPES[kind], name) for name, kind in spec.input_schema.items()]
+    )
+    return ModelSignature(inputs=inputs, outputs=inferred.outputs)
+
+
+def _dataset_source(uri: str) -> Any:
+    """The MLflow dataset source of a store URI: S3 or a local path (``file`` otherwise)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    try:
+        with warnings.catch_warnings():
+            # A local path matches MLflow's local source twice (two registered resolvers).
+            warnings.filterwarnings("ignore", message="The specified dataset source can be")
+            return resolve_dataset_source(uri)
+    except Exception:  # a scheme MLflow has no source for: keep the URI as a reference
+        return HTTPDatasetSource(uri)
 
 
 def _pyfunc_files(spec: MlflowModel, tmp: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -41,8 +42,31 @@ def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def gate_markdown(cfg: ModelConfig, decision: gate.Decision, champion: ChampionScore) -> str:
-    """A table of the challenger against the champion, with the verdict."""
+def table_markdown(name: str, rows: list[dict[str, Any]]) -> list[str]:
+    """One of a training's tables (a forecaster's candidates) as Markdown lines."""
+    if not rows:
+        return []
+    columns = list(rows[0])
+    out = ["", f"## {name}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [
+            _cell(v) if isinstance(v, float) else "-" if v is None else str(v)
+            for v in (row.get(c) for c in columns)
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def gate_markdown(
+    cfg: ModelConfig,
+    decision: gate.Decision,
+    champion: ChampionScore,
+    tables: dict[str, list[dict[str, Any]]] | None = None,
+) -> str:
+    """A table of the challenger against the champion, with the verdict.
+
+    ``tables`` (what training decided: a forecaster's candidates per service) follow it.
+    """
     lines = [
         f"# Gate: `{cfg.name}` -> **{decision.verdict}**",
         "",
@@ -61,6 +85,8 @@ def gate_markdown(cfg: ModelConfig, decision: gate.Decision, champion: ChampionS
         *[f"- {r}" for r in decision.reasons],
         *[f"- warning: {w}" for w in decision.warnings],
     ]
+    for name, rows in (tables or {}).items():
+        lines += table_markdown(name, rows)
     return "\n".join(lines)
 
 
@@ -77,6 +103,9 @@ def decide_promotion(
         **decision.to_dict(),
         "champion_version": champion.version,
         "champion_note": champion.note,
+        # What training decided (a forecaster's candidates: the winner per service and every
+        # candidate's backtest score), beside the decision it led to.
+        **challenger.summary.tables,
     }
     registry.log_dict(challenger.run_id, record, "gate.json")
     tags = {"gate.verdict": decision.verdict, "gate.champion_version": str(champion.version)}
@@ -86,7 +115,9 @@ def decide_promotion(
             challenger.run_id, {f"champion.{k}": v for k, v in champion.metrics.items()}
         )
     publish_markdown(
-        f"gate-{cfg.name}", gate_markdown(cfg, decision, champion), f"Gate decision for {cfg.name}"
+        f"gate-{cfg.name}",
+        gate_markdown(cfg, decision, champion, challenger.summary.tables),
+        f"Gate decision for {cfg.name}",
     )
     return decision
 

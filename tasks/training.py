@@ -21,7 +21,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from adapters.git import code_version
-from adapters.layout import MODEL_TARBALL, IntegrityError
+from adapters.layout import MODEL_TARBALL, IntegrityError, snapshot_prefix
 from adapters.package import extract_tarball
 from adapters.pointer import read_latest, recorded_manifest_sha256
 from adapters.prefect_api import current_flow_run_id
@@ -30,7 +30,7 @@ from adapters.snapshots import list_snapshots, read_snapshots
 from adapters.store import Store
 from adapters.versions import verify_version
 from core.config import ModelConfig
-from core.families import Evaluation, get_family
+from core.families import Evaluation, TrainingSummary, get_family
 from core.lineage import Lineage
 from tasks import retry_unless_tampered
 
@@ -48,6 +48,7 @@ class TrainingData:
     data_sha256: str
     holdout_start: str
     holdout_end: str
+    snapshots: list[SnapshotRef] = field(default_factory=list)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Challenger:
     schema: dict[str, Any]
     train_rows: int
     holdout_rows: int
+    summary: TrainingSummary = field(default_factory=TrainingSummary)
 
 
 @dataclass
@@ -117,6 +119,17 @@ def combined_hash(hashes: list[str]) -> str:
     return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class SnapshotRef:
+    """One snapshot a training read: what MLflow records as the run's input dataset."""
+
+    dataset: str
+    snapshot_id: str
+    sha256: str
+    uri: str
+    rows: int
+
+
 @dataclass
 class WindowData:
     """The rows of the training window (train and holdout, not yet split) and their lineage."""
@@ -125,6 +138,7 @@ class WindowData:
     snapshot_ids: list[str]
     newest_snapshot: str
     data_sha256: str
+    snapshots: list[SnapshotRef] = field(default_factory=list)
 
 
 @task(name="load-training-window", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -154,6 +168,16 @@ def load_training_window(store: Store, cfg: ModelConfig, new_snapshot: str | Non
         snapshot_ids=[m["snapshot_id"] for m in used],
         newest_snapshot=new_snapshot or used[-1]["snapshot_id"],
         data_sha256=combined_hash([m["sha256"] for m in used]),
+        snapshots=[
+            SnapshotRef(
+                dataset=cfg.dataset.name,
+                snapshot_id=str(m["snapshot_id"]),
+                sha256=str(m["sha256"]),
+                uri=store.url(snapshot_prefix(cfg.dataset.name, str(m["snapshot_id"]))),
+                rows=int(m.get("rows", 0)),
+            )
+            for m in used
+        ],
     )
 
 
@@ -169,6 +193,7 @@ def split_holdout(cfg: ModelConfig, window: WindowData) -> TrainingData:
         data_sha256=window.data_sha256,
         holdout_start=start,
         holdout_end=end,
+        snapshots=window.snapshots,
     )
 
 
@@ -202,8 +227,10 @@ def train_challenger(
 ) -> Challenger:
     """Fit the family on the training window and score it on the holdout, in one MLflow run.
 
-    Logs params, holdout metrics, backtest metrics, plots and the model (with its flavour);
-    the model's files go to a new scratch directory under ``work_dir``.
+    Logs the input snapshots (``log_input``: name, store URI, sha256), params, what training
+    decided (:meth:`Family.summary`: a forecaster's candidates), holdout metrics, backtest
+    metrics, plots and the model; the model's files go to a new scratch directory under
+    ``work_dir``.
     """
     family = get_family(cfg.family)
     params = family.Params.model_validate(cfg.params)
@@ -214,6 +241,7 @@ def train_challenger(
         **{f"lineage.{k}": v for k, v in lineage.to_dict().items()},
     }
     with registry.training_run(experiment_id, f"{cfg.name}-train", tags) as run_id:
+        registry.log_snapshots([s.__dict__ for s in data.snapshots])
         registry.log_params(
             {
                 **params.model_dump(),
@@ -224,6 +252,8 @@ def train_challenger(
             }
         )
         model = family.train(data.train, params, cfg.seed)
+        summary = family.summary(model)
+        registry.log_summary(summary.params, summary.metrics, summary.tables)
         evaluation = family.evaluate(model, data.holdout, data.train)
         registry.log_evaluation("", evaluation.metrics, evaluation.figures)
         _close(evaluation)
@@ -258,6 +288,7 @@ def train_challenger(
         schema=schema,
         train_rows=len(data.train),
         holdout_rows=len(data.holdout),
+        summary=summary,
     )
 
 
@@ -330,6 +361,7 @@ def metrics_json(challenger: Challenger, champion: ChampionScore, decision: dict
         {
             "holdout": challenger.metrics,
             "backtest": challenger.backtest,
+            **challenger.summary.tables,
             "champion": {
                 "version": champion.version,
                 "metrics": champion.metrics,

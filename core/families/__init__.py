@@ -40,6 +40,22 @@ class Evaluation:
 
 
 @dataclass
+class TrainingSummary:
+    """What a training decided beyond the holdout metrics, for MLflow and the gate artifact.
+
+    Attributes:
+        params: logged as run parameters (a forecaster's chosen candidate per service).
+        metrics: logged as run metrics (backtest scores).
+        tables: name -> rows (JSON-ready dicts), logged as ``<name>.json`` tables and copied
+            into the gate record.
+    """
+
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+@dataclass
 class MlflowModel:
     """How MLflow should log a family's model: the flavour and its arguments.
 
@@ -47,6 +63,8 @@ class MlflowModel:
         flavour: the MLflow flavour module (``sklearn``, ``xgboost``, ``pyfunc``).
         model: the object the flavour logs (the estimator); ``None`` for a ``pyfunc``.
         input_example: request rows as the logged model takes them.
+        input_schema: request columns and their types (as :meth:`Family.input_columns`); when
+            set, the signature's inputs are exactly these, as in ``schema.json``.
         pip_requirements: pinned libraries the logged model needs.
         metadata: stored in the MLmodel file (the family's name and its settings).
         options: further ``log_model`` keyword arguments of the flavour.
@@ -64,6 +82,7 @@ class MlflowModel:
     metadata: dict[str, Any]
     options: dict[str, Any] = field(default_factory=dict)
     output_example: pd.DataFrame | None = None
+    input_schema: dict[str, str] | None = None
     loader_module: str | None = None
     code_modules: tuple[str, ...] = ()
     save: Callable[[Path], None] = lambda directory: None
@@ -97,6 +116,10 @@ class Family(ABC):
     def backtest(self, frame: pd.DataFrame, params: Any, seed: int) -> dict[str, float]:
         """Optional extra diagnostics on the training window (logged, not gated)."""
         return {}
+
+    def summary(self, model: Any) -> TrainingSummary:
+        """What training decided (a model chosen per series, its scores); empty by default."""
+        return TrainingSummary()
 
     @abstractmethod
     def save(self, model: Any, directory: Path) -> None:
@@ -150,7 +173,10 @@ class Family(ABC):
 
     @abstractmethod
     def mlflow_model(self, model: Any, input_example: pd.DataFrame) -> MlflowModel:
-        """How MLflow logs ``model`` (flavour, example, requirements), for the registry."""
+        """How MLflow logs ``model`` (flavour, example, requirements), for the registry.
+
+        A family returns :func:`pyfunc_model`, so that the logged model is the served one.
+        """
 
 
 CONTENTS_FILE = "contents.json"
@@ -320,3 +346,58 @@ def json_records(records: pd.DataFrame, columns: dict[str, str]) -> list[dict[st
                 record[col] = str(value)
         out.append(record)
     return out
+
+
+def pyfunc_model(
+    family: Family,
+    model: Any,
+    input_example: pd.DataFrame,
+    pip_requirements: list[str],
+    metadata: dict[str, Any],
+    code_modules: tuple[str, ...] = (),
+) -> MlflowModel:
+    """The family's own ``load`` + ``predict`` as a loader-module MLflow pyfunc.
+
+    The model directory that :meth:`Family.save` writes is the pyfunc's data, and
+    :mod:`core.families.pyfunc` its loader, so ``mlflow.pyfunc.load_model`` and
+    ``mlflow models serve`` answer with :meth:`Family.predict`: the columns, types and outputs
+    of the serving app, by construction. The signature's inputs are
+    :meth:`Family.input_columns` (``schema.json``'s), its outputs those of ``predict``.
+    ``code_modules`` are the family's own modules beyond the shared ones; all ship with the
+    model as code, so loading needs the pinned libraries, not this project.
+    """
+    import pydantic
+
+    columns = family.input_columns()
+    # The example as the request carries it (JSON: timestamps as ISO strings), typed as in
+    # the pandas frame a client builds from it.
+    checked = pd.DataFrame(json_records(input_example, columns), columns=list(columns))
+    module = type(family).__module__
+    return MlflowModel(
+        flavour="pyfunc",
+        model=None,
+        input_example=checked,
+        output_example=family.predict(model, checked),
+        input_schema=columns,
+        pip_requirements=[
+            f"pandas=={pd.__version__}",
+            f"numpy=={_version('numpy')}",
+            f"pydantic=={pydantic.__version__}",
+            *pip_requirements,
+        ],
+        metadata={"family": family.name, **metadata},
+        loader_module="core.families.pyfunc",
+        code_modules=(
+            "core",
+            "core.families",
+            "core.families.metrics",
+            "core.families.pyfunc",
+            *code_modules,
+            module,
+        ),
+        save=lambda directory: family.save(model, directory),
+    )
+
+
+def _version(package: str) -> str:
+    return str(importlib.import_module(package).__version__)

@@ -6,8 +6,8 @@ how well the anomaly score ranks abusive windows first.
 
 The flagging threshold is fixed at training time: the ``1 - contamination`` quantile of the
 training windows' anomaly scores, which is exactly IsolationForest's own ``offset_``. So
-``is_abuse`` from :meth:`AbuseDetector.predict` and ``-1`` from the estimator's ``predict`` (what
-the MLflow pyfunc returns) always agree.
+``is_abuse`` from :meth:`AbuseDetector.predict` and ``-1`` from the estimator's ``predict``
+always agree. The model logged to MLflow is this module's ``predict`` (score and flag).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from core.families import (
     column_arrays,
     json_records,
     model_file,
+    pyfunc_model,
 )
 from core.families import metrics as m
 
@@ -373,24 +374,20 @@ class AbuseDetector(Family):
         return json_records(holdout.head(3), FEATURES)
 
     def mlflow_model(self, model: AbuseModel, input_example: pd.DataFrame) -> MlflowModel:
-        """The forest with the ``mlflow.sklearn`` flavour, in skops format (no pickle).
+        """The detector as the served model: a pyfunc of :meth:`load` and :meth:`predict`.
 
-        The pyfunc's ``predict`` returns IsolationForest's labels: ``-1`` where
-        :meth:`predict` says ``is_abuse`` (same threshold), ``1`` otherwise.
+        It answers ``anomaly_score`` and ``is_abuse`` per row, as the endpoint does; the forest
+        is the skops file that :meth:`save` writes (no pickle).
         """
         import sklearn
         import skops
 
-        return MlflowModel(
-            flavour="sklearn",
-            model=model.estimator,
-            input_example=check_columns(input_example, FEATURES),
-            pip_requirements=[
-                f"scikit-learn=={sklearn.__version__}",
-                f"skops=={skops.__version__}",
-            ],
-            metadata={"family": self.name, "threshold": model.threshold},
-            options={"serialization_format": "skops", "skops_trusted_types": TRUSTED_TYPES},
+        return pyfunc_model(
+            self,
+            model,
+            input_example,
+            [f"scikit-learn=={sklearn.__version__}", f"skops=={skops.__version__}"],
+            {"threshold": model.threshold},
         )
 
 

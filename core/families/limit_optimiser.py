@@ -31,6 +31,7 @@ from core.families import (
     column_arrays,
     json_records,
     model_file,
+    pyfunc_model,
 )
 from core.families import metrics as m
 
@@ -285,20 +286,20 @@ class LimitOptimiser(Family):
         return json_records(holdout.head(3), INPUTS)
 
     def mlflow_model(self, model: LimitModel, input_example: pd.DataFrame) -> MlflowModel:
-        """The regressor with the ``mlflow.xgboost`` flavour (UBJSON).
+        """The optimiser as the served model: a pyfunc of :meth:`load` and :meth:`predict`.
 
-        The flavour sees the booster's own inputs, so the logged pyfunc takes the encoded
-        features (:data:`FEATURES`, built by :func:`encode`), not the raw request columns.
+        It takes the request columns (``tier`` as a string), not the booster's one-hot
+        features, and answers ``recommended_limit``, as the endpoint does.
         """
+        import sklearn
         import xgboost
 
-        return MlflowModel(
-            flavour="xgboost",
-            model=model.regressor,
-            input_example=encode(input_example),
-            pip_requirements=[f"xgboost=={xgboost.__version__}"],
-            metadata={"family": self.name, "features": FEATURES},
-            options={"model_format": "ubj"},
+        return pyfunc_model(
+            self,
+            model,
+            input_example,
+            [f"xgboost=={xgboost.__version__}", f"scikit-learn=={sklearn.__version__}"],
+            {"features": FEATURES},
         )
 
 

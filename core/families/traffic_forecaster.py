@@ -1,7 +1,12 @@
-"""Traffic forecaster: hourly requests per service, one Prophet model per service.
+"""Traffic forecaster: hourly requests per service, one forecaster per service chosen by backtest.
 
-Each service gets its own Prophet with daily and weekly seasonality (no yearly: the training
-window is weeks long) and one holiday effect named ``holiday``.
+Each service's forecaster is chosen from candidates (``params.candidates``) by a rolling-origin
+backtest on that service's own training window: Prophet with daily and weekly seasonality (no
+yearly: the window is weeks long) and one holiday effect named ``holiday``; MSTL and its mean
+with seasonal naive; and seasonal naive itself, the floor (see
+:mod:`core.families.forecast_candidates`). The candidate with the lowest backtest MAE relative
+to seasonal naive is refitted on the whole window and serves the service; every candidate's
+score and the winner stay with the model (:meth:`TrafficForecaster.summary`).
 
 Holidays come from the data's ``is_holiday`` flag, not from a country calendar: a holiday is a
 date with ``is_holiday == 1`` on any row. The calendar is known ahead of time, so a forecast may
@@ -22,7 +27,7 @@ import copy
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -36,26 +41,26 @@ from core.families import (
     Evaluation,
     Family,
     MlflowModel,
+    TrainingSummary,
     check_columns,
     column_arrays,
     json_records,
     model_file,
+    pyfunc_model,
 )
+from core.families import forecast_candidates as fc
 from core.families import metrics as m
+
+log = logging.getLogger(__name__)
 
 INPUTS: dict[str, str] = {"service": "string", "ts": "timestamp"}
 """The request schema; ``is_holiday`` (0/1) may be sent too, see the module docstring."""
 TRAIN_COLUMNS: dict[str, str] = {**INPUTS, "requests": "float64"}
 SEASON = 168  # hours in a week: the seasonal-naive lag and MASE's scale
-# Fourier orders. Prophet's weekly default (3) suits daily data; on hourly traffic it cannot
-# draw the weekday/weekend step, and the trend bends to absorb it and then extrapolates the
-# bend (seen here: sMAPE 0.17 -> 0.10 on a week-ahead forecast with order 10).
-MIN_HISTORY_HOURS = SEASON + 24
-DAILY_ORDER = 4
-WEEKLY_ORDER = 10
 HOLIDAY = "holiday"
 INDEX_FILE = "family.json"
-FORMAT = "prophet-json"
+FORMAT = "forecast-json"
+OLD_FORMAT = "prophet-json"  # before candidates: every service a Prophet; still loads
 
 
 class TrafficForecasterParams(BaseModel):
@@ -76,8 +81,27 @@ class TrafficForecasterParams(BaseModel):
     holidays_prior_scale: float = Field(
         default=10.0, gt=0.0, le=100.0, description="Flexibility of the holiday effect."
     )
+    # Fourier orders. Prophet's weekly default (3) suits daily data; on hourly traffic it
+    # cannot draw the weekday/weekend step, and the trend bends to absorb it and then
+    # extrapolates the bend. 20/20 was the best of 4/10, 10/10 and 20/20 on both real series
+    # in tests/data (README, "Forecasting").
+    daily_order: int = Field(
+        default=20, ge=1, le=50, description="Fourier order of Prophet's daily seasonality."
+    )
+    weekly_order: int = Field(
+        default=20, ge=1, le=50, description="Fourier order of Prophet's weekly seasonality."
+    )
+    candidates: list[fc.Candidate] = Field(
+        default=list(fc.CANDIDATES),
+        min_length=1,
+        description="Forecasters the backtest chooses from per service; ties go to the first.",
+    )
     backtest_folds: int = Field(
-        default=3, ge=0, le=20, description="Rolling-origin backtest folds (0: no backtest)."
+        default=3,
+        ge=0,
+        le=20,
+        description="Rolling-origin folds that choose each service's forecaster (0: the first "
+        "candidate that fits serves).",
     )
     backtest_horizon_hours: int = Field(
         default=168, ge=1, le=24 * 31, description="Hours forecast in each backtest fold."
@@ -90,11 +114,25 @@ Params = TrafficForecasterParams
 
 @dataclass
 class ForecastModel:
-    """One fitted Prophet per service, plus the holiday dates seen in training."""
+    """One fitted forecaster per service (a Prophet or a :class:`~fc.Profile`).
+
+    Attributes:
+        models: service -> its fitted forecaster.
+        holiday_dates: ISO dates flagged in training, sorted.
+        params: the hyperparameters it was trained with.
+        candidates: the backtest, one row per service and candidate
+            (:class:`~fc.CandidateScore` as a dict); empty for a model saved before candidates.
+    """
 
     models: dict[str, Any]
-    holiday_dates: list[str] = field(default_factory=list)  # ISO dates, sorted
+    holiday_dates: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+
+    def kind(self, service: str) -> str:
+        """The candidate serving ``service``."""
+        found = self.models[service]
+        return found.kind if isinstance(found, fc.Profile) else fc.PROPHET
 
     @property
     def services(self) -> list[str]:
@@ -305,14 +343,25 @@ class TrafficForecaster(Family):
     # --- training -----------------------------------------------------------------------
 
     def _fit_one(
-        self, df: pd.DataFrame, p: TrafficForecasterParams, holidays: pd.DataFrame | None, seed: int
+        self,
+        df: pd.DataFrame,
+        p: TrafficForecasterParams,
+        holidays: pd.DataFrame | None,
+        seed: int,
+        warm: Any = None,
     ) -> Any:
+        """One Prophet; ``warm`` (a fitted Prophet of the same shape) starts the optimiser.
+
+        The backtest fits each service's Prophet once per fold and once more on the whole
+        window, each on a little more data than the last: starting from the previous fit's
+        parameters (Prophet's documented warm start) the optimiser has less ground to cover.
+        """
         from prophet import Prophet
 
         model = Prophet(
             growth="linear",
-            daily_seasonality=DAILY_ORDER,
-            weekly_seasonality=WEEKLY_ORDER,
+            daily_seasonality=p.daily_order,
+            weekly_seasonality=p.weekly_order,
             yearly_seasonality=False,
             seasonality_mode=p.seasonality_mode,
             changepoint_prior_scale=p.changepoint_prior_scale,
@@ -320,14 +369,20 @@ class TrafficForecaster(Family):
             holidays=holidays,
             uncertainty_samples=0,
         )
-        # The optimiser is LBFGS from Prophet's fixed initial values; the seed pins the rest.
-        return model.fit(df, seed=seed)
+        # The optimiser is LBFGS from Prophet's fixed initial values (or the warm start's);
+        # the seed pins the rest.
+        if warm is None:
+            return model.fit(df, seed=seed)
+        init = {name: warm.params[name][0] for name in ("k", "m", "sigma_obs")}
+        init |= {name: warm.params[name][0] for name in ("delta", "beta")}
+        return model.fit(df, seed=seed, init=init)
 
     def train(self, frame: pd.DataFrame, params: Any, seed: int) -> ForecastModel:
-        """Fit one Prophet per service on the training window.
+        """Choose and fit one forecaster per service on the training window.
 
         Raises:
-            ValueError: bad columns, or a service with fewer than two days of hours.
+            ValueError: bad columns, a service with fewer than two days of hours, or a service
+                for which every candidate failed (the message gives each candidate's reason).
         """
         _quiet()
         p = TrafficForecasterParams.model_validate(params)
@@ -335,15 +390,95 @@ class TrafficForecaster(Family):
         if not series:
             raise ValueError("traffic_forecaster: no training rows")
         dates = _holiday_dates(frame)
-        holidays = _holidays_frame(dates)
-        models = {}
+        models: dict[str, Any] = {}
+        table: list[dict[str, Any]] = []
         for service, df in series.items():
             if len(df) < 48:
                 raise ValueError(
                     f"traffic_forecaster: service {service!r} has {len(df)} hours; need >= 48"
                 )
-            models[service] = self._fit_one(df, p, holidays, seed)
-        return ForecastModel(models=models, holiday_dates=sorted(dates), params=p.model_dump())
+            models[service], rows = self._choose(service, df, p, dates, seed)
+            table += [r.to_dict() for r in rows]
+        return ForecastModel(models, sorted(dates), p.model_dump(mode="json"), table)
+
+    def _fitters(
+        self,
+        service: str,
+        df: pd.DataFrame,
+        p: TrafficForecasterParams,
+        dates: set[str],
+        seed: int,
+        last: dict[Any, Any],
+    ) -> dict[str, Callable[[pd.Series, pd.DatetimeIndex], np.ndarray]]:
+        """Candidate name -> fit on a history and forecast the given hours.
+
+        ``last`` keeps the latest Prophet fit (the next one's warm start) and each fold's
+        MSTL fit, which ``mstl_naive`` reuses instead of decomposing the same history again.
+        """
+
+        def prophet(train: pd.Series, hours: pd.DatetimeIndex) -> np.ndarray:
+            seen = {d for d in dates if d <= train.index[-1].date().isoformat()}
+            rows = df[df["ds"] <= train.index[-1]]
+            fitted = self._fit_one(rows, p, _holidays_frame(seen), seed, last.get(fc.PROPHET))
+            last[fc.PROPHET] = fitted
+            one = ForecastModel({service: fitted}, sorted(seen))
+            return self._forecast(one, service, pd.Series(hours), dates)
+
+        def closed_form(name: str) -> Callable[[pd.Series, pd.DatetimeIndex], np.ndarray]:
+            def fit_predict(train: pd.Series, hours: pd.DatetimeIndex) -> np.ndarray:
+                return self._closed_form(name, train, dates, last).predict(hours, dates)
+
+            return fit_predict
+
+        return {name: prophet if name == fc.PROPHET else closed_form(name) for name in p.candidates}
+
+    @staticmethod
+    def _closed_form(name: str, y: pd.Series, dates: set[str], last: dict[Any, Any]) -> fc.Profile:
+        """Fit a closed-form candidate, reusing this history's MSTL fit where there is one."""
+        if name not in (fc.MSTL, fc.MSTL_NAIVE):
+            return fc.FITTERS[name](y, dates)
+        key = (fc.MSTL, y.index[0], y.index[-1])
+        if key not in last:
+            last[key] = fc.fit_mstl(y, dates)
+        if name == fc.MSTL:
+            return last[key]
+        parts = [last[key], fc.fit_seasonal_naive(y, dates)]
+        return fc.Profile(fc.MSTL_NAIVE, parts[0].origin, parts=parts)
+
+    def _choose(
+        self, service: str, df: pd.DataFrame, p: TrafficForecasterParams, dates: set[str], seed: int
+    ) -> tuple[Any, list[fc.CandidateScore]]:
+        """Backtest the candidates on one service, refit the best on all of it."""
+        y = fc.hourly(df["ds"], df["y"])
+        folds = fc.common_folds(y, p.backtest_folds, p.backtest_horizon_hours, p.candidates)
+        last: dict[Any, Any] = {}
+        fitters = self._fitters(service, df, p, dates, seed, last)
+        rows = fc.score_candidates(service, y, fitters, folds)
+        for row in rows:
+            if row.status != "scored":
+                log.info(
+                    "traffic_forecaster: %s: %s %s: %s",
+                    service,
+                    row.candidate,
+                    row.status,
+                    row.reason,
+                )
+        by_name = {r.candidate: r for r in rows}
+        for name in fc.ranking(rows, p.candidates):
+            try:
+                if name == fc.PROPHET:
+                    warm = last.get(fc.PROPHET)
+                    fitted: Any = self._fit_one(df, p, _holidays_frame(dates), seed, warm)
+                else:
+                    fitted = self._closed_form(name, y, dates, last)
+            except Exception as exc:  # the next best candidate serves instead
+                log.warning("traffic_forecaster: %s: refitting %s failed: %s", service, name, exc)
+                by_name[name].status, by_name[name].reason = "failed", f"refit: {exc}"[:300]
+                continue
+            by_name[name].chosen = True
+            return fitted, rows
+        reasons = "; ".join(f"{r.candidate}: {r.status}: {r.reason}" for r in rows)
+        raise ValueError(f"traffic_forecaster: service {service!r}: no candidate fits ({reasons})")
 
     # --- forecasting --------------------------------------------------------------------
 
@@ -352,6 +487,8 @@ class TrafficForecaster(Family):
     ) -> np.ndarray:
         """Forecast of ``service`` at the timestamps ``ts`` (any order, duplicates allowed)."""
         prophet = model.models[service]
+        if isinstance(prophet, fc.Profile):
+            return prophet.predict(ts, set(model.holiday_dates) | extra_holidays)
         new_dates = extra_holidays - set(model.holiday_dates)
         if new_dates and prophet.train_holiday_names is not None:
             # A shallow copy with a longer calendar: the fitted model itself is not touched.
@@ -416,6 +553,7 @@ class TrafficForecaster(Family):
         metrics["n_hours"] = float(sum(len(df) for df in test.values()))
         for service, values in per.items():
             metrics[f"smape__{_metric_key(service)}"] = values["smape"]
+            metrics[f"relative_mae__{_metric_key(service)}"] = values["relative_mae"]
         return metrics, panels
 
     def evaluate(
@@ -425,8 +563,8 @@ class TrafficForecaster(Family):
 
         Metrics: ``smape``, ``mape``, ``mase``, ``baseline_smape``, ``baseline_mase``,
         ``relative_mae`` (MAE over the seasonal-naive forecast's MAE on the same hours), and
-        ``smape__<service>`` per service. ``history`` (the data before the holdout) gives
-        MASE's scale and the seasonal-naive forecast.
+        ``smape__<service>`` and ``relative_mae__<service>`` per service. ``history`` (the
+        data before the holdout) gives MASE's scale and the seasonal-naive forecast.
 
         Raises:
             ValueError: bad columns, a service the model or the history lacks, a history
@@ -437,45 +575,26 @@ class TrafficForecaster(Family):
             metrics=metrics, figures={"forecast_vs_actual.png": m.forecast_figure(panels)}
         )
 
-    def backtest(self, frame: pd.DataFrame, params: Any, seed: int) -> dict[str, float]:
-        """Rolling-origin backtest on the training window.
+    def summary(self, model: ForecastModel) -> TrainingSummary:
+        """The candidates' backtest: which one serves each service, and every score.
 
-        Fold ``i`` of ``F`` trains on everything before ``end - (F - i) * H`` hours and
-        forecasts the next ``H`` hours (``H = backtest_horizon_hours``); the result is the mean
-        over folds of ``backtest_smape``, ``backtest_mase`` and ``backtest_baseline_smape``.
-
-        Raises:
-            ValueError: the window is too short: the first fold needs ``MIN_HISTORY_HOURS``.
+        Params ``chosen.<service>``; metrics ``backtest_relative_mae`` (mean over services of
+        the chosen candidate's), ``backtest_relative_mae.<candidate>`` (mean over the services
+        it was scored on) and ``chosen_services.<candidate>``; the table ``candidates``.
         """
-        p = TrafficForecasterParams.model_validate(params)
-        if p.backtest_folds == 0:
-            return {}
-        ts = _naive_utc(check_columns(frame, {"ts": "timestamp"})["ts"])
-        end = ts.max() + pd.Timedelta(hours=1)
-        horizon = pd.Timedelta(hours=p.backtest_horizon_hours)
-        first_cutoff = end - p.backtest_folds * horizon
-        available = (first_cutoff - ts.min()) / pd.Timedelta(hours=1)
-        if available < MIN_HISTORY_HOURS:
-            raise ValueError(
-                f"traffic_forecaster: {p.backtest_folds} backtest folds of "
-                f"{p.backtest_horizon_hours} h leave {max(available, 0):.0f} h to train the first "
-                f"fold; it needs at least {MIN_HISTORY_HOURS} h (a week for the seasonal-naive "
-                "scale, plus a day)"
-            )
-        folds = []
-        for i in range(p.backtest_folds):
-            cutoff = first_cutoff + i * horizon
-            train = frame[(ts < cutoff).to_numpy()]
-            test = frame[((ts >= cutoff) & (ts < cutoff + horizon)).to_numpy()]
-            scored, _ = self._score(self.train(train, p, seed), test, train)
-            folds.append(scored)
-        return {
-            "backtest_smape": float(np.mean([f["smape"] for f in folds])),
-            "backtest_mase": float(np.mean([f["mase"] for f in folds])),
-            "backtest_relative_mae": float(np.mean([f["relative_mae"] for f in folds])),
-            "backtest_baseline_smape": float(np.mean([f["baseline_smape"] for f in folds])),
-            "backtest_folds": float(len(folds)),
-        }
+        rows = model.candidates
+        params = {f"chosen.{_metric_key(s)}": model.kind(s) for s in model.services}
+        metrics: dict[str, float] = {}
+        chosen = [r["relative_mae"] for r in rows if r["chosen"] and r["relative_mae"] is not None]
+        if chosen:
+            metrics["backtest_relative_mae"] = float(np.mean(chosen))
+        for name in fc.CANDIDATES:
+            scored = [r["relative_mae"] for r in rows if r["candidate"] == name and r["folds"]]
+            if scored:
+                metrics[f"backtest_relative_mae.{name}"] = float(np.mean(scored))
+            count = sum(1 for s in model.services if model.kind(s) == name)
+            metrics[f"chosen_services.{name}"] = float(count)
+        return TrainingSummary(params=params, metrics=metrics, tables={"candidates": rows})
 
     # --- persistence and serving --------------------------------------------------------
 
@@ -487,12 +606,20 @@ class TrafficForecaster(Family):
         _quiet()
         files = {}
         for i, service in enumerate(model.services):
-            files[service] = f"prophet_{i:02d}.json"
-            (directory / files[service]).write_text(model_to_json(model.models[service]))
+            fitted = model.models[service]
+            if isinstance(fitted, fc.Profile):
+                files[service] = f"profile_{i:02d}.json"
+                text = json.dumps(fitted.to_dict(), sort_keys=True)
+            else:
+                files[service] = f"prophet_{i:02d}.json"
+                text = model_to_json(fitted)
+            (directory / files[service]).write_text(text)
         index = {
             "family": self.name,
             "format": FORMAT,
             "services": files,
+            "kinds": {service: model.kind(service) for service in model.services},
+            "candidates": model.candidates,
             "holiday_dates": model.holiday_dates,
             "params": model.params,
             "inputs": INPUTS,
@@ -512,12 +639,19 @@ class TrafficForecaster(Family):
         index = json.loads((Path(directory) / INDEX_FILE).read_text())
         if index.get("family") != self.name:
             raise ValueError(f"{directory} holds a {index.get('family')!r} model, not {self.name}")
-        models = {
-            service: model_from_json(model_file(directory, name).read_text())
-            for service, name in index["services"].items()
-        }
+        kinds = index.get("kinds", {})  # absent in the old format: every service a Prophet
+        models: dict[str, Any] = {}
+        for service, name in index["services"].items():
+            text = model_file(directory, name).read_text()
+            if kinds.get(service, fc.PROPHET) == fc.PROPHET:
+                models[service] = model_from_json(text)
+            else:
+                models[service] = fc.Profile.from_dict(json.loads(text))
         return ForecastModel(
-            models=models, holiday_dates=list(index["holiday_dates"]), params=index["params"]
+            models=models,
+            holiday_dates=list(index["holiday_dates"]),
+            params=index["params"],
+            candidates=list(index.get("candidates", [])),
         )
 
     def predict(self, model: ForecastModel, records: pd.DataFrame) -> pd.DataFrame:
@@ -590,35 +724,27 @@ class TrafficForecaster(Family):
         return json_records(ordered.head(3), INPUTS)
 
     def mlflow_model(self, model: ForecastModel, input_example: pd.DataFrame) -> MlflowModel:
-        """The per-service Prophets as one loader-module ``pyfunc``, without pickle.
+        """The forecaster as the served model: a pyfunc of :meth:`load` and :meth:`predict`.
 
-        The model directory written by :meth:`save` is the pyfunc's data, and this module is
-        its loader (``_load_pyfunc``): the pyfunc's ``predict`` is :meth:`predict`. The
-        ``core.families`` modules it needs ship with the model as code.
+        It takes ``service`` and ``ts`` and answers ``forecast``, as the endpoint does; the
+        model directory is the JSON that :meth:`save` writes (no pickle).
         """
-        import pydantic
         import sklearn
+        import statsmodels
         from prophet import __version__ as prophet_version
 
-        checked = check_columns(input_example, INPUTS)
-        checked["ts"] = _naive_utc(checked["ts"])
-        return MlflowModel(
-            flavour="pyfunc",
-            model=None,
-            input_example=checked,
-            output_example=self.predict(model, checked),
-            pip_requirements=[
+        return pyfunc_model(
+            self,
+            model,
+            input_example,
+            [
                 f"prophet=={prophet_version}",
-                f"pandas=={pd.__version__}",
-                f"numpy=={np.__version__}",
-                f"pydantic=={pydantic.__version__}",
+                f"statsmodels=={statsmodels.__version__}",
                 f"scikit-learn=={sklearn.__version__}",
                 f"matplotlib=={_matplotlib_version()}",
             ],
-            metadata={"family": self.name, "services": model.services},
-            loader_module=__name__,
-            code_modules=("core", "core.families", "core.families.metrics", __name__),
-            save=lambda directory: self.save(model, directory),
+            {"services": model.services, "chosen": {s: model.kind(s) for s in model.services}},
+            code_modules=("core.families.forecast_candidates",),
         )
 
 
@@ -628,19 +754,11 @@ def _matplotlib_version() -> str:
     return str(matplotlib.__version__)
 
 
-class _Pyfunc:
-    """What MLflow's pyfunc loader gets back: :meth:`TrafficForecaster.predict` on a model."""
+def _load_pyfunc(data_path: str) -> Any:
+    """The loader hook of versions logged before :mod:`core.families.pyfunc` existed."""
+    from core.families.pyfunc import _load_pyfunc as load
 
-    def __init__(self, model: ForecastModel) -> None:
-        self.model = model
-
-    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        return FAMILY.predict(self.model, pd.DataFrame(model_input))
-
-
-def _load_pyfunc(data_path: str) -> _Pyfunc:
-    """MLflow's loader-module hook: load the model directory that :meth:`save` wrote."""
-    return _Pyfunc(FAMILY.load(Path(data_path)))
+    return load(data_path)
 
 
 FAMILY = TrafficForecaster()

@@ -8,7 +8,7 @@ that learned anything scores clearly better than chance, one that learned nothin
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from adapters.registry import Registry
-from core.families import Family, get_family
+from core.families import Family, get_family, json_records
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ["abuse_detector", "limit_optimiser", "traffic_forecaster"]
@@ -355,20 +355,68 @@ def test_traffic_forecaster_refuses_an_unknown_service(
         case.family.predict(models["traffic_forecaster"], records)
 
 
-def test_traffic_forecaster_backtest(cases: dict[str, Case]) -> None:
+def test_traffic_forecaster_chooses_per_service_and_keeps_every_score(
+    cases: dict[str, Case], models: dict[str, Any]
+) -> None:
     case = cases["traffic_forecaster"]
-    got = case.family.backtest(case.train, case.params, SEED)
-    assert set(got) >= {"backtest_smape", "backtest_mase", "backtest_baseline_smape"}
-    assert got["backtest_folds"] == 1
-    assert 0.0 < got["backtest_smape"] < 0.3
-    assert got["backtest_mase"] > 0.0
+    model = models["traffic_forecaster"]
+    rows = model.candidates
+    # One row per service and candidate, exactly one chosen per service, the chosen one serving.
+    assert {(r["service"], r["candidate"]) for r in rows} == {
+        (s, c) for s in ("api", "auth") for c in case.params.candidates
+    }
+    for service in ("api", "auth"):
+        chosen = [r for r in rows if r["service"] == service and r["chosen"]]
+        assert len(chosen) == 1
+        assert chosen[0]["candidate"] == model.kind(service)
+        assert chosen[0]["status"] == "scored"
+    # 288 h before the one 48 h fold: MSTL needs two weeks, so it is skipped with the reason,
+    # and the service is still served.
+    mstl = [r for r in rows if r["candidate"] == "mstl"]
+    assert all(r["status"] == "skipped" and "336 h" in r["reason"] for r in mstl)
+    scored = {r["candidate"] for r in rows if r["status"] == "scored"}
+    assert scored == {"seasonal_naive", "prophet"}
+    summary = case.family.summary(model)
+    assert summary.params == {f"chosen.{s}": model.kind(s) for s in ("api", "auth")}
+    assert summary.tables["candidates"] == rows
+    assert summary.metrics["chosen_services.seasonal_naive"] + summary.metrics[
+        "chosen_services.prophet"
+    ] == pytest.approx(2.0)
 
 
-def test_traffic_forecaster_backtest_needs_enough_history(cases: dict[str, Case]) -> None:
+def test_traffic_forecaster_fails_a_service_only_when_every_candidate_fails(
+    cases: dict[str, Case],
+) -> None:
     case = cases["traffic_forecaster"]
-    too_many = case.params.model_copy(update={"backtest_folds": 5, "backtest_horizon_hours": 96})
-    with pytest.raises(ValueError, match="needs at least 192 h"):
-        case.family.backtest(case.train, too_many, SEED)
+    # 10 days of history: MSTL alone cannot fit (two weeks) and no other candidate is allowed.
+    short = case.train[case.train["ts"] < case.train["ts"].min() + pd.Timedelta(days=10)]
+    only_mstl = case.params.model_copy(update={"candidates": ["mstl"]})
+    with pytest.raises(ValueError, match=r"'api'.*no candidate fits.*mstl: skipped.*needs 336"):
+        case.family.train(short, only_mstl, SEED)
+    # With seasonal naive allowed too, the same history trains: MSTL is skipped, not fatal.
+    both = case.params.model_copy(update={"candidates": ["mstl", "seasonal_naive"]})
+    model = case.family.train(short, both, SEED)
+    assert {model.kind(s) for s in model.services} == {"seasonal_naive"}
+
+
+def test_traffic_forecaster_loads_a_model_saved_before_candidates(
+    cases: dict[str, Case], models: dict[str, Any], tmp_path: Path
+) -> None:
+    case = cases["traffic_forecaster"]
+    prophet_only = case.params.model_copy(update={"candidates": ["prophet"]})
+    model = case.family.train(case.train, prophet_only, SEED)
+    case.family.save(model, tmp_path)
+    # What the family wrote before candidates: no kinds, no table, the old format name.
+    index = json.loads((tmp_path / "family.json").read_text())
+    for key in ("kinds", "candidates"):
+        del index[key]
+    index["format"] = "prophet-json"
+    (tmp_path / "family.json").write_text(json.dumps(index))
+    loaded = case.family.load(tmp_path)
+    assert loaded.candidates == []
+    pd.testing.assert_frame_equal(
+        case.family.predict(loaded, case.holdout), case.family.predict(model, case.holdout)
+    )
 
 
 # --- the interface, for every family --------------------------------------------------------
@@ -464,23 +512,6 @@ def mlflow_experiment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         mlflow.set_tracking_uri(previous)
 
 
-def _pyfunc_input(name: str, records: pd.DataFrame) -> pd.DataFrame:
-    if name == "limit_optimiser":
-        from core.families.limit_optimiser import encode
-
-        return encode(records)  # the xgboost flavour takes the booster's encoded features
-    columns = list(get_family(name).input_columns())
-    return records[columns]
-
-
-EXPECT: dict[str, Callable[[pd.DataFrame], np.ndarray]] = {
-    # IsolationForest's labels: -1 exactly where the family says is_abuse.
-    "abuse_detector": lambda p: np.where(p["is_abuse"], -1, 1),
-    "limit_optimiser": lambda p: p["recommended_limit"].to_numpy(),
-    "traffic_forecaster": lambda p: p["forecast"].to_numpy(),
-}
-
-
 @pytest.mark.parametrize("name", FAMILIES)
 def test_the_registry_logs_each_family_as_a_loadable_pyfunc(
     name: str, cases: dict[str, Case], models: dict[str, Any], mlflow_experiment: str
@@ -494,7 +525,42 @@ def test_the_registry_logs_each_family_as_a_loadable_pyfunc(
         uri = registry.log_model(case.family.mlflow_model(models[name], example))
     assert uri.startswith("models:/")
     pyfunc = mlflow.pyfunc.load_model(uri)
+    # The logged model is the served one: request columns and types as schema.json's, the
+    # request as JSON carries it, and the family's own answer (every output column).
+    columns = case.family.input_columns()
+    inputs = pyfunc.metadata.get_input_schema().input_dict()
+    assert list(inputs) == list(columns)
+    assert pyfunc.metadata.metadata["family"] == name
     records = case.holdout.head(24)
-    got = np.asarray(pyfunc.predict(_pyfunc_input(name, records))).ravel()
-    want = EXPECT[name](case.family.predict(models[name], records))
-    np.testing.assert_allclose(got, want, rtol=1e-5)
+    request = pd.DataFrame(json_records(records, columns))
+    got = pyfunc.predict(request)
+    want = case.family.predict(models[name], records)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+
+
+def test_a_forecaster_logged_before_the_shared_loader_still_loads(
+    cases: dict[str, Case], models: dict[str, Any], mlflow_experiment: str
+) -> None:
+    import mlflow
+
+    from core.families import MlflowModel
+
+    case = cases["traffic_forecaster"]
+    model = models["traffic_forecaster"]
+    example = pd.DataFrame(json_records(case.holdout.head(3), case.family.input_columns()))
+    # As the forecaster was logged before: its own module as the loader, Prophet files as data.
+    old = MlflowModel(
+        flavour="pyfunc",
+        model=None,
+        input_example=example,
+        output_example=case.family.predict(model, example),
+        pip_requirements=[],
+        metadata={"family": "traffic_forecaster"},
+        loader_module="core.families.traffic_forecaster",
+        code_modules=("core", "core.families", "core.families.traffic_forecaster"),
+        save=lambda directory: case.family.save(model, directory),
+    )
+    with mlflow.start_run(experiment_id=mlflow_experiment):
+        uri = Registry(mlflow.get_tracking_uri()).log_model(old)
+    got = mlflow.pyfunc.load_model(uri).predict(example)
+    pd.testing.assert_frame_equal(got, case.family.predict(model, example))
