@@ -144,6 +144,8 @@ class ForecastModel:
         """Per service, the numpy point forecast (services it cannot cover left out)."""
         found = {}
         for service, prophet in self.models.items():
+            if isinstance(prophet, fc.Profile):
+                continue  # a statistical candidate: its own predict is numpy already
             point = _PointForecast.of(prophet, self.holiday_dates)
             if point is not None:
                 found[service] = point

@@ -76,7 +76,7 @@ def test_the_forecasters_fast_path_covers_a_model_with_holidays() -> None:
     # column (not quietly fall back to Prophet) and answer the same on and off the holiday.
     impl = get_family("traffic_forecaster")
     frame = synth.generate("service_traffic", datetime(2025, 5, 19), 14, n_services=1, seed=5)
-    model = impl.train(frame, impl.Params(backtest_folds=0), seed=5)
+    model = impl.train(frame, impl.Params(candidates=["prophet"], backtest_folds=0), seed=5)
     assert model.holiday_dates == ["2025-05-26"]
     assert set(model.point_forecasts) == set(model.services)
     hours = pd.date_range("2025-05-25", periods=24 * 4, freq="h")
@@ -87,6 +87,23 @@ def test_the_forecasters_fast_path_covers_a_model_with_holidays() -> None:
     on_holiday = hours.normalize() == pd.Timestamp("2025-05-26")
     # The holiday lowers traffic: the column is used, not zero.
     assert got[on_holiday].mean() < got[~on_holiday].mean()
+
+
+@pytest.mark.parametrize("candidate", ["seasonal_naive", "mstl", "mstl_naive"])
+def test_the_forecasters_fast_path_serves_a_statistical_candidate(candidate: str) -> None:
+    # A service whose backtest chose a statistical candidate has no Prophet inside: the fast
+    # path must take that candidate's own forecast, as predict does.
+    impl = get_family("traffic_forecaster")
+    frame = synth.generate("service_traffic", datetime(2025, 3, 3), 21, n_services=2, seed=7)
+    model = impl.train(frame, impl.Params(candidates=[candidate], backtest_folds=0), seed=7)
+    assert not model.point_forecasts
+    hours = pd.date_range("2025-03-24", periods=24 * 3, freq="h")
+    rows = pd.DataFrame(
+        {"service": np.resize(np.array(model.services), len(hours)), "ts": hours.astype(str)}
+    )
+    expected = impl.predict(model, rows)["forecast"].to_numpy()
+    got = impl.predict_columns(model, _plain_columns(rows))["forecast"]
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize(
