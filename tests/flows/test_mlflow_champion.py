@@ -122,48 +122,68 @@ def test_the_champion_loaded_from_mlflow_answers_as_the_endpoint(
     same_answer(pyfunc.predict(pd.DataFrame(records)), served(champions, model, records))
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_mlflow_models_serve_answers_the_documented_request_as_the_endpoint(
-    champions: Champions, model: str, tmp_path: Path
-) -> None:
-    records = example_request(champions, model)
-    port = free_port()
+@pytest.fixture(scope="module")
+def mlflow_servers(
+    champions: Champions, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    """``mlflow models serve`` of every champion, started at once (each takes ~30 s to start)."""
+    logs = tmp_path_factory.mktemp("mlflow-serve")
     # mlflow runs ``uvicorn`` by name: the environment's scripts must be on PATH.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": champions.settings.tracking_uri, "PATH": path}
-    command = [sys.executable, "-m", "mlflow", "models", "serve"]
-    command += ["-m", f"models:/{model}@champion", "--env-manager", "local"]
-    command += ["-h", "127.0.0.1", "-p", str(port)]
-    log = (tmp_path / "serve.log").open("w")
-    # Its own session: the CLI runs uvicorn through bash, and the group ends together.
-    process = subprocess.Popen(
-        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    processes: dict[str, tuple[subprocess.Popen[bytes], str, Path]] = {}
     try:
-        url = f"http://127.0.0.1:{port}"
+        for model in MODELS:
+            port = free_port()
+            command = [sys.executable, "-m", "mlflow", "models", "serve"]
+            command += ["-m", f"models:/{model}@champion", "--env-manager", "local"]
+            command += ["-h", "127.0.0.1", "-p", str(port)]
+            log_path = logs / f"{model}.log"
+            with log_path.open("w") as log:
+                # Its own session: the CLI runs uvicorn through bash, and the group ends
+                # together.
+                process = subprocess.Popen(
+                    command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            processes[model] = (process, f"http://127.0.0.1:{port}", log_path)
+        deadline = time.monotonic() + 180
+        waiting = set(MODELS)
         with httpx.Client(trust_env=False, timeout=30) as client:
-            deadline = time.monotonic() + 120
-            while True:
-                assert process.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-                try:
-                    if client.get(f"{url}/ping").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            while waiting:
+                for model in sorted(waiting):
+                    process, url, log_path = processes[model]
+                    assert process.poll() is None, log_path.read_text()[-3000:]
+                    try:
+                        if client.get(f"{url}/ping").status_code == 200:
+                            waiting.discard(model)
+                    except httpx.HTTPError:
+                        pass
+                    assert time.monotonic() < deadline, log_path.read_text()[-3000:]
                 time.sleep(0.5)
-            answer = client.post(f"{url}/invocations", json={"dataframe_records": records})
-        assert answer.status_code == 200, answer.text
-        got = pd.DataFrame(answer.json()["predictions"])
-        same_answer(got, served(champions, model, records))
+        yield {model: url for model, (_, url, _) in processes.items()}
     finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the group of the process started above
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
+        for process, _, _ in processes.values():
+            os.killpg(process.pid, signal.SIGTERM)  # the group of the process started above
+        for process, _, _ in processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_mlflow_models_serve_answers_the_documented_request_as_the_endpoint(
+    champions: Champions, mlflow_servers: dict[str, str], model: str
+) -> None:
+    records = example_request(champions, model)
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        answer = client.post(
+            f"{mlflow_servers[model]}/invocations", json={"dataframe_records": records}
+        )
+    assert answer.status_code == 200, answer.text
+    got = pd.DataFrame(answer.json()["predictions"])
+    same_answer(got, served(champions, model, records))
 
 
 def test_each_training_run_records_its_snapshots_as_mlflow_inputs(champions: Champions) -> None:
