@@ -5,6 +5,8 @@
 * A process killed while publishing (between files; between the files and the pointer; between
   the promotion record and ``latest.json``) leaves nothing partial as latest, and the next run
   completes without repair. The publisher is a real child process, SIGKILLed at the point.
+* A retrain killed inside its rollout (new variant running, route not switched) leaves the
+  champion serving with pointer and alias on it; the next retrain completes.
 * Transient S3 and SageMaker faults (503 SlowDown, 500, throttling, connection reset) injected
   by :class:`tests.fixtures.faults.FaultProxy` between the client and moto server are retried
   by boto3's standard retry mode, and the operation succeeds; a permanent error fails with
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -318,3 +321,104 @@ def test_a_new_role_still_propagating_is_waited_for_before_create_model_succeeds
     serving = target.deploy(version(env, 1), log)
     assert serving.version == "v1"
     assert rule.served == ["role-propagating", "role-propagating"] and not rule.faults
+
+
+# --- a rollout killed midway --------------------------------------------------------------------
+
+ROLLOUT_KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from adapters.endpoints.local.router_control import RouterControl
+
+    def dying_write(self, model, variants):
+        # The new variant answers /ping; the route still names the champion's.
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    RouterControl.write = dying_write
+    from cli import main
+
+    sys.argv = ["mlops", "retrain", "-m", "limit_optimiser", "--force", "--reason", "killed"]
+    main()
+    """
+)
+
+
+def test_a_rollout_killed_midway_leaves_the_champion_serving_and_the_next_run_completes(
+    tmp_path: Path, prefect_api: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retrain's rollout (local endpoint, real processes) SIGKILLed after its new variant started.
+
+    The champion's route, ``latest.json`` and the ``champion`` alias still name v1, v1 answers
+    requests, and the next retrain completes (v3 serves everywhere) without repair.
+    """
+    from prefect.settings import get_current_settings
+
+    from adapters.endpoints.local import LocalTarget
+    from adapters.endpoints.local.processes import free_port
+    from adapters.pointer import read_latest
+    from adapters.store import store_from_settings
+    from cli.status import status_of
+    from core.config import load_platform_config
+    from flows.retrain import retrain
+    from tests.fixtures.home import SMALL_SOURCE, champion, isolated_env, project_configs
+    from tests.fixtures.serving import our_processes
+
+    model = "limit_optimiser"
+    home = isolated_env(monkeypatch, tmp_path / "home", endpoint_target="local")
+    monkeypatch.setenv("MLOPS_ENDPOINT_PORT", str(free_port()))
+    monkeypatch.setenv("PREFECT_API_URL", str(get_current_settings().api.url))
+    configs = project_configs(monkeypatch, tmp_path / "configs")
+    settings = load_settings()
+    seed_source(settings.source_url, weeks=3, **SMALL_SOURCE)
+    target = LocalTarget.from_settings(settings, load_platform_config(configs))
+
+    def served() -> str | None:
+        import httpx
+
+        store = store_from_settings(settings)
+        schema = json.loads(store.get_bytes(f"models/{model}/v1/schema.json"))
+        with httpx.Client(trust_env=False, timeout=30) as client:
+            answer = client.post(
+                target.address(model), json={"instances": schema["example_request"]}
+            )
+        assert answer.status_code == 200, answer.text
+        return answer.headers.get("x-model-version")
+
+    try:
+        assert retrain(models=[model], reason="first", return_state=True).is_completed()
+        assert served() == "v1"
+        done = subprocess.run(
+            [sys.executable, "-c", ROLLOUT_KILLER],
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == -9, done.stdout + done.stderr
+        assert "deploying v2" in done.stdout + done.stderr  # killed inside the rollout
+        # v2 was published, never promoted; v1 still serves, and pointer and alias name it.
+        store = store_from_settings(settings)
+        assert (read_latest(store, model) or {}).get("version") == "v1"
+        assert champion(settings, model) == ("v1", "v1")
+        assert served() == "v1"
+        # The killed run's v2 variant is left running, unrouted: cleanup lists it as deletable.
+        stray = [r for r in target.resources() if r.kind == "model" and r.version == "v2"]
+        assert [r.in_use for r in stray] == [False], stray
+        (row,) = status_of(settings, [model])
+        assert (row["latest_version"], row.get("endpoint_version"), row["agree"]) == (
+            "v1",
+            "v1",
+            True,
+        )
+
+        # The next run completes without repair, and serves everywhere.
+        state = retrain(models=[model], force=True, reason="after the kill", return_state=True)
+        assert state.is_completed(), state.message
+        assert state.result()["models"][0]["version"] == "v3"
+        assert champion(settings, model) == ("v3", "v3")
+        (row,) = status_of(settings, [model])
+        assert (row["endpoint_version"], row["agree"]) == ("v3", True)
+    finally:
+        target.stop()
+        for pid in our_processes(home):  # the killed run's variant included
+            os.kill(pid, signal.SIGKILL)
