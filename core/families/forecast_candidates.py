@@ -113,7 +113,7 @@ class Profile:
             damped = self.phi * (1.0 - self.phi ** np.asarray(steps)) / (1.0 - self.phi)
         value = self.level + damped * self.trend + np.asarray(self.profile)[hour_of_week(index)]
         out = np.expm1(value) if self.log else value
-        flagged = np.isin(np.asarray(index.normalize().strftime("%Y-%m-%d")), sorted(holidays))
+        flagged = _flagged(index, holidays)
         out = np.where(flagged, out * self.holiday_factor, out)
         return np.clip(np.asarray(out, dtype="float64"), 0.0, None)
 
@@ -125,8 +125,14 @@ def _weekly_profile(values: np.ndarray, index: pd.DatetimeIndex) -> np.ndarray:
     return profile
 
 
-def _flagged(index: pd.DatetimeIndex, holidays: set[str]) -> np.ndarray:
-    return np.isin(np.asarray(index.normalize().strftime("%Y-%m-%d")), sorted(holidays))
+def _flagged(index: pd.DatetimeIndex, holidays: Iterable[str]) -> np.ndarray:
+    """Whether each hour of ``index`` (naive) falls on one of the ``holidays`` (YYYY-MM-DD).
+
+    Compared as numpy days rather than formatted strings: the serving path calls this per
+    request, and ``strftime`` over an index costs more than the whole forecast.
+    """
+    days = np.asarray(sorted(holidays), dtype="datetime64[D]")
+    return np.isin(index.to_numpy().astype("datetime64[D]"), days)
 
 
 def _without_holidays(y: pd.Series, holidays: set[str]) -> tuple[pd.Series, np.ndarray]:
