@@ -11,11 +11,13 @@ carries the plan out. The rules, in the words of the plan:
   Endpoints themselves only with ``--all``, and only when their model is no longer configured:
   a configured model's endpoint is what serves it. Idle endpoints are listed with their cost for
   a person to decide.
+- Alarms watching an endpoint (SageMaker's p99 latency and 5xx alarms): kept while the endpoint
+  lives, deleted once it is gone (deleting an endpoint takes its alarms along).
 - Store versions and their registry versions: only with ``clean_store`` (``--clean-s3``).
   An incomplete version (claimed, no manifest) is deleted once its claim is a day old, so a
   publish in flight is never touched.
 
-Deletion runs in the order endpoint, endpoint config, model, store version, registry version,
+Deletion runs in the order endpoint, alarm, endpoint config, model, store version, registry version,
 and re-checks "in use" right before each delete (something may have moved since the plan).
 """
 
@@ -29,7 +31,7 @@ from typing import Any
 from core.config import RetentionPolicy
 from core.endpoint import Resource
 
-ORDER = ("endpoint", "endpoint-config", "model", "store-version", "registry-version")
+ORDER = ("endpoint", "alarm", "endpoint-config", "model", "store-version", "registry-version")
 STALE_CLAIM = timedelta(days=1)
 
 
@@ -164,6 +166,12 @@ def _plan_resource(
             yield item("delete", "its model is no longer configured")
         else:
             yield item("keep", "serves a configured model")
+    elif res.kind == "alarm":
+        # No version to protect: an alarm is worth exactly as much as the endpoint it watches.
+        if res.in_use:
+            yield item("keep", "watches a live endpoint")
+        else:
+            yield item("delete", "the endpoint it watches is gone")
     elif res.in_use:
         yield item("keep", "used by a live endpoint")
     elif res.version and res.version in keep:

@@ -233,6 +233,49 @@ class ServerlessConfig(Strict):
     max_concurrency: int = Field(default=5, ge=1, le=200, description="Concurrent invocations.")
 
 
+class AlarmConfig(Strict):
+    """The CloudWatch alarms that watch a SageMaker endpoint and roll a bad update back.
+
+    With ``create`` on, every rollout puts two alarms per production variant (p99
+    ``ModelLatency`` and the ``Invocation5XXErrors`` rate) and names them, with ``names``, in the
+    ``AutoRollbackConfiguration`` of every blue/green update. The local endpoint ignores this:
+    its alert rules live in ``deployments/prometheus/``.
+    """
+
+    names: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description=(
+            "Alarms of your own (already in CloudWatch, same region) that also roll an update "
+            "back; at most 8, as SageMaker takes 10 and the project's own use 2."
+        ),
+    )
+    create: bool = Field(
+        default=True, description="Create the p99 latency and 5xx-rate alarms with the endpoint."
+    )
+    p99_latency_ms: float = Field(
+        default=1000.0,
+        gt=0,
+        le=60000,
+        description="Alarm when the variant's p99 ModelLatency stays above this (milliseconds).",
+    )
+    error_rate: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="Alarm when this share of invocations or more is answered 5xx.",
+    )
+    period_seconds: Literal[10, 30, 60, 300] = Field(
+        default=60, description="Length of one evaluated period."
+    )
+    evaluation_periods: int = Field(
+        default=3,
+        ge=1,
+        le=30,
+        description="Consecutive periods over the threshold before the alarm fires.",
+    )
+
+
 class DeploymentStrategy(Strict):
     """How an existing endpoint moves to a new config (SageMaker ``DeploymentConfig``)."""
 
@@ -255,10 +298,21 @@ class DeploymentStrategy(Strict):
         le=3600,
         description="Time the new fleet serves all traffic, alarms watched, before the old goes.",
     )
-    alarms: list[str] = Field(
-        default_factory=list,
-        description="CloudWatch alarm names that roll the deployment back when they fire.",
+    alarms: AlarmConfig = Field(
+        default_factory=lambda: AlarmConfig(),
+        description=(
+            "CloudWatch alarms that roll the deployment back when they fire: the project's own "
+            "(p99 latency and 5xx rate per variant, created with the endpoint) and any named."
+        ),
     )
+
+    @field_validator("alarms", mode="before")
+    @classmethod
+    def _alarm_names_only(cls, value: Any) -> Any:
+        """The form written before thresholds existed, ``alarms: [name, ...]``, still loads."""
+        if isinstance(value, list | tuple):
+            return {"names": list(value)}
+        return value
 
 
 class EndpointConfig(Strict):

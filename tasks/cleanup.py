@@ -1,8 +1,8 @@
 """Cleanup tasks: take the inventory the plan needs, and carry out a confirmed plan.
 
 The plan itself is the pure :func:`core.cleanup_plan.plan_cleanup`. Deletion runs in the order
-endpoint, endpoint config, model, store version, registry version, and re-checks "in use" right
-before each delete (something may have moved since the plan).
+endpoint, alarm, endpoint config, model, store version, registry version, and re-checks
+"in use" right before each delete (something may have moved since the plan).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def _apply_one(
 ) -> str:
     """Delete one planned item after re-checking it; return what happened."""
     kind = item.kind
-    if kind in ("endpoint", "endpoint-config", "model"):
+    if kind in ("endpoint", "alarm", "endpoint-config", "model"):
         res = fresh.get((kind, item.name))
         # Without a target there is no inventory either: nothing of the kind can be found.
         if res is None or target is None:

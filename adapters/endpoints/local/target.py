@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Any
 from adapters.endpoints.local.processes import ServingProcesses, http_client, is_alive, read_json
 from adapters.endpoints.local.router_control import RouterControl
 from adapters.endpoints.local.variants import VARIANT_INFO, VARIANTS, Variants, fetch
-from core.endpoint import Progress, Resource, RolloutFailed, Serving, VersionToServe, parse_answer
+from core.endpoint import (
+    Health,
+    Progress,
+    Resource,
+    RolloutFailed,
+    Serving,
+    VersionToServe,
+    parse_answer,
+)
 
 if TYPE_CHECKING:
     from adapters.store import LocalStore, S3Store
@@ -288,6 +296,10 @@ class LocalTarget:
         except httpx.HTTPError as exc:
             raise RolloutFailed("smoke-test", f"cannot reach {self.address(model)}: {exc}") from exc
         return parse_answer(model, response.status_code, response.content)
+
+    def health(self, model: str) -> Health | None:
+        """None: the local endpoint's figures come with its ``/metrics`` (not yet read here)."""
+        return None
 
     def monthly_cost(self, endpoint: EndpointConfig, platform: PlatformConfig) -> float | None:
         """Local processes cost nothing to rent."""

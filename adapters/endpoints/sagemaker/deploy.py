@@ -4,15 +4,17 @@ The steps, each safe to repeat (names hash what the resources hold, see
 :mod:`adapters.endpoints.sagemaker.names`):
 
 1. wait out anything in flight on the endpoint; a ``Failed`` endpoint is deleted;
-2. stop if the endpoint already serves this deploy's config;
-3. create the model and the endpoint config ("already exists" with the same definition is reuse);
-4. create the endpoint, or update it blue/green to the new config;
-5. wait until it settles, and judge: ``InService`` on the new config is success.
+2. put the endpoint's CloudWatch alarms (created, or updated to the config's thresholds);
+3. stop if the endpoint already serves this deploy's config;
+4. create the model and the endpoint config ("already exists" with the same definition is reuse);
+5. create the endpoint, or update it blue/green to the new config, the alarms of step 2 and the
+   config's own named in its ``AutoRollbackConfiguration``;
+6. wait until it settles, and judge: ``InService`` on the new config is success.
 
 Anything else raises :class:`~core.endpoint.RolloutFailed` after putting things back: an
-endpoint this attempt created is deleted, an updated one is left on the config SageMaker rolled
-it back to, and the config and model made for the attempt are deleted unless an endpoint still
-references them.
+endpoint this attempt created is deleted (with its alarms), an updated one is left on the config
+SageMaker rolled it back to, and the config and model made for the attempt are deleted unless an
+endpoint still references them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from adapters.endpoints.iam import ecr_image
+from adapters.endpoints.sagemaker.alarms import EndpointAlarms, alarm_requests
 from adapters.endpoints.sagemaker.api import (
     SETTLING,
     SageMakerApi,
@@ -36,6 +39,7 @@ from adapters.endpoints.sagemaker.names import (
     Definition,
     deployment_config,
     name_prefix,
+    rollback_alarms,
     tag_list,
 )
 from core.endpoint import Progress, RolloutFailed, Serving, VersionToServe
@@ -116,6 +120,8 @@ class Rollout:
         project_tag: tag of the endpoint, when this attempt creates it.
         progress: where to report each step.
         timeout: longest wait for the endpoint to settle.
+        alarms: the CloudWatch alarms' client; None puts no alarms (user-named ones still roll
+            an update back).
     """
 
     def __init__(
@@ -127,8 +133,11 @@ class Rollout:
         project_tag: str,
         progress: Progress,
         timeout: float,
+        alarms: EndpointAlarms | None = None,
     ) -> None:
         self.api = api
+        self.alarms = alarms
+        self.own_alarms: list[str] = []
         self.sm = api.sm
         self.target = target
         self.definition = definition
@@ -147,6 +156,7 @@ class Rollout:
         """
         names = self.names
         before = self._settled_endpoint()
+        self._put_alarms(new_endpoint=before is None)
         if before is not None and self._serves(before):
             self.progress(f"{names.endpoint} already serves {self.target.version} ({names.config})")
             return self.api.serving(self.target.model, before)
@@ -158,6 +168,46 @@ class Rollout:
             if self._serves(before):
                 return self.api.serving(self.target.model, before)
         return self._update_endpoint(before)
+
+    def _put_alarms(self, *, new_endpoint: bool) -> None:
+        """Create or update the endpoint's alarms, before anything else is created.
+
+        Put on every rollout, even one that finds its version serving, so a threshold changed in
+        the model config reaches CloudWatch without a new version.
+        """
+        if self.alarms is None:
+            return
+        config = self.target.endpoint.deployment.alarms
+        variants = [str(self.definition.variant["VariantName"])]
+        requests = alarm_requests(self.names.endpoint, variants, config, self.definition.tags)
+        try:
+            self.own_alarms = self.alarms.put(requests)
+        except Exception as exc:
+            put = [r["AlarmName"] for r in requests]
+            if new_endpoint:
+                self._delete_alarms(put)
+            raise RolloutFailed(
+                "alarms",
+                f"could not put CloudWatch alarms {', '.join(put)}: {described(exc)}; "
+                "no SageMaker resource was changed",
+            ) from exc
+        if self.own_alarms:
+            self.progress(
+                f"alarms {', '.join(self.own_alarms)}: p99 latency above "
+                f"{config.p99_latency_ms:g} ms or 5xx rate at {config.error_rate:.1%} for "
+                f"{config.evaluation_periods} x {config.period_seconds}s"
+            )
+
+    def _delete_alarms(self, names: list[str]) -> list[str]:
+        """Delete alarms of an endpoint that is gone; return what was left, and why."""
+        if self.alarms is None or not names:
+            return []
+        try:
+            self.alarms.delete(names)
+        except Exception as exc:
+            return [f"alarms {', '.join(names)} ({error(exc)[1]})"]
+        self.progress(f"deleted alarms {', '.join(names)}")
+        return []
 
     def _serves(self, desc: dict[str, Any]) -> bool:
         return (
@@ -301,13 +351,15 @@ class Rollout:
         names = self.names
         strategy = self.target.endpoint.deployment
         old = before.get("EndpointConfigName")
-        config = deployment_config(strategy)
+        config = deployment_config(strategy, self.own_alarms)
         limit = config["BlueGreenUpdatePolicy"]["MaximumExecutionTimeoutInSeconds"]
         if self.timeout < limit:
             self.progress(
                 f"note: the wait ({self.timeout:.0f}s) is shorter than the deployment's own limit "
                 f"({limit}s)"
             )
+        rollback = rollback_alarms(strategy, self.own_alarms)
+        watched = f", rolled back if {', '.join(rollback)} fires" if rollback else ""
         try:
             self.sm.update_endpoint(
                 EndpointName=names.endpoint,
@@ -322,7 +374,7 @@ class Rollout:
             ) from exc
         self.progress(
             f"update requested: {names.endpoint} from {old} to {names.config} "
-            f"({strategy.type.replace('_', ' ')} blue/green)"
+            f"({strategy.type.replace('_', ' ')} blue/green{watched})"
         )
         return self._await(created=False, old=old)
 
@@ -365,6 +417,10 @@ class Rollout:
                 self.api.delete_endpoint_and_wait(self.names.endpoint, self.timeout, self.progress)
             except Exception as exc:
                 reason += f"; could not delete endpoint {self.names.endpoint}: {error(exc)[1]}"
+            else:
+                left_alarms = self._delete_alarms(self.own_alarms)
+                if left_alarms:
+                    reason += f"; left behind: {'; '.join(left_alarms)}"
         left = self._discard()
         if left:
             reason += f"; left behind: {'; '.join(left)}"

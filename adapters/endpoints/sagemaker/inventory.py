@@ -3,7 +3,10 @@
 Only resources carrying the project's tag are listed or deleted: the name prefix alone is not
 enough (``intelli-rate-`` is also the prefix of a project tagged ``intelli-rate-staging``). A
 config or model is in use while a live endpoint references it, as its current config or as the
-one an update in flight moves to; that is checked against SageMaker at delete time.
+one an update in flight moves to; that is checked against SageMaker at delete time. The
+project's CloudWatch alarms (:mod:`.alarms`) are in use while the endpoint they watch lives:
+they go with it (deleting an endpoint deletes its alarms), and cleanup deletes those left when an
+endpoint went some other way.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from adapters.endpoints.sagemaker.alarms import EndpointAlarms
 from adapters.endpoints.sagemaker.api import (
     Live,
     SageMakerApi,
@@ -54,7 +58,7 @@ class Inventory:
 
     Args:
         api: the SageMaker client, with its polling.
-        cloudwatch: boto3 ``cloudwatch`` client (idle days).
+        cloudwatch: boto3 ``cloudwatch`` client (idle days, alarms).
         platform: project tag, pricing, retention.
     """
 
@@ -62,6 +66,7 @@ class Inventory:
         self.api = api
         self.sm = api.sm
         self.cloudwatch = cloudwatch
+        self.alarms = EndpointAlarms(cloudwatch, platform.project_tag)
         self.platform = platform
         self.prefix = name_prefix(platform.project_tag)
 
@@ -93,7 +98,22 @@ class Inventory:
                 model, version = owner(name, tags, self.prefix)
                 created = {"created": summary["CreationTime"].isoformat()}
                 found.append(Resource(kind, name, model, version, name in used[kind], created))
-        return found
+        return found + self._alarms(live)
+
+    def _alarms(self, live: Live) -> list[Resource]:
+        """The project's alarms; in use while the endpoint they watch lives."""
+        return [
+            # No version: an alarm watches the endpoint, whichever version it serves.
+            Resource(
+                "alarm",
+                alarm.name,
+                alarm.model,
+                None,
+                _watches_live(alarm.endpoint, live),
+                {"endpoint": alarm.endpoint, "state": alarm.state},
+            )
+            for alarm in self.alarms.listed()
+        ]
 
     def _endpoints(self, live: Live) -> list[Resource]:
         now = datetime.now(UTC)
@@ -167,8 +187,12 @@ class Inventory:
             raise ValueError(f"{resource.name} is not a {self.platform.project_tag} resource")
         if resource.kind == "endpoint":
             self.sm.delete_endpoint(EndpointName=resource.name)
+            self.alarms.delete(self.alarms.of_endpoint(resource.name))
             return
         live = self._live()
+        if resource.kind == "alarm":
+            self._delete_alarm(resource.name, live)
+            return
         if resource.kind == "endpoint-config":
             if resource.name in live.configs:
                 raise ValueError(f"endpoint config {resource.name} is in use by a live endpoint")
@@ -179,6 +203,15 @@ class Inventory:
             self.sm.delete_model(ModelName=resource.name)
         else:
             raise ValueError(f"unknown resource kind {resource.kind!r}")
+
+    def _delete_alarm(self, name: str, live: Live) -> None:
+        """Delete one of the project's alarms, unless the endpoint it watches lives."""
+        alarm = next((a for a in self.alarms.listed() if a.name == name), None)
+        if alarm is None:
+            raise ValueError(f"alarm {name} is not a {self.platform.project_tag} alarm")
+        if _watches_live(alarm.endpoint, live):
+            raise ValueError(f"alarm {name} is in use: it watches live endpoint {alarm.endpoint}")
+        self.alarms.delete([name])
 
     def remove(self, model: str, timeout: float, progress: Progress) -> None:
         """Delete the model's endpoint and the configs and models it used, unless still in use.
@@ -194,6 +227,10 @@ class Inventory:
             return
         configs = {c: self.api.describe_config(c) for c in endpoint_configs(desc)}
         self.api.delete_endpoint_and_wait(name, timeout, progress)
+        alarms = self.alarms.of_endpoint(name)
+        if alarms:
+            self.alarms.delete(alarms)
+            progress(f"deleted alarms {', '.join(alarms)}")
         live = self._live()
         for config_name, config in configs.items():
             if config is None or config_name in live.configs:
@@ -209,3 +246,9 @@ class Inventory:
         except Exception as exc:
             if not not_found(exc):
                 raise
+
+
+def _watches_live(endpoint: str, live: Live) -> bool:
+    """Whether ``endpoint`` exists and is not on its way out (its alarms are then in use)."""
+    desc = live.endpoints.get(endpoint)
+    return desc is not None and desc.get("EndpointStatus") != "Deleting"

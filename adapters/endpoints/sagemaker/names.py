@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -330,12 +331,18 @@ def execution_timeout(strategy: DeploymentStrategy) -> int:
     return max(MIN_EXECUTION_TIMEOUT, min(MAX_EXECUTION_TIMEOUT, total))
 
 
-def deployment_config(strategy: DeploymentStrategy) -> dict[str, Any]:
+def rollback_alarms(strategy: DeploymentStrategy, own: Sequence[str] = ()) -> list[str]:
+    """The alarms that roll an update back: the project's ``own`` first, then the user's."""
+    return list(dict.fromkeys([*own, *strategy.alarms.names]))
+
+
+def deployment_config(strategy: DeploymentStrategy, own: Sequence[str] = ()) -> dict[str, Any]:
     """SageMaker's ``DeploymentConfig`` (blue/green) for ``strategy``.
 
     ``wait_seconds`` is the interval between traffic shifts (for all-at-once, the time the new
     fleet takes all traffic with alarms watched), ``baking_seconds`` the wait before the old fleet
-    is terminated. Alarms, when named, roll the update back when they fire.
+    is terminated. The alarms (``own``: the project's for this endpoint, see
+    :mod:`.alarms`; and the ones the config names) roll the update back when one fires.
     """
     routing: dict[str, Any] = {
         "Type": {"all_at_once": "ALL_AT_ONCE", "canary": "CANARY", "linear": "LINEAR"}[
@@ -357,8 +364,7 @@ def deployment_config(strategy: DeploymentStrategy) -> dict[str, Any]:
             "MaximumExecutionTimeoutInSeconds": execution_timeout(strategy),
         }
     }
-    if strategy.alarms:
-        config["AutoRollbackConfiguration"] = {
-            "Alarms": [{"AlarmName": name} for name in strategy.alarms]
-        }
+    alarms = rollback_alarms(strategy, own)
+    if alarms:
+        config["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": n} for n in alarms]}
     return config

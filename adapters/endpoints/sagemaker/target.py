@@ -19,11 +19,14 @@ from adapters.endpoints.iam import (
     role_name,
     trust_policy,
 )
+from adapters.endpoints.sagemaker.alarms import EndpointAlarms
 from adapters.endpoints.sagemaker.api import SageMakerApi, invoke
 from adapters.endpoints.sagemaker.deploy import Rollout, check_deployable
+from adapters.endpoints.sagemaker.health import read_health
 from adapters.endpoints.sagemaker.inventory import Inventory
 from adapters.endpoints.sagemaker.names import (
     TAG_PROJECT,
+    VARIANT,
     Definition,
     Names,
     cost_line,
@@ -31,7 +34,7 @@ from adapters.endpoints.sagemaker.names import (
     endpoint_name,
     monthly_cost,
 )
-from core.endpoint import Progress, Resource, RolloutFailed, Serving, VersionToServe
+from core.endpoint import Health, Progress, Resource, RolloutFailed, Serving, VersionToServe
 
 if TYPE_CHECKING:
     from core.config import EndpointConfig, PlatformConfig
@@ -235,8 +238,25 @@ class SageMakerTarget:
             project_tag=self.platform.project_tag,
             progress=progress,
             timeout=endpoint.timeout_seconds if timeout is None else timeout,
+            alarms=EndpointAlarms(self.cloudwatch, self.platform.project_tag),
         )
         return rollout.run()
+
+    def health(self, model: str) -> Health | None:
+        """Request rate, 5xx share and p99 latency of the model's endpoint, from CloudWatch.
+
+        Over the last five minutes (SageMaker's metrics arrive a minute or two late). None when
+        the model has no endpoint, or CloudWatch cannot be read (status still shows the rest).
+        """
+        desc = self._api().describe_endpoint(endpoint_name(self.platform.project_tag, model))
+        if desc is None:
+            return None
+        variants = [v["VariantName"] for v in desc.get("ProductionVariants", [])] or [VARIANT]
+        try:
+            return read_health(self.cloudwatch, desc["EndpointName"], variants)
+        except Exception:
+            # Status is read-only and must answer: no metrics is "cannot tell", not a crash.
+            return None
 
     def invoke(self, model: str, records: list[dict[str, Any]]) -> dict[str, Any]:
         """Send ``{"instances": records}`` to the model's endpoint; return the parsed answer.
