@@ -84,6 +84,17 @@ def env(
     tmp_path: Path,
 ) -> dict[str, Any]:
     """Settings pointing at moto, a unique project tag, the simulated SageMaker."""
+    return make_env(moto_server, s3_store_uri, monkeypatch, sagemaker_sim, tmp_path)
+
+
+def make_env(
+    moto_server: str,
+    s3_store_uri: str,
+    monkeypatch: pytest.MonkeyPatch,
+    sagemaker_sim: SageMakerSim,
+    tmp_path: Path,
+) -> dict[str, Any]:
+    """What :func:`env` gives (other SageMaker test modules build their ``env`` with it)."""
     # Nothing from the shell (no role, no KMS key, no home); that also clears the endpoint
     # URL s3_store_uri set, so point boto3 at moto again.
     isolated_env(monkeypatch, tmp_path / "home", endpoint_target="sagemaker")
@@ -310,7 +321,12 @@ def test_update_to_a_new_version_uses_the_configured_blue_green_strategy(
     [(name, params)] = sim.actions("UpdateEndpoint")
     assert name == serving.endpoint_name
     assert params["EndpointConfigName"] == serving.config_name
-    assert params["DeploymentConfig"] == deployment_config(strategy)
+    # The endpoint's own alarms roll it back, then the ones the config names.
+    own = [f"{name}-AllTraffic-p99-latency", f"{name}-AllTraffic-5xx-rate"]
+    assert params["DeploymentConfig"] == deployment_config(strategy, own)
+    assert [
+        a["AlarmName"] for a in params["DeploymentConfig"]["AutoRollbackConfiguration"]["Alarms"]
+    ] == [*own, "errors"]
     assert any("Updating" in m for m in log) and any("canary blue/green" in m for m in log)
     assert target.invoke(MODEL, RECORDS)["version"] == "v2"
     # v1's config and model stay for a rollback until cleanup removes them; nothing else exists.
@@ -545,6 +561,8 @@ def test_resources_mark_what_is_in_use_and_delete_refuses_it(
     found = {(r.kind, r.name): r for r in target.resources()}
     assert set(found) == {
         ("endpoint", n2.endpoint),
+        ("alarm", f"{n2.endpoint}-AllTraffic-p99-latency"),
+        ("alarm", f"{n2.endpoint}-AllTraffic-5xx-rate"),
         ("endpoint-config", n1.config),
         ("endpoint-config", n2.config),
         ("model", n1.model),
@@ -575,6 +593,8 @@ def test_resources_mark_what_is_in_use_and_delete_refuses_it(
     assert project_configs(env) == [n2.config] and project_models(env) == [n2.model]
     target.delete(found[("endpoint", n2.endpoint)])
     assert target.describe(MODEL) is None
+    # Its alarms went with it.
+    assert not any(r.kind == "alarm" for r in target.resources())
     # With the endpoint gone nothing is in use any more, and everything can go.
     rest = target.resources()
     assert rest and not any(r.in_use for r in rest)

@@ -219,3 +219,22 @@ def test_scope_keeps_asked_models_and_turns_unconfirmed_deletions_into_keeps() -
         ("a3", "keep"),
     ]
     assert confirmed[1].reason == "not in the confirmed plan (planned since the dry run)"
+
+
+def test_alarms_go_only_with_their_endpoint_and_after_it() -> None:
+    resources = [
+        Resource("endpoint", "ep-gone", "gone", "v1", in_use=True),
+        Resource("alarm", "ep-m-AllTraffic-p99-latency", "m", None, in_use=True),
+        Resource("alarm", "ep-gone-AllTraffic-5xx-rate", "gone", None, in_use=True),
+        Resource("alarm", "ep-old-AllTraffic-5xx-rate", "m", None, in_use=False),
+        Resource("endpoint-config", "cfg-m-v1", "m", "v1", in_use=False),
+    ]
+    plan = plan_cleanup(_inventory(resources), RetentionPolicy(), include_orphans=True)
+    alarms = _by(plan, "alarm")
+    # An alarm watching a live endpoint is kept, even when that endpoint is deleted in the same
+    # run (deleting an endpoint takes its alarms along); one whose endpoint is gone is deleted.
+    assert alarms["ep-m-AllTraffic-p99-latency"].action == "keep"
+    assert alarms["ep-gone-AllTraffic-5xx-rate"].action == "keep"
+    assert alarms["ep-old-AllTraffic-5xx-rate"].action == "delete"
+    kinds = [p.kind for p in plan if p.action == "delete"]
+    assert kinds == ["endpoint", "alarm", "endpoint-config"]

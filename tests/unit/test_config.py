@@ -152,3 +152,26 @@ def test_mlflow_artifacts_go_to_the_home_only_with_the_embedded_store(
     assert load_settings().mlflow_artifact_root == (mlops_home / "mlartifacts").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
     assert load_settings().mlflow_artifact_root is None
+
+
+def test_endpoint_alarms_load_in_the_old_list_form_and_the_new_mapping(tmp_path: Path) -> None:
+    """``alarms: [names]`` was the whole setting before thresholds: such a config still loads."""
+    path = CONFIG_DIR / "models" / "limit_optimiser.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["endpoint"]["deployment"]["alarms"] = ["team-pager"]
+    old = tmp_path / "limit_optimiser.yaml"
+    old.write_text(yaml.safe_dump(raw))
+    alarms = load_model_config(old).endpoint.deployment.alarms
+    assert alarms.names == ["team-pager"]
+    assert alarms.create and alarms.p99_latency_ms == 1000.0 and alarms.error_rate == 0.05
+    shipped = load_model_config(path).endpoint.deployment.alarms
+    assert shipped.create and shipped.p99_latency_ms == 500.0
+    # SageMaker takes 10 rollback alarms, the project's own are 2: a ninth name is refused.
+    raw["endpoint"]["deployment"]["alarms"] = {"names": [f"a{i}" for i in range(9)]}
+    old.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="names"):
+        load_model_config(old)
+    raw["endpoint"]["deployment"]["alarms"] = {"p99_latency": 300}  # a typo names the key
+    old.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="p99_latency"):
+        load_model_config(old)
