@@ -26,6 +26,9 @@ The package, one job per module (boto3 and botocore are used here and in
 - :mod:`.names`: names, tags, request bodies, costs and deployment configs (pure);
 - :mod:`.api`: the boto3 client's reads, error meanings and status polls;
 - :mod:`.deploy`: one deploy, from the endpoint's state to serving or a clean failure;
+- :mod:`.alarms`: the CloudWatch alarms (p99 latency, 5xx rate) that watch each endpoint and
+  roll a bad update back;
+- :mod:`.health`: the endpoint's recent request rate, error rate and p99, from CloudWatch;
 - :mod:`.inventory`: the project's resources for cleanup, and deleting them;
 - :mod:`.target`: :class:`~.target.SageMakerTarget`, the
   :class:`~core.endpoint.EndpointTarget` composing the above.
