@@ -136,18 +136,17 @@ class EndpointAlarms:
 
     def put(self, requests: list[dict[str, Any]]) -> list[str]:
         """Create or update every alarm of ``requests``; return their names."""
+        names = [r["AlarmName"] for r in requests]
+        if not requests:
+            return names
         for request in requests:
             self.cw.put_metric_alarm(**request)
-            arn = self._arn(request["AlarmName"])
-            if arn:
-                # PutMetricAlarm ignores Tags on an existing alarm: set them explicitly.
-                self.cw.tag_resource(ResourceARN=arn, Tags=request["Tags"])
-        return [r["AlarmName"] for r in requests]
-
-    def _arn(self, name: str) -> str | None:
-        found = self.cw.describe_alarms(AlarmNames=[name], AlarmTypes=["MetricAlarm"])
-        alarms = found.get("MetricAlarms", [])
-        return str(alarms[0]["AlarmArn"]) if alarms else None
+        found = self.cw.describe_alarms(AlarmNames=names, AlarmTypes=["MetricAlarm"])
+        arns = {a["AlarmName"]: a["AlarmArn"] for a in found.get("MetricAlarms", [])}
+        for request in requests:
+            # PutMetricAlarm ignores Tags on an existing alarm: set them explicitly.
+            self.cw.tag_resource(ResourceARN=arns[request["AlarmName"]], Tags=request["Tags"])
+        return names
 
     def listed(self) -> list[ProjectAlarm]:
         """Every alarm tagged with the project (the name prefix alone could be another's)."""

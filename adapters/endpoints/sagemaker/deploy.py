@@ -194,7 +194,7 @@ class Rollout:
         if self.own_alarms:
             self.progress(
                 f"alarms {', '.join(self.own_alarms)}: p99 latency above "
-                f"{config.p99_latency_ms:g} ms or 5xx rate at {config.error_rate:.1%} for "
+                f"{config.p99_latency_ms:g} ms or 5xx rate at or above {config.error_rate:.1%} for "
                 f"{config.evaluation_periods} x {config.period_seconds}s"
             )
 
@@ -359,7 +359,7 @@ class Rollout:
                 f"({limit}s)"
             )
         rollback = rollback_alarms(strategy, self.own_alarms)
-        watched = f", rolled back if {', '.join(rollback)} fires" if rollback else ""
+        watched = f", rolled back if any alarm fires: {', '.join(rollback)}" if rollback else ""
         try:
             self.sm.update_endpoint(
                 EndpointName=names.endpoint,
