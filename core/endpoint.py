@@ -170,3 +170,26 @@ class EndpointTarget(Protocol):
 
     def monthly_cost(self, endpoint: EndpointConfig, platform: PlatformConfig) -> float | None:
         """Estimated USD per month of an endpoint with this config; None when unpriced."""
+
+
+@dataclass(frozen=True)
+class TrafficPlan:
+    """How an experiment splits one model's traffic between its champion and a challenger.
+
+    Attributes:
+        model: model name.
+        mode: ``"ab"`` (the challenger answers ``share_percent`` of callers) or ``"shadow"``
+            (the champion answers every caller; ``share_percent`` of requests are copied to
+            the challenger, whose answers are captured and discarded).
+        champion: the version serving now.
+        challenger: the published version under test.
+        share_percent: in (0, 100).
+        experiment_id: goes into every captured record, so analysis never mixes experiments.
+    """
+
+    model: str
+    mode: str
+    champion: VersionToServe
+    challenger: VersionToServe
+    share_percent: float
+    experiment_id: str
