@@ -26,31 +26,11 @@ from typing import TYPE_CHECKING, Any
 from adapters.endpoints.local.processes import http_client
 from adapters.endpoints.local.router_control import extras, routed
 from adapters.endpoints.local.variants import fetch
+from adapters.endpoints.plan import check_plan
 from core.endpoint import Progress, RolloutFailed, TrafficPlan, parse_answer
 
 if TYPE_CHECKING:
     from adapters.endpoints.local.target import LocalTarget
-
-MODES = ("ab", "shadow")
-
-
-def check_plan(plan: TrafficPlan) -> None:
-    """Refuse a plan the router cannot serve before anything starts.
-
-    Raises:
-        RolloutFailed: (``prepare``) an unknown mode, a share outside (0, 100), a challenger of
-            another model, or the champion's own version.
-    """
-    if plan.mode not in MODES:
-        raise RolloutFailed("prepare", f"mode must be one of {', '.join(MODES)}, not {plan.mode!r}")
-    if not 0 < plan.share_percent < 100:
-        raise RolloutFailed("prepare", f"share must be in (0, 100), not {plan.share_percent}")
-    if plan.challenger.model != plan.model or plan.champion.model != plan.model:
-        raise RolloutFailed("prepare", f"champion and challenger must both be {plan.model}")
-    if plan.challenger.version == plan.champion.version:
-        raise RolloutFailed("prepare", f"the challenger is the champion ({plan.champion.version})")
-    if not plan.experiment_id:
-        raise RolloutFailed("prepare", "an experiment needs an id")
 
 
 class LocalExperiments:
