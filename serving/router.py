@@ -194,9 +194,11 @@ class Forwarder:
                 return _error(404, f"endpoint {model} not found")
             experiment = table.experiments.get(model, NO_EXPERIMENT)
             choice = choose(upstreams, tried, wanted, caller_key, experiment.experiment_id)
-            if choice is None:
+            if choice is None and wanted:
                 names = [u.name for u in upstreams]
-                return _error(400, unknown_variant(model, str(wanted), names), variants=names)
+                return _error(400, unknown_variant(model, wanted, names), variants=names)
+            if choice is None:
+                return _error(503, f"endpoint {model} has no variant with a weight above 0")
             answer = await self._send(self._client, model, choice, body, headers)
             if not isinstance(answer, str):
                 answer.headers[INFERENCE_ID_HEADER] = inference_id

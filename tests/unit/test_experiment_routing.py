@@ -191,3 +191,27 @@ def test_a_full_capture_buffer_drops_new_records_and_counts_them() -> None:
     for _ in range(5):
         writer.record(item)
     assert writer.stats == {"captured": 2, "written": 0, "dropped": 3, "failed_writes": 0}
+
+
+def test_the_router_names_the_variants_for_an_unknown_target_variant(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from serving.router import create_router
+    from serving.routes import write_state
+
+    state = tmp_path / "routes.json"
+    variants = [
+        {"name": "champ", "version": "v1", "port": 1, "weight": 0},
+        {"name": "chall", "version": "v2", "port": 2, "weight": 0},
+    ]
+    write_state(state, {"generation": 1, "models": {"m": {"variants": variants}}})
+    with TestClient(create_router(state)) as client:
+        unknown = client.post(
+            "/endpoints/m/invocations",
+            json={"instances": []},
+            headers={"X-Amzn-SageMaker-Target-Variant": "nope"},
+        )
+        nothing = client.post("/endpoints/m/invocations", json={"instances": []})
+    assert unknown.status_code == 400
+    assert unknown.json()["error"] == "endpoint m has no variant 'nope'; its variants: champ, chall"
+    assert nothing.status_code == 503 and "no variant with a weight above 0" in nothing.text
