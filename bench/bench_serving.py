@@ -533,14 +533,19 @@ def render_shadow(meta: dict[str, str], results: dict[str, list[dict[str, float]
         f"Measured {meta['date']} on {meta['cpu']}, Python {meta['python']}, uvicorn "
         f"{meta['uvicorn']}, {meta['wrk']}.",
         "",
-        "| setup | p50 ms (median of rounds) | added to p50 | p99 ms | router CPU ms/request "
-        "| requests | errors | load |",
-        "|---|---|---|---|---|---|---|---|",
+        "The spread is the lowest and highest p50 of the rounds: an added p50 inside the spread of",
+        "the setup without an experiment is noise, not a cost. The router's CPU per request counts",
+        "the mirror's and capture's work whatever the load.",
+        "",
+        "| setup | p50 ms (median of rounds) | spread of rounds | added to p50 | p99 ms "
+        "| router CPU ms/request | requests | errors | load |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for setup, runs in results.items():
         p50 = statistics.median(r["p50_ms"] for r in runs)
         lines.append(
-            f"| {setup} | {p50:.3f} | {p50 - base:+.3f} ms | "
+            f"| {setup} | {p50:.3f} | {min(r['p50_ms'] for r in runs):.1f} to "
+            f"{max(r['p50_ms'] for r in runs):.1f} | {p50 - base:+.3f} ms | "
             f"{statistics.median(r['p99_ms'] for r in runs):.2f} | "
             f"{statistics.median(r['router_cpu_ms'] for r in runs):.3f} | "
             f"{sum(int(r['requests']) for r in runs)} | {sum(int(r['errors']) for r in runs)} | "
