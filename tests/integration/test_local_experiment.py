@@ -112,10 +112,10 @@ def test_ab_splits_sticks_targets_and_captures_both_arms(endpoint: Endpoint) -> 
     names = {v["arm"]: v["name"] for v in traffic["variants"]}
 
     with httpx.Client(trust_env=False, timeout=30) as client:
-        answers = send(client, endpoint, 400)
+        answers = send(client, endpoint, 300)
         sticky = {
-            k: {r.headers[VARIANT] for r in send(client, endpoint, 4, **{"X-Caller-Key": k})}
-            for k in map(str, range(25))
+            k: {r.headers[VARIANT] for r in send(client, endpoint, 3, **{"X-Caller-Key": k})}
+            for k in map(str, range(20))
         }
         named = send(
             client, endpoint, 10, **{"X-Amzn-SageMaker-Target-Variant": names["challenger"]}
@@ -123,14 +123,14 @@ def test_ab_splits_sticks_targets_and_captures_both_arms(endpoint: Endpoint) -> 
         unknown = send(client, endpoint, 1, **{"X-Amzn-SageMaker-Target-Variant": "nope"})[0]
 
     assert {r.status_code for r in answers} == {200}
-    # The split: 400 requests at 90/10 inside the 99 % binomial interval.
+    # The split: 300 requests at 90/10 inside the 99 % binomial interval.
     counts = Counter(r.headers[VARIANT] for r in answers)
-    low, high = binom.interval(0.99, 400, 0.10)
+    low, high = binom.interval(0.99, 300, 0.10)
     assert low <= counts[names["challenger"]] <= high, counts
     # Each answer comes from the variant the header names.
     version_of = {names["champion"]: "v1", names["challenger"]: "v2"}
     assert all(r.json()["version"] == version_of[r.headers[VARIANT]] for r in answers)
-    # Sticky: every caller key saw one variant in its four requests.
+    # Sticky: every caller key saw one variant in its three requests.
     assert all(len(seen) == 1 for seen in sticky.values())
     assert {r.headers[VARIANT] for r in named} == {names["challenger"]}
     assert unknown.status_code == 400
@@ -138,7 +138,7 @@ def test_ab_splits_sticks_targets_and_captures_both_arms(endpoint: Endpoint) -> 
 
     # Capture: one record per answer (sticky and named ones too), in SageMaker's layout.
     ok = [*answers, *named]
-    total = len(answers) + 25 * 4 + len(named)
+    total = len(answers) + 20 * 3 + len(named)
     prefix = target.capture_prefix(MODEL)
     assert prefix == str(Path(target.store_uri) / "capture" / MODEL)
     records = captured(prefix, total)
@@ -223,12 +223,12 @@ def test_a_failing_or_slow_shadow_costs_the_caller_nothing(endpoint: Endpoint) -
     try:
         # A 1 s client timeout: a caller that waited for the 5 s shadow would fail here.
         with httpx.Client(trust_env=False, timeout=1.0) as client:
-            phases["real"] = send(client, endpoint, 60)
+            phases["real"] = send(client, endpoint, 40)
             for name, port in (("failing", closed), ("slow", slow.server_address[1])):
                 broken = {**extras(route), "shadow": {**real, "port": port}}
                 target.router.write(MODEL, route["variants"], broken)
                 time.sleep(0.1)  # the router reloads routes on its next request
-                phases[name] = send(client, endpoint, 60)
+                phases[name] = send(client, endpoint, 40)
             stats = client.get(stats_url).json()["mirror_stats"]
     finally:
         target.router.write(MODEL, route["variants"], extras(route))
@@ -236,7 +236,7 @@ def test_a_failing_or_slow_shadow_costs_the_caller_nothing(endpoint: Endpoint) -
 
     expected = phases["real"][0].json()
     for name, answers in phases.items():
-        assert [r.status_code for r in answers] == [200] * 60, name
+        assert [r.status_code for r in answers] == [200] * 40, name
         assert all(r.json() == expected for r in answers), name
         assert {r.headers[VARIANT] for r in answers} == {route["variants"][0]["name"]}
     # The shadow was really tried: refused copies failed, slow ones are still out or dropped.
@@ -251,7 +251,9 @@ def test_a_failing_or_slow_shadow_costs_the_caller_nothing(endpoint: Endpoint) -
         if attributes(r)["experiment_id"] == "exp-shadow"
     ]
     arms = Counter(attributes(r)["arm"] for r in records)
-    assert arms["champion"] == 180 and 10 <= arms["shadow"] <= 50, arms
+    # Every caller's answer; the real shadow's share of the first 40 (50 %, 99 % interval).
+    low, high = binom.interval(0.99, 40, 0.5)
+    assert arms["champion"] == 120 and low <= arms["shadow"] <= high, arms
     champion_ids = {
         r["eventMetadata"]["inferenceId"] for r in records if attributes(r)["arm"] == "champion"
     }
