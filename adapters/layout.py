@@ -46,6 +46,7 @@ RESERVED_FILES = frozenset({CLAIM, MANIFEST})
 
 LATEST = "latest.json"
 PROMOTIONS = "promotions"
+CAPTURE = "capture"
 
 VALIDATION = "validation.json"
 
@@ -117,6 +118,18 @@ def check_file_name(name: str) -> None:
             f"'{UNPACKED}/' folder, no leading '.'), "
             f"and {sorted(RESERVED_FILES)} are reserved"
         )
+
+
+# --- prediction capture --------------------------------------------------------------------------
+
+
+def capture_prefix(model: str) -> str:
+    """``capture/{model}``: the local endpoint's captured answers, in SageMaker's layout below it.
+
+    Raises:
+        PublishError: ``model`` is not a plain name.
+    """
+    return f"{CAPTURE}/{model_prefix(model).split('/', 1)[1]}"
 
 
 # --- model keys ---------------------------------------------------------------------------------

@@ -244,7 +244,12 @@ class SageMakerApi:
                 if config is None:
                     continue
                 live.config_descriptions[config_name] = config
-                live.models.update(v["ModelName"] for v in config.get("ProductionVariants", []))
+                # An experiment's shadow runs a model too (ShadowProductionVariants).
+                variants = [
+                    *config.get("ProductionVariants", []),
+                    *config.get("ShadowProductionVariants", []),
+                ]
+                live.models.update(v["ModelName"] for v in variants)
         return live
 
     # --- waits -----------------------------------------------------------------------------------

@@ -34,7 +34,15 @@ from adapters.endpoints.sagemaker.names import (
     endpoint_name,
     monthly_cost,
 )
-from core.endpoint import Health, Progress, Resource, RolloutFailed, Serving, VersionToServe
+from core.endpoint import (
+    Health,
+    Progress,
+    Resource,
+    RolloutFailed,
+    Serving,
+    TrafficPlan,
+    VersionToServe,
+)
 
 if TYPE_CHECKING:
     from core.config import EndpointConfig, PlatformConfig
@@ -296,3 +304,33 @@ class SageMakerTarget:
     def monthly_cost(self, endpoint: EndpointConfig, platform: PlatformConfig) -> float | None:
         """Estimated USD per month of an endpoint with this config; None when unpriced."""
         return monthly_cost(endpoint, platform)
+
+    # --- experiments (adapters.endpoints.sagemaker.experiment) ----------------------------------
+
+    def start_experiment(self, plan: TrafficPlan, progress: Progress) -> None:
+        """Serve the challenger as a second (or shadow) variant, data capture on.
+
+        Raises:
+            RolloutFailed: the champion's config serves 100 % and what was created is deleted.
+        """
+        from adapters.endpoints.sagemaker.experiment import SageMakerExperiments
+
+        SageMakerExperiments(self).start(plan, progress)
+
+    def stop_experiment(self, model: str, progress: Progress) -> None:
+        """Champion's one-variant config back, challenger's config and model deleted."""
+        from adapters.endpoints.sagemaker.experiment import SageMakerExperiments
+
+        SageMakerExperiments(self).stop(model, progress)
+
+    def traffic(self, model: str) -> dict[str, Any] | None:
+        """Mode, variants with weights and versions, shadow, experiment id; None if no endpoint."""
+        from adapters.endpoints.sagemaker.experiment import SageMakerExperiments
+
+        return SageMakerExperiments(self).traffic(model)
+
+    def capture_prefix(self, model: str) -> str:
+        """The endpoint config's Data Capture destination (``{store}/datacapture/{model}``)."""
+        from adapters.endpoints.sagemaker.experiment import SageMakerExperiments
+
+        return SageMakerExperiments(self).capture_prefix(model)

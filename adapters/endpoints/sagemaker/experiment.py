@@ -1,0 +1,385 @@
+"""Experiments on SageMaker: the challenger as a second variant of the model's one endpoint.
+
+SageMaker's own mechanisms, so the console, CloudWatch and Data Capture show the experiment:
+
+- ``ab``: an endpoint config with two production variants, the champion's (its existing
+  ``AllTraffic`` variant, weight ``100 - share``) and ``Challenger`` (weight ``share``); a
+  variant answers weight / sum of weights, and InvokeEndpoint's ``TargetVariant`` can name one.
+- ``shadow``: one production variant and one ``ShadowProductionVariants`` entry, ``Shadow``;
+  SageMaker copies ``shadow weight / production weight`` of the requests to it and discards
+  its answers. So the production variant keeps weight 1 and the shadow gets ``share / 100``.
+- Data capture on, every request (``InitialSamplingPercentage`` 100), input and output, under
+  the champion config's destination (``{store}/datacapture/{model}`` by default): SageMaker
+  writes ``{destination}/{endpoint}/{variant}/yyyy/mm/dd/hh/*.jsonl``, the layout the local
+  router writes too.
+
+The endpoint moves to the experiment's config with ``UpdateEndpoint`` (SageMaker keeps the
+champion serving until the new fleet is healthy, and rolls back by itself when it is not). The
+config is tagged with the experiment's id and mode and the config it replaced, so
+:meth:`SageMakerExperiments.stop` needs nothing but the endpoint: it first moves all traffic to
+the champion with ``UpdateEndpointWeightsAndCapacities`` (in place, seconds), then updates the
+endpoint back to the champion's one-variant config (recreated if cleanup removed it) and
+deletes the experiment's config and the challenger's model.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from adapters.endpoints.plan import check_plan
+from adapters.endpoints.sagemaker.api import (
+    SageMakerApi,
+    StillSettling,
+    already_exists,
+    described,
+    not_found,
+)
+from adapters.endpoints.sagemaker.names import (
+    TAG_VERSION,
+    _digest,
+    endpoint_name,
+    name_prefix,
+    resource_name,
+    resource_tags,
+    tag_list,
+)
+from core.endpoint import Progress, RolloutFailed, TrafficPlan
+
+if TYPE_CHECKING:
+    from adapters.endpoints.sagemaker.target import SageMakerTarget
+
+CHALLENGER = "Challenger"
+SHADOW = "Shadow"
+TAG_EXPERIMENT = "experiment"
+TAG_MODE = "experiment-mode"
+TAG_PREVIOUS = "experiment-previous-config"
+_CAPTURE_OPTIONS = {
+    "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+    "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]},
+}
+
+
+class SageMakerExperiments:
+    """Start, stop and describe experiments on a :class:`SageMakerTarget`'s endpoints."""
+
+    def __init__(self, target: SageMakerTarget) -> None:
+        self.target = target
+        self.api: SageMakerApi = target._api()
+        self.sm = target.sm
+        self.tag = target.platform.project_tag
+
+    def _timeout(self, fallback: float) -> float:
+        return fallback if self.target.timeout_seconds is None else self.target.timeout_seconds
+
+    def _current(self, model: str) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, str]]:
+        """The endpoint's name, description, config and config tags.
+
+        Raises:
+            RolloutFailed: (``prepare``) no endpoint, or not ``InService``.
+        """
+        name = endpoint_name(self.tag, model)
+        desc = self.api.describe_endpoint(name)
+        if desc is None:
+            raise RolloutFailed("prepare", f"{model} has no SageMaker endpoint ({name})")
+        if desc["EndpointStatus"] != "InService":
+            raise RolloutFailed("prepare", f"{name} is {desc['EndpointStatus']}, not InService")
+        config = self.api.describe_config(desc["EndpointConfigName"]) or {}
+        tags = self.api.list_tags(config["EndpointConfigArn"]) if config else {}
+        return name, desc, config, tags
+
+    # --- start ----------------------------------------------------------------------------------
+
+    def start(self, plan: TrafficPlan, progress: Progress) -> None:
+        """Move the endpoint to a config serving champion and challenger (module docstring).
+
+        Raises:
+            RolloutFailed: the endpoint serves the champion's config as before, and the
+                experiment's config and the challenger's model are deleted.
+        """
+        check_plan(plan)
+        if plan.challenger.endpoint.serverless is not None:
+            raise RolloutFailed(
+                "prepare", "experiments need data capture, which serverless endpoints lack"
+            )
+        name, _desc, config, tags = self._current(plan.model)
+        if tags.get(TAG_EXPERIMENT) or len(config.get("ProductionVariants", [])) != 1:
+            raise RolloutFailed(
+                "prepare", f"{plan.model} already runs experiment {tags.get(TAG_EXPERIMENT, '?')}"
+            )
+        serving = self.api.config_version(config)
+        if serving != plan.champion.version:
+            raise RolloutFailed(
+                "prepare", f"{name} serves {serving}, not the champion {plan.champion.version}"
+            )
+        definition = self.target._definition(plan.challenger, self.target._role())
+        request = self._config_request(plan, config, definition.variant)
+        created: list[tuple[str, str]] = []
+        try:
+            if self._create(
+                lambda: self.sm.create_model(
+                    ModelName=definition.names.model,
+                    PrimaryContainer=definition.container,
+                    ExecutionRoleArn=definition.role,
+                    EnableNetworkIsolation=True,
+                    Tags=tag_list(definition.tags),
+                )
+            ):
+                created.append(("model", definition.names.model))
+            if self._create(lambda: self.sm.create_endpoint_config(**request)):
+                created.append(("endpoint-config", request["EndpointConfigName"]))
+            self.sm.update_endpoint(
+                EndpointName=name, EndpointConfigName=request["EndpointConfigName"]
+            )
+        except RolloutFailed:
+            raise
+        except Exception as exc:
+            raise self._fail("update", f"{name}: {described(exc)}", created, progress) from exc
+        progress(
+            f"{name}: moving to {request['EndpointConfigName']} ({plan.mode}, "
+            f"{plan.challenger.version} at {plan.share_percent:g} %)"
+        )
+        self._settle(name, request["EndpointConfigName"], created, progress, plan)
+        progress(
+            f"{plan.model}: experiment {plan.experiment_id} runs on {name}; capture to "
+            f"{request['DataCaptureConfig']['DestinationS3Uri']}"
+        )
+
+    def _config_request(
+        self, plan: TrafficPlan, config: dict[str, Any], challenger: dict[str, Any]
+    ) -> dict[str, Any]:
+        """CreateEndpointConfig's arguments for ``plan`` beside ``config``'s one variant."""
+        champion = dict(config["ProductionVariants"][0])
+        champion.pop("VariantStatus", None)
+        request: dict[str, Any] = {}
+        if plan.mode == "ab":
+            champion["InitialVariantWeight"] = 100.0 - plan.share_percent
+            second = {**challenger, "VariantName": CHALLENGER}
+            second["InitialVariantWeight"] = plan.share_percent
+            request["ProductionVariants"] = [champion, second]
+        else:
+            champion["InitialVariantWeight"] = 1.0
+            shadow = {**challenger, "VariantName": SHADOW}
+            shadow["InitialVariantWeight"] = plan.share_percent / 100.0
+            request["ProductionVariants"] = [champion]
+            request["ShadowProductionVariants"] = [shadow]
+        old_capture = config.get("DataCaptureConfig") or {}
+        capture = {
+            "EnableCapture": True,
+            "InitialSamplingPercentage": 100,
+            "DestinationS3Uri": old_capture.get("DestinationS3Uri")
+            or self.default_capture(plan.model),
+            **_CAPTURE_OPTIONS,
+        }
+        if self.target.kms_key_id:
+            capture["KmsKeyId"] = self.target.kms_key_id
+        request["DataCaptureConfig"] = capture
+        request["EndpointConfigName"] = resource_name(
+            self.tag,
+            plan.model,
+            f"{plan.challenger.version}-{plan.mode}",
+            _digest(plan.experiment_id, request),
+        )
+        tags = {
+            **resource_tags(plan.champion, self.tag),
+            TAG_EXPERIMENT: plan.experiment_id,
+            TAG_MODE: plan.mode,
+            TAG_PREVIOUS: config["EndpointConfigName"],
+        }
+        request["Tags"] = tag_list(tags)
+        return request
+
+    def _create(self, create: Any) -> bool:
+        """Create a resource; False when it exists already (a retried start reuses it)."""
+        try:
+            create()
+            return True
+        except Exception as exc:
+            if already_exists(exc):
+                return False
+            raise
+
+    def _settle(
+        self,
+        name: str,
+        config_name: str,
+        created: list[tuple[str, str]],
+        progress: Progress,
+        plan: TrafficPlan,
+    ) -> None:
+        timeout = self._timeout(float(plan.challenger.endpoint.timeout_seconds))
+        try:
+            desc = self.api.wait(name, timeout, progress)
+        except StillSettling as exc:
+            raise self._fail(
+                "wait",
+                f"{name} still {exc.status} after {exc.elapsed:.0f}s; SageMaker rolls back by "
+                "itself",
+                created,
+                progress,
+            ) from exc
+        if desc["EndpointStatus"] != "InService" or desc["EndpointConfigName"] != config_name:
+            why = desc.get("FailureReason") or "no reason given"
+            raise self._fail(
+                "update",
+                f"{name} ended {desc['EndpointStatus']} on {desc['EndpointConfigName']}: {why}",
+                created,
+                progress,
+            )
+
+    def _fail(
+        self, step: str, reason: str, created: list[tuple[str, str]], progress: Progress
+    ) -> RolloutFailed:
+        """Delete what this start created unless an endpoint uses it; the error to raise."""
+        live = self.api.live(name_prefix(self.tag))
+        left = []
+        for kind, resource in reversed(created):
+            in_use = live.configs if kind == "endpoint-config" else live.models
+            if resource in in_use:
+                left.append(resource)
+                continue
+            self._delete(kind, resource, progress)
+        tail = f"; left behind (in use): {', '.join(left)}" if left else ""
+        return RolloutFailed(step, f"{reason}; the champion serves 100 %{tail}")
+
+    def _delete(self, kind: str, resource: str, progress: Progress) -> None:
+        try:
+            if kind == "endpoint-config":
+                self.sm.delete_endpoint_config(EndpointConfigName=resource)
+            else:
+                self.sm.delete_model(ModelName=resource)
+            progress(f"deleted {kind} {resource}")
+        except Exception as exc:
+            if not not_found(exc):
+                raise
+
+    # --- weights, stop, traffic -----------------------------------------------------------------
+
+    def set_share(self, model: str, share_percent: float, progress: Progress) -> None:
+        """Change the challenger's share of an A/B test in place (no new config, no new fleet).
+
+        ``UpdateEndpointWeightsAndCapacities``: SageMaker shifts the weights within seconds.
+
+        Raises:
+            RolloutFailed: (``weights``) no A/B test runs, or the endpoint did not settle.
+        """
+        name, _desc, config, tags = self._current(model)
+        names = [v["VariantName"] for v in config.get("ProductionVariants", [])]
+        if tags.get(TAG_MODE) != "ab" or CHALLENGER not in names:
+            raise RolloutFailed("weights", f"{model} runs no A/B test")
+        weights = [
+            {
+                "VariantName": n,
+                "DesiredWeight": share_percent if n == CHALLENGER else 100.0 - share_percent,
+            }
+            for n in names
+        ]
+        self.sm.update_endpoint_weights_and_capacities(
+            EndpointName=name, DesiredWeightsAndCapacities=weights
+        )
+        desc = self.api.wait(name, self._timeout(600.0), progress)
+        if desc["EndpointStatus"] != "InService":
+            raise RolloutFailed("weights", f"{name} ended {desc['EndpointStatus']}")
+
+    def stop(self, model: str, progress: Progress) -> None:
+        """Back to the champion's one-variant config; a no-op when no experiment runs."""
+        name = endpoint_name(self.tag, model)
+        desc = self.api.describe_endpoint(name)
+        if desc is None:
+            return
+        config = self.api.describe_config(desc["EndpointConfigName"]) or {}
+        tags = self.api.list_tags(config["EndpointConfigArn"]) if config else {}
+        if not tags.get(TAG_EXPERIMENT):
+            return
+        if tags.get(TAG_MODE) == "ab":
+            # All traffic to the champion at once, before the slower config update.
+            self.set_share(model, 0.0, progress)
+        previous = self._previous_config(model, config, tags, progress)
+        self.sm.update_endpoint(EndpointName=name, EndpointConfigName=previous)
+        desc = self.api.wait(name, self._timeout(3600.0), progress)
+        if desc["EndpointStatus"] != "InService" or desc["EndpointConfigName"] != previous:
+            why = desc.get("FailureReason") or "no reason given"
+            raise RolloutFailed("stop", f"{name} did not return to {previous}: {why}")
+        challengers = [
+            v["ModelName"]
+            for v in [
+                *config["ProductionVariants"][1:],
+                *config.get("ShadowProductionVariants", []),
+            ]
+        ]
+        live = self.api.live(name_prefix(self.tag))
+        for kind, resource in [("endpoint-config", config["EndpointConfigName"])] + [
+            ("model", m) for m in challengers
+        ]:
+            if resource not in (live.configs if kind == "endpoint-config" else live.models):
+                self._delete(kind, resource, progress)
+        progress(f"{model}: experiment {tags[TAG_EXPERIMENT]} stopped; {previous} serves 100 %")
+
+    def _previous_config(
+        self, model: str, config: dict[str, Any], tags: dict[str, str], progress: Progress
+    ) -> str:
+        """The champion's one-variant config: the one the experiment replaced, or a new one."""
+        previous = tags.get(TAG_PREVIOUS, "")
+        if previous and self.api.describe_config(previous) is not None:
+            return previous
+        champion = {**config["ProductionVariants"][0], "InitialVariantWeight": 1.0}
+        champion.pop("VariantStatus", None)
+        request: dict[str, Any] = {"ProductionVariants": [champion]}
+        if config.get("DataCaptureConfig"):
+            request["DataCaptureConfig"] = config["DataCaptureConfig"]
+        keep = {k: v for k, v in tags.items() if k not in (TAG_EXPERIMENT, TAG_MODE, TAG_PREVIOUS)}
+        request["EndpointConfigName"] = resource_name(
+            self.tag, model, keep.get(TAG_VERSION, "v0"), _digest(request)
+        )
+        request["Tags"] = tag_list(keep)
+        if self._create(lambda: self.sm.create_endpoint_config(**request)):
+            progress(f"created endpoint config {request['EndpointConfigName']} (champion alone)")
+        return str(request["EndpointConfigName"])
+
+    def traffic(self, model: str) -> dict[str, Any] | None:
+        """Mode, variants with weights and versions, shadow, experiment id; None if no endpoint."""
+        desc = self.api.describe_endpoint(endpoint_name(self.tag, model))
+        if desc is None:
+            return None
+        config = self.api.describe_config(desc["EndpointConfigName"]) or {}
+        tags = self.api.list_tags(config["EndpointConfigArn"]) if config else {}
+        weights = {v["VariantName"]: v.get("CurrentWeight") for v in desc["ProductionVariants"]}
+        production = config.get("ProductionVariants", [])
+        variants = [
+            {
+                "name": v["VariantName"],
+                "version": self._version(v["ModelName"]),
+                "weight": weights.get(v["VariantName"], v.get("InitialVariantWeight")),
+                "arm": "challenger" if v["VariantName"] == CHALLENGER else "champion",
+            }
+            for v in production
+        ]
+        shadow = None
+        for v in config.get("ShadowProductionVariants", []):
+            base = float(production[0].get("InitialVariantWeight", 1.0)) if production else 1.0
+            shadow = {
+                "name": v["VariantName"],
+                "version": self._version(v["ModelName"]),
+                "percent": 100.0 * float(v.get("InitialVariantWeight", 1.0)) / base,
+            }
+        return {
+            "mode": tags.get(TAG_MODE),
+            "experiment_id": tags.get(TAG_EXPERIMENT),
+            "variants": variants,
+            "shadow": shadow,
+            "capture_prefix": (config.get("DataCaptureConfig") or {}).get("DestinationS3Uri"),
+        }
+
+    def _version(self, model_name: str) -> str | None:
+        found = self.api.describe_model(model_name)
+        return self.api.list_tags(found["ModelArn"]).get(TAG_VERSION) if found else None
+
+    def default_capture(self, model: str) -> str:
+        """``{store}/datacapture/{model}``, where a deploy's data capture goes too."""
+        return f"{self.target.store_uri}/datacapture/{model}"
+
+    def capture_prefix(self, model: str) -> str:
+        """The endpoint config's capture destination, else the default one."""
+        desc = self.api.describe_endpoint(endpoint_name(self.tag, model))
+        config = self.api.describe_config(desc["EndpointConfigName"]) if desc else None
+        destination = ((config or {}).get("DataCaptureConfig") or {}).get("DestinationS3Uri")
+        return str(destination or self.default_capture(model))
