@@ -170,3 +170,42 @@ class EndpointTarget(Protocol):
 
     def monthly_cost(self, endpoint: EndpointConfig, platform: PlatformConfig) -> float | None:
         """Estimated USD per month of an endpoint with this config; None when unpriced."""
+
+    def start_experiment(self, plan: TrafficPlan, progress: Progress) -> None:
+        """Serve the challenger beside the champion as ``plan`` says, capture on for both arms.
+
+        Raises:
+            RolloutFailed: the champion serves 100 % and everything created was removed.
+        """
+
+    def stop_experiment(self, model: str, progress: Progress) -> None:
+        """Champion back to 100 %, challenger variant removed; idempotent, no-op without one."""
+
+    def traffic(self, model: str) -> dict[str, Any] | None:
+        """What the endpoint does now (mode, variants and weights, shadow); None if not served."""
+
+    def capture_prefix(self, model: str) -> str:
+        """Store URL under which the model's captured records land."""
+
+
+@dataclass(frozen=True)
+class TrafficPlan:
+    """How an experiment splits one model's traffic between its champion and a challenger.
+
+    Attributes:
+        model: model name.
+        mode: ``"ab"`` (the challenger answers ``share_percent`` of callers) or ``"shadow"``
+            (the champion answers every caller; ``share_percent`` of requests are copied to
+            the challenger, whose answers are captured and discarded).
+        champion: the version serving now.
+        challenger: the published version under test.
+        share_percent: in (0, 100).
+        experiment_id: goes into every captured record, so analysis never mixes experiments.
+    """
+
+    model: str
+    mode: str
+    champion: VersionToServe
+    challenger: VersionToServe
+    share_percent: float
+    experiment_id: str
