@@ -7,9 +7,10 @@ arXiv 1512.04922) on the difference of the arms' means: its p-value stays valid 
 it is read. No library of our stack implements it (statsmodels and scipy have fixed-horizon
 tests and power, not always-valid inference), so it is written here, in closed form, and checked
 by simulation (``tests/unit/test_sequential.py``). Everything with a library function uses it:
-the plan is ``statsmodels``' ``NormalIndPower().solve_power``, the guardrails' non-inferiority
-tests are ``statsmodels``' ``ttest_ind(value=...)`` (two samples, A/B) and ``DescrStatsW.ttest_mean``
-on the per-request differences (paired, shadow: ``scipy.stats.ttest_rel`` has no margin).
+the plan is ``statsmodels``' ``NormalIndPower().solve_power``, the guardrails'
+non-inferiority tests are ``statsmodels``' ``ttest_ind(value=...)`` (two samples, A/B) and
+``DescrStatsW.ttest_mean`` on the per-request differences (paired, shadow:
+``scipy.stats.ttest_rel`` has no margin).
 
 One formula serves both designs. With ``theta_hat`` the estimated difference and ``variance``
 its variance (``s_d^2 / n`` paired; ``s_a^2 / n_a + s_b^2 / n_b`` two-sample), a normal mixture
@@ -79,7 +80,7 @@ def planned_sample_size(
     n = NormalIndPower().solve_power(
         effect_size=effect / sd, nobs1=None, alpha=alpha, power=power, ratio=ratio
     )
-    return int(math.ceil(float(n)))
+    return math.ceil(float(n))
 
 
 @dataclass(frozen=True)
