@@ -320,6 +320,9 @@ class ScheduleConfig(Strict):
 
     retrain_cron: str = Field(default="0 3 * * 1", description="Cron of the weekly retrain.")
     monitor_cron: str = Field(default="0 6 * * *", description="Cron of the daily monitor.")
+    experiment_cron: str = Field(
+        default="0 7 * * *", description="Cron of the daily look at running experiments."
+    )
     cleanup_cron: str = Field(
         default="0 5 * * 1", description="Cron of the weekly cleanup dry run (after the retrain)."
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -279,8 +280,11 @@ def _guardrail(exp: Experiment, name: str, a: np.ndarray, b: np.ndarray) -> dict
     """One guardrail's look: breached (always-valid, at any look) or non-inferior (at the end)."""
     guard = exp.guardrails[name]
     lower = guard["direction"] == "lower"
+    if len(a) == 0 and len(b) == 0:
+        # Not measured by this target (no latency in its capture): shown, not blocking.
+        return {"metric": name, "measured": False, "breached": False, "non_inferior": True}
     if min(len(a), len(b)) < 2:
-        return {"metric": name, "n": min(len(a), len(b)), "breached": False, "non_inferior": False}
+        return {"metric": name, "measured": True, "breached": False, "non_inferior": False}
     margin = _margin(guard, float(np.mean(a)))
     # Breach: the always-valid interval of the harm lies wholly beyond the margin.
     look = compare(a, b, paired=exp.paired, tau=max(margin, 1e-9), alpha=exp.alpha)
@@ -290,6 +294,7 @@ def _guardrail(exp: Experiment, name: str, a: np.ndarray, b: np.ndarray) -> dict
     p = non_inferiority_p(a, b, margin=margin, lower_is_better=lower, paired=exp.paired)
     return {
         "metric": name,
+        "measured": True,
         "champion": _arm_summary(a),
         "challenger": _arm_summary(b),
         "margin": margin,
@@ -397,7 +402,7 @@ def _verdict(
     return "continue", f"undecided (p={look.p_value:.4f})"
 
 
-def _normalise_keys(frame: Any, key_types: dict[str, str]) -> Any:
+def _normalise_keys(frame: Any, key_types: Mapping[str, str]) -> Any:
     """Key columns in one comparable form: timestamps as naive UTC, everything else as text."""
     import pandas as pd
 
@@ -415,7 +420,7 @@ def observe(
     captured: Any,
     labels: Any,
     family: Any,
-    key_types: dict[str, str],
+    key_types: Mapping[str, str],
 ) -> Observations:
     """Join captured answers to their late labels and compute each arm's per-request values.
 
