@@ -94,3 +94,17 @@ def save_experiment(store: Store, exp: Experiment, *, expected: Experiment) -> E
             layout.document_bytes(exp.to_dict()),
         )
     return exp
+
+
+def experiment_line(store: Store, model: str) -> str | None:
+    """One line for ``mlops status``: the model's experiment and its last look; None if never."""
+    exp = read_experiment(store, model)
+    if exp is None:
+        return None
+    line = f"{exp.id} {exp.state}: {exp.mode} {exp.challenger} vs {exp.champion}"
+    if exp.looks:
+        last = exp.looks[-1]
+        line += f", p={last['p_value']:.3g}, {last['verdict']} ({last['reason']})"
+    if exp.decision:
+        line += f"; ended: {exp.decision.get('verdict')}: {exp.decision.get('reason')}"
+    return line
