@@ -48,7 +48,7 @@ def store_key(store: Store, url: str) -> str:
     Raises:
         ValueError: the prefix is outside the store.
     """
-    root = store.url("").rstrip("/")
+    root = store.url("x")[: -len("/x")]  # the store's own URL (an empty key is refused)
     if url.rstrip("/") == root:
         return ""
     if not url.startswith(root + "/"):
