@@ -16,7 +16,6 @@ Keys are relative to the store root (a local directory or ``s3://bucket/prefix``
     models/{model}/promotions/{seq:06d}.json    append-only history of pointer moves
     models/{model}/experiment.json              the model's current (or last) online experiment
     models/{model}/experiments/{id}.json        each ended experiment, as it ended
-    capture/{model}/{endpoint}/{variant}/{yyyy}/{mm}/{dd}/{hh}/*.jsonl   captured answers (local)
 
 Pure functions and names, no I/O: :mod:`adapters.versions`, :mod:`adapters.pointer` and
 :mod:`adapters.snapshots` read and write these keys through an :class:`adapters.store.Store`.
@@ -52,7 +51,6 @@ PROMOTIONS = "promotions"
 EXPERIMENT = "experiment.json"
 EXPERIMENTS = "experiments"
 CAPTURE = "capture"
-"""Top-level prefix of the local endpoint's captured answers (SageMaker Data Capture's layout)."""
 
 VALIDATION = "validation.json"
 
@@ -126,6 +124,18 @@ def check_file_name(name: str) -> None:
         )
 
 
+# --- prediction capture --------------------------------------------------------------------------
+
+
+def capture_prefix(model: str) -> str:
+    """``capture/{model}``: the local endpoint's captured answers, in SageMaker's layout below it.
+
+    Raises:
+        PublishError: ``model`` is not a plain name.
+    """
+    return f"{CAPTURE}/{model_prefix(model).split('/', 1)[1]}"
+
+
 # --- model keys ---------------------------------------------------------------------------------
 
 
@@ -191,11 +201,6 @@ def ended_experiment_key(model: str, experiment_id: str) -> str:
     if not _MODEL.match(experiment_id):
         raise PublishError(f"invalid experiment id {experiment_id!r}")
     return f"{model_prefix(model)}/{EXPERIMENTS}/{experiment_id}.json"
-
-
-def capture_prefix(model: str) -> str:
-    """``capture/{model}``: where the local endpoint's router writes the model's answers."""
-    return f"{CAPTURE}/{model_prefix(model).split('/', 1)[1]}"
 
 
 def promotion_seq(key: str) -> int | None:

@@ -5,8 +5,11 @@ answers what SageMaker's runtime answers, so a client written for one works with
 (boto3's ``sagemaker-runtime`` client with ``endpoint_url`` pointing here, for example):
 
 - ``POST /endpoints/{model}/invocations``: forwarded to one of the model's variants, chosen by
-  weight (or named by the ``X-Amzn-SageMaker-Target-Variant`` header); the answer names the
-  variant in ``X-Amzn-Invoked-Production-Variant``.
+  weight (or named by the ``X-Amzn-SageMaker-Target-Variant`` header, or pinned by the
+  caller's ``X-Caller-Key``); the answer names the variant in
+  ``X-Amzn-Invoked-Production-Variant`` and carries ``X-Inference-Id``. During an experiment
+  the answers are captured and a share is mirrored to a shadow, both off the request path
+  (:mod:`serving.experiment_routing`, :mod:`serving.capture`, :mod:`serving.shadow`).
 - ``GET /endpoints/{model}``: what serves (variants, versions, weights, requests in flight).
 - ``GET /endpoints``: every model; ``GET /ping``: the router itself.
 
@@ -29,7 +32,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
+import time
+import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -41,8 +45,21 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from serving.asgi import FastRoute, RawRequest, quiet_fastapi
+from serving.capture import Captured, CaptureWriter
 from serving.codec import BadRequest, read_body
+from serving.experiment_routing import (
+    CALLER_KEY_HEADER,
+    INFERENCE_ID_HEADER,
+    INVOKED_VARIANT_HEADER,
+    NO_EXPERIMENT,
+    TARGET_VARIANT_HEADER,
+    ExperimentRoute,
+    mirrored,
+    split,
+    unknown_variant,
+)
 from serving.routes import RouteFollower, RouteTable, Upstream
+from serving.shadow import ShadowMirror
 
 log = logging.getLogger("serving.router")
 
@@ -52,22 +69,31 @@ allows 6 MB): the body is read as a stream and refused as soon as it passes this
 ATTEMPTS = 3
 UPSTREAM_TIMEOUT = 70.0
 """SageMaker gives a container 60 s to answer; a little more so its own error arrives."""
+SHADOW_TIMEOUT = 2.0
+"""Seconds a shadow copy may take; a slower shadow's answer is dropped (and counted)."""
 _FORWARD_REQUEST = ("content-type", "accept")
+_INFERENCE_ID_REQUEST = "x-amzn-sagemaker-inference-id"
+"""InvokeEndpoint's ``InferenceId``: a caller's own id for the request, kept for the join."""
 _FORWARD_RESPONSE = ("content-type", "x-model-name", "x-model-version", "x-model-family")
 
 
-def choose(upstreams: tuple[Upstream, ...], avoid: set[str], wanted: str | None) -> Upstream | None:
-    """Pick a variant by weight, preferring ones not in ``avoid``; ``wanted`` names one."""
+def choose(
+    upstreams: tuple[Upstream, ...],
+    avoid: set[str],
+    wanted: str | None,
+    caller_key: str | None = None,
+    experiment_id: str = "",
+) -> Upstream | None:
+    """Pick a variant by weight, preferring ones not in ``avoid``; ``wanted`` names one.
+
+    A ``caller_key`` picks the same variant every time (:func:`serving.experiment_routing.split`).
+    """
     if wanted:
         named = [u for u in upstreams if u.name == wanted]
         return named[0] if named else None
     live = [u for u in upstreams if u.weight > 0]
     fresh = [u for u in live if u.name not in avoid] or live
-    if not fresh:
-        return None
-    if len(fresh) == 1:
-        return fresh[0]
-    return random.choices(fresh, weights=[u.weight for u in fresh])[0]
+    return split(fresh, caller_key=caller_key, experiment_id=experiment_id)
 
 
 def _error(status: int, reason: str, **extra: Any) -> JSONResponse:
@@ -81,8 +107,15 @@ class Forwarder:
     that left the routes has drained.
     """
 
-    def __init__(self, follower: RouteFollower) -> None:
+    def __init__(
+        self,
+        follower: RouteFollower,
+        capture: CaptureWriter | None = None,
+        shadow_timeout: float = SHADOW_TIMEOUT,
+    ) -> None:
         self.follower = follower
+        self.capture = capture or CaptureWriter()
+        self.shadow = ShadowMirror(self.capture, timeout=shadow_timeout)
         self._inflight: dict[tuple[str, str], int] = defaultdict(int)
         self._client: aiohttp.ClientSession | None = None
 
@@ -101,18 +134,39 @@ class Forwarder:
             trust_env=False,
             auto_decompress=False,
         ) as client:
-            self._client = client
-            try:
-                yield
-            finally:
-                self._client = None
+            # The shadow's own client: a slow shadow can hold only its own few connections.
+            shadow_client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.shadow.workers, keepalive_timeout=5.0),
+                timeout=aiohttp.ClientTimeout(
+                    total=self.shadow.timeout, connect=min(1.0, self.shadow.timeout)
+                ),
+                trust_env=False,
+                auto_decompress=False,
+            )
+            async with (
+                shadow_client,
+                self.capture.running(),
+                self.shadow.running(shadow_client),
+            ):
+                self._client = client
+                try:
+                    yield
+                finally:
+                    self._client = None
 
     def inflight(self, model: str) -> dict[str, int]:
         """Requests in flight to each variant of ``model`` (variants with none left out)."""
         return {name: n for (m, name), n in self._inflight.items() if m == model and n}
 
     async def forward(
-        self, model: str, body: bytes, headers: dict[str, str], wanted: str | None
+        self,
+        model: str,
+        body: bytes,
+        headers: dict[str, str],
+        wanted: str | None,
+        *,
+        caller_key: str | None = None,
+        inference_id: str | None = None,
     ) -> Response:
         """Answer one invocation from a variant, retrying on another when one cannot connect.
 
@@ -121,30 +175,70 @@ class Forwarder:
             body: the request body, passed on unchanged.
             headers: the request headers to pass on.
             wanted: the variant the caller named, if any.
+            caller_key: the caller's sticky key, if any.
+            inference_id: the caller's id for the request (a new one when None).
 
         Returns:
-            The variant's answer (naming it), or the router's own error.
+            The variant's answer (naming it and the inference id), or the router's own error.
         """
         if self._client is None:
             raise RuntimeError("the router's upstream client is not open (server not started)")
+        inference_id = inference_id or str(uuid.uuid4())
         tried: set[str] = set()
         last = "no variant serves it"
         for attempt in range(ATTEMPTS):
             # Routes are read per attempt: a retry after a swap goes to the new variant.
-            upstreams = self.follower.current().models.get(model)
+            table = self.follower.current()
+            upstreams = table.models.get(model)
             if not upstreams:
                 return _error(404, f"endpoint {model} not found")
-            choice = choose(upstreams, tried, wanted)
+            experiment = table.experiments.get(model, NO_EXPERIMENT)
+            choice = choose(upstreams, tried, wanted, caller_key, experiment.experiment_id)
             if choice is None:
-                return _error(400, f"endpoint {model} has no variant {wanted!r}")
+                names = [u.name for u in upstreams]
+                return _error(400, unknown_variant(model, str(wanted), names), variants=names)
             answer = await self._send(self._client, model, choice, body, headers)
             if not isinstance(answer, str):
+                answer.headers[INFERENCE_ID_HEADER] = inference_id
+                if experiment is not NO_EXPERIMENT:
+                    self._after(model, experiment, choice, body, headers, answer, inference_id)
                 return answer
             last = answer
             tried.add(choice.name)
             log.warning("retrying %s after %s", model, last)
             await asyncio.sleep(0.05 * (attempt + 1))
         return _error(502, f"no variant of {model} answered: {last}")
+
+    def _after(
+        self,
+        model: str,
+        experiment: ExperimentRoute,
+        choice: Upstream,
+        body: bytes,
+        headers: dict[str, str],
+        answer: Response,
+        inference_id: str,
+    ) -> None:
+        """Capture the answer and mirror the request: no await, so the caller waits for neither."""
+        if experiment.capture is not None and 200 <= answer.status_code < 300:
+            self.capture.record(
+                Captured(
+                    route=experiment.capture,
+                    variant=choice.name,
+                    version=choice.version,
+                    arm=experiment.arm(choice.name),
+                    experiment_id=experiment.experiment_id,
+                    inference_id=inference_id,
+                    content_type=headers.get("content-type", "application/json"),
+                    request=body,
+                    response=bytes(answer.body),
+                    response_type=answer.headers.get("content-type", "application/json"),
+                    at=time.time(),
+                )
+            )
+        if mirrored(experiment.shadow):
+            assert experiment.shadow is not None
+            self.shadow.offer(model, experiment.shadow, experiment, body, headers, inference_id)
 
     async def _send(
         self,
@@ -178,7 +272,7 @@ class Forwarder:
             if not self._inflight[key]:
                 del self._inflight[key]
         out = {k: v for k in _FORWARD_RESPONSE if (v := got.get(k)) is not None}
-        out["X-Amzn-Invoked-Production-Variant"] = choice.name
+        out[INVOKED_VARIANT_HEADER] = choice.name
         return Response(content, status_code=status, headers=out)
 
 
@@ -192,17 +286,23 @@ def _invocation_model(path: str) -> str | None:
     return None
 
 
-def create_router(state_file: Path, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_router(
+    state_file: Path,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    shadow_timeout: float = SHADOW_TIMEOUT,
+) -> FastAPI:
     """Build the router app following ``state_file``.
 
-    The upstream HTTP client is created when the server starts and closed when it stops.
+    The upstream HTTP clients, the capture flusher and the shadow workers start with the server
+    and stop with it.
 
     Args:
         state_file: the ``routes.json`` to follow.
         max_body_bytes: largest request body; more is a 413 before it is read whole.
+        shadow_timeout: seconds a shadow copy may take.
     """
     follower = RouteFollower(Path(state_file))
-    forwarder = Forwarder(follower)
+    forwarder = Forwarder(follower, shadow_timeout=shadow_timeout)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -219,11 +319,20 @@ def create_router(state_file: Path, max_body_bytes: int = MAX_BODY_BYTES) -> Fas
 
     def view(model: str, table: RouteTable) -> dict[str, Any]:
         ups = table.models.get(model, ())
+        experiment = table.experiments.get(model, NO_EXPERIMENT)
+        shadow = experiment.shadow
         return {
             "model": model,
             "generation": table.generation,
-            "variants": [u.describe() for u in ups],
+            "variants": [{**u.describe(), "arm": experiment.arm(u.name)} for u in ups],
             "inflight": forwarder.inflight(model),
+            "experiment_id": experiment.experiment_id or None,
+            "shadow": None
+            if shadow is None
+            else {"name": shadow.name, "version": shadow.version, "percent": shadow.percent},
+            "capture": None if experiment.capture is None else experiment.capture.uri,
+            "mirror_stats": dict(forwarder.shadow.stats),
+            "capture_stats": dict(forwarder.capture.stats),
         }
 
     @app.get("/ping")
@@ -265,9 +374,16 @@ def create_router(state_file: Path, max_body_bytes: int = MAX_BODY_BYTES) -> Fas
             body = await read_body(request, max_body_bytes)
         except BadRequest as exc:
             return _error(exc.status, f"router: {exc.reason}")
-        headers = {k: v for k in _FORWARD_REQUEST if (v := request.headers.get(k)) is not None}
-        wanted = request.headers.get("x-amzn-sagemaker-target-variant")
-        return await forwarder.forward(model, body, headers, wanted)
+        got = request.headers
+        headers = {k: v for k in _FORWARD_REQUEST if (v := got.get(k)) is not None}
+        return await forwarder.forward(
+            model,
+            body,
+            headers,
+            got.get(TARGET_VARIANT_HEADER),
+            caller_key=got.get(CALLER_KEY_HEADER),
+            inference_id=got.get(_INFERENCE_ID_REQUEST),
+        )
 
     # POST /endpoints/{model}/invocations, the hot path, skips FastAPI's routing.
     app.add_middleware(

@@ -10,7 +10,8 @@ Layout::
      "models": {"limit_optimiser": {"variants": [
          {"name": "...", "version": "v4", "port": 41234, "weight": 1.0, ...}]}}}
 
-Variants may carry more keys (pid, directory, hashes); the router ignores them.
+Variants may carry more keys (pid, directory, hashes); the router ignores them. A route may
+also carry ``experiment``, ``shadow`` and ``capture`` (:mod:`serving.experiment_routing`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from serving.experiment_routing import ExperimentRoute, parse_experiment
 
 log = logging.getLogger("serving.router")
 
@@ -65,6 +68,8 @@ class RouteTable:
 
     generation: int = 0
     models: dict[str, tuple[Upstream, ...]] = field(default_factory=dict)
+    experiments: dict[str, ExperimentRoute] = field(default_factory=dict)
+    """Models with an experiment, a shadow or capture on; the others have none."""
 
 
 def empty_state() -> dict[str, Any]:
@@ -84,6 +89,7 @@ def parse_state(raw: Any) -> RouteTable:
     if not isinstance(generation, int) or generation < 0:
         raise ValueError("generation must be a non-negative integer")
     models: dict[str, tuple[Upstream, ...]] = {}
+    experiments: dict[str, ExperimentRoute] = {}
     for model, route in raw["models"].items():
         variants = route.get("variants") if isinstance(route, dict) else None
         if not isinstance(variants, list):
@@ -111,7 +117,10 @@ def parse_state(raw: Any) -> RouteTable:
                 )
             )
         models[model] = tuple(ups)
-    return RouteTable(generation=generation, models=models)
+        experiment = parse_experiment(f"models.{model}", route, {u.name for u in ups})
+        if experiment.experiment_id or experiment.shadow or experiment.capture:
+            experiments[model] = experiment
+    return RouteTable(generation=generation, models=models, experiments=experiments)
 
 
 def read_state(path: Path) -> dict[str, Any]:

@@ -38,6 +38,8 @@ Modules, one job each:
   (start, ping, confirm a generation, drain).
 - :mod:`~adapters.endpoints.local.variants`: a variant's directory and process (fetch,
   start, health).
+- :mod:`~adapters.endpoints.local.experiment`: A/B and shadow experiments: a challenger
+  variant beside the champion on one route, with capture on.
 - :mod:`~adapters.endpoints.local.target`: :class:`LocalTarget`, the endpoint-target interface
   composed of the three.
 """

@@ -33,6 +33,20 @@ if TYPE_CHECKING:
 ROUTES = "routes.json"
 ROUTER_INFO = "router.json"
 ROUTER_LOG = "router.log"
+ROUTE_EXTRAS = ("experiment", "shadow", "capture")
+"""The keys of a route besides its variants (:mod:`serving.experiment_routing`)."""
+
+
+def extras(route: dict[str, Any] | None) -> dict[str, Any]:
+    """A route's experiment, shadow and capture, each None when absent (to restore it whole)."""
+    return {k: (route or {}).get(k) for k in ROUTE_EXTRAS}
+
+
+def routed(route: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Every variant record a route names: its production variants, then its shadow."""
+    if not route:
+        return []
+    return [*route.get("variants", []), *([route["shadow"]] if route.get("shadow") else [])]
 
 
 class RouterControl:
@@ -104,19 +118,42 @@ class RouterControl:
         return read_state(self.routes_file)
 
     def variants(self, model: str) -> list[dict[str, Any]]:
-        """The variant records on the model's route; empty when it has none."""
+        """The production variant records on the model's route; empty when it has none."""
         route = self.state()["models"].get(model)
         return list(route["variants"]) if route else []
 
-    def write(self, model: str, variants: list[dict[str, Any]] | None) -> int:
-        """Set (or with None, drop) the model's route; return the new generation."""
+    def route(self, model: str) -> dict[str, Any] | None:
+        """The model's whole route: variants, and ``experiment``, ``shadow``, ``capture``."""
+        route = self.state()["models"].get(model)
+        return dict(route) if route else None
+
+    def write(
+        self,
+        model: str,
+        variants: list[dict[str, Any]] | None,
+        extra: dict[str, Any] | None = None,
+    ) -> int:
+        """Set (or with None, drop) the model's route; return the new generation.
+
+        Args:
+            model: the model.
+            variants: its production variants; None or empty drops the route.
+            extra: ``experiment``, ``shadow`` or ``capture`` to set (None as a value removes
+                the key). Without it, a new route keeps the old route's ``capture`` (capture
+                stays as it is across deploys) and drops any experiment and shadow.
+        """
         from serving.routes import write_state
 
         with self.lock("routes"):
             state = self.state()
             state["generation"] = int(state.get("generation", 0)) + 1
             if variants:
-                state["models"][model] = {"variants": variants, "updated_at": utc_now()}
+                old = state["models"].get(model) or {}
+                route: dict[str, Any] = {"variants": variants, "updated_at": utc_now()}
+                if "capture" in old:
+                    route["capture"] = old["capture"]
+                route.update(extra or {})
+                state["models"][model] = {k: v for k, v in route.items() if v is not None}
             else:
                 state["models"].pop(model, None)
             write_state(self.routes_file, state)

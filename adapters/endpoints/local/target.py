@@ -16,9 +16,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapters.endpoints.local.processes import ServingProcesses, http_client, is_alive, read_json
-from adapters.endpoints.local.router_control import RouterControl
+from adapters.endpoints.local.router_control import RouterControl, extras, routed
 from adapters.endpoints.local.variants import VARIANT_INFO, VARIANTS, Variants, fetch
-from core.endpoint import Progress, Resource, RolloutFailed, Serving, VersionToServe, parse_answer
+from core.endpoint import (
+    Progress,
+    Resource,
+    RolloutFailed,
+    Serving,
+    TrafficPlan,
+    VersionToServe,
+    parse_answer,
+)
 
 if TYPE_CHECKING:
     from adapters.store import LocalStore, S3Store
@@ -139,9 +147,11 @@ class LocalTarget:
                 serving = self.describe(target.model)
                 assert serving is not None
                 return serving
+            route = self.router.route(target.model)
             self.router.ensure(progress)
-            timings = self._switch(target, current, progress)
-            timings["drain"] = self._retire(target.model, current, progress)
+            timings = self._switch(target, current, progress, extras(route))
+            # A promotion during an experiment ends it: the challenger and shadow go too.
+            timings["drain"] = self._retire(target.model, routed(route), progress)
             timings["total"] = time.monotonic() - started
             self.last_timings = timings
             progress(
@@ -158,12 +168,16 @@ class LocalTarget:
         return serving
 
     def _switch(
-        self, target: VersionToServe, current: list[dict[str, Any]], progress: Progress
+        self,
+        target: VersionToServe,
+        current: list[dict[str, Any]],
+        progress: Progress,
+        before_extras: dict[str, Any] | None = None,
     ) -> dict[str, float]:
         """Fetch, start and route to a new variant; return each step's seconds.
 
-        Any failure undoes what was done (the old route back, the new process and directory
-        gone) and raises :class:`RolloutFailed` naming the step.
+        Any failure undoes what was done (the old route back whole, experiment included; the
+        new process and directory gone) and raises :class:`RolloutFailed` naming the step.
         """
         before = ", ".join(sorted({v["version"] for v in current})) or "nothing"
         instance = self.variants.create(target)
@@ -173,7 +187,7 @@ class LocalTarget:
 
         def undo() -> None:
             if switched:
-                self.router.write(target.model, current or None)
+                self.router.write(target.model, current or None, before_extras)
             if record is not None:
                 self.processes.stop(record["pid"], record["token"])
             shutil.rmtree(instance, ignore_errors=True)
@@ -187,7 +201,9 @@ class LocalTarget:
             record = self.variants.start(target, instance, self._ping_timeout(target), progress)
             timings["start"] = time.monotonic() - mark
             step, mark = "switch", time.monotonic()
-            generation = self.router.write(target.model, [record])
+            generation = self.router.write(
+                target.model, [record], {"experiment": None, "shadow": None}
+            )
             switched = True
             self.router.confirm(target.model, generation, [record["name"]])
             timings["switch"] = time.monotonic() - mark
@@ -293,6 +309,36 @@ class LocalTarget:
         """Local processes cost nothing to rent."""
         return 0.0
 
+    # --- experiments (adapters.endpoints.local.experiment) -------------------------------------
+
+    def start_experiment(self, plan: TrafficPlan, progress: Progress) -> None:
+        """Serve the challenger beside the champion as ``plan`` says, capture on for both arms.
+
+        Raises:
+            RolloutFailed: the champion serves 100 % and the challenger's process is gone.
+        """
+        from adapters.endpoints.local.experiment import LocalExperiments
+
+        LocalExperiments(self).start(plan, progress)
+
+    def stop_experiment(self, model: str, progress: Progress) -> None:
+        """Champion back to 100 %, challenger stopped, capture kept; a no-op without one."""
+        from adapters.endpoints.local.experiment import LocalExperiments
+
+        LocalExperiments(self).stop(model, progress)
+
+    def traffic(self, model: str) -> dict[str, Any] | None:
+        """Mode, variants with weights and arms, shadow, experiment id; None if not served."""
+        from adapters.endpoints.local.experiment import LocalExperiments
+
+        return LocalExperiments(self).traffic(model)
+
+    def capture_prefix(self, model: str) -> str:
+        """``{store}/capture/{model}``: where the router writes the model's captured answers."""
+        from adapters.layout import capture_prefix
+
+        return self._store().url(capture_prefix(model))
+
     def overview(self) -> dict[str, Any]:
         """Router, routes and stray variant directories, for ``mlops endpoint status``."""
         info = self.router.info()
@@ -336,7 +382,7 @@ class LocalTarget:
         was killed, say) is deletable, with its process if one still runs.
         """
         state = self.router.state()
-        in_use = {v["name"] for route in state["models"].values() for v in route["variants"]}
+        in_use = {v["name"] for route in state["models"].values() for v in routed(route)}
         found: list[Resource] = []
         for model in sorted(state["models"]):
             serving = self.describe(model)
@@ -361,7 +407,7 @@ class LocalTarget:
         # maybe no variant.json yet) is never taken for an unused one.
         with self.router.lock(f"model-{resource.model}"), self.router.lock("routes"):
             state = self.router.state()
-            names = {v["name"] for r in state["models"].values() for v in r["variants"]}
+            names = {v["name"] for r in state["models"].values() for v in routed(r)}
             if resource.name in names:
                 raise ValueError(f"variant {resource.name} is in use by a route")
             path = self.variants_dir / resource.name
@@ -371,7 +417,7 @@ class LocalTarget:
     def remove(self, model: str, progress: Progress | None = None) -> None:
         """Drop the model's route and stop its variants (a rollout whose endpoint was new)."""
         with self.router.lock(f"model-{model}"):
-            current = self.router.variants(model)
+            current = routed(self.router.route(model))
             if not current:
                 return
             self.router.write(model, None)
@@ -404,12 +450,12 @@ class LocalTarget:
             state = self.router.state()
         except ValueError:
             state = {"models": {}}
-        records = [v for r in state["models"].values() for v in r["variants"]]
-        routed = {r["name"] for r in records}
+        records = [v for r in state["models"].values() for v in routed(r)]
+        on_route = {r["name"] for r in records}
         records += [
             info
             for _path, info in self.variants.on_disk()
-            if info and info.get("name") not in routed
+            if info and info.get("name") not in on_route
         ]
         return records
 

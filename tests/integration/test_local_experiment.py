@@ -1,0 +1,265 @@
+"""Experiments on the local endpoint with real processes: the router, champion and challenger.
+
+One endpoint is shared by the tests of this module, which run in file order: v1 serves; an A/B
+test of v2 at 10 % (split, stickiness, a named variant, capture of both arms); stop; a start
+that fails halfway; a shadow test of v2 whose shadow then fails and then sleeps 5 s. Each test
+says what state it leaves; every process started here is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from scipy.stats import binom
+
+from adapters.endpoints.local import LocalTarget
+from adapters.endpoints.local.processes import free_port, is_alive
+from adapters.endpoints.local.router_control import extras
+from adapters.store import LocalStore
+from core.endpoint import RolloutFailed, TrafficPlan, VersionToServe
+from tests.fixtures.serving import build_model_dir, our_processes, publish_tiny
+
+pytestmark = pytest.mark.integration
+
+MODEL = "limit_optimiser"
+VARIANT = "X-Amzn-Invoked-Production-Variant"
+
+
+@dataclass
+class Endpoint:
+    """The shared endpoint and the versions published for it."""
+
+    target: LocalTarget
+    home: Path
+    v1: VersionToServe
+    v2: VersionToServe
+    records: list[dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
+    base = tmp_path_factory.mktemp("local-experiment")
+    home = base / "home"
+    store = LocalStore(base / "store")
+    v1 = publish_tiny(store, build_model_dir(MODEL, base / "m1", seed=1), base / "s1")
+    tiny2 = build_model_dir(MODEL, base / "m2", seed=2)
+    v2 = publish_tiny(store, tiny2, base / "s2")
+    target = LocalTarget(home=home, store_uri=str(store.root), port=free_port(), stop_seconds=5)
+    try:
+        target.deploy(v1, lambda _m: None)
+        yield Endpoint(target, home, v1, v2, tiny2.example_request[:2])
+    finally:
+        target.stop()
+        for pid in our_processes(home):  # a safety net: nothing may outlive the tests
+            with_group = os.getpgid(pid) == pid
+            (os.killpg if with_group else os.kill)(pid, signal.SIGKILL)
+
+
+def plan(
+    endpoint: Endpoint, mode: str, share: float, experiment_id: str, **change: Any
+) -> TrafficPlan:
+    challenger = dataclasses.replace(endpoint.v2, **change)
+    return TrafficPlan(MODEL, mode, endpoint.v1, challenger, share, experiment_id)
+
+
+def send(client: httpx.Client, endpoint: Endpoint, n: int, **headers: str) -> list[httpx.Response]:
+    url = endpoint.target.address(MODEL)
+    return [
+        client.post(url, json={"instances": endpoint.records}, headers=headers) for _ in range(n)
+    ]
+
+
+def captured(prefix: str, expected: int) -> list[dict[str, Any]]:
+    """Every capture record under ``prefix`` once ``expected`` are there (the flush is 1 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [
+            json.loads(line)
+            for path in sorted(Path(prefix).rglob("*.jsonl"))
+            for line in path.read_text().splitlines()
+        ]
+        if len(lines) >= expected or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.2)
+
+
+def attributes(record: dict[str, Any]) -> dict[str, str]:
+    raw = record["eventMetadata"]["customAttributes"]
+    return dict(pair.split("=", 1) for pair in raw.split(";"))
+
+
+def test_ab_splits_sticks_targets_and_captures_both_arms(endpoint: Endpoint) -> None:
+    target = endpoint.target
+    target.start_experiment(plan(endpoint, "ab", 10, "exp-ab"), lambda _m: None)
+    traffic = target.traffic(MODEL)
+    assert traffic is not None and traffic["mode"] == "ab"
+    assert traffic["experiment_id"] == "exp-ab" and traffic["shadow"] is None
+    weights = {v["arm"]: (v["version"], v["weight"]) for v in traffic["variants"]}
+    assert weights == {"champion": ("v1", 90.0), "challenger": ("v2", 10.0)}
+    names = {v["arm"]: v["name"] for v in traffic["variants"]}
+
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        answers = send(client, endpoint, 400)
+        sticky = {
+            k: {r.headers[VARIANT] for r in send(client, endpoint, 4, **{"X-Caller-Key": k})}
+            for k in map(str, range(25))
+        }
+        named = send(
+            client, endpoint, 10, **{"X-Amzn-SageMaker-Target-Variant": names["challenger"]}
+        )
+        unknown = send(client, endpoint, 1, **{"X-Amzn-SageMaker-Target-Variant": "nope"})[0]
+
+    assert {r.status_code for r in answers} == {200}
+    # The split: 400 requests at 90/10 inside the 99 % binomial interval.
+    counts = Counter(r.headers[VARIANT] for r in answers)
+    low, high = binom.interval(0.99, 400, 0.10)
+    assert low <= counts[names["challenger"]] <= high, counts
+    # Each answer comes from the variant the header names.
+    version_of = {names["champion"]: "v1", names["challenger"]: "v2"}
+    assert all(r.json()["version"] == version_of[r.headers[VARIANT]] for r in answers)
+    # Sticky: every caller key saw one variant in its four requests.
+    assert all(len(seen) == 1 for seen in sticky.values())
+    assert {r.headers[VARIANT] for r in named} == {names["challenger"]}
+    assert unknown.status_code == 400
+    assert names["champion"] in unknown.text and names["challenger"] in unknown.text
+
+    # Capture: one record per answer (sticky and named ones too), in SageMaker's layout.
+    ok = [*answers, *named]
+    total = len(answers) + 25 * 4 + len(named)
+    prefix = target.capture_prefix(MODEL)
+    assert prefix == str(Path(target.store_uri) / "capture" / MODEL)
+    records = captured(prefix, total)
+    assert len(records) == total
+    by_id = {r["eventMetadata"]["inferenceId"]: r for r in records}
+    for response in ok:
+        record = by_id[response.headers["X-Inference-Id"]]
+        attrs = attributes(record)
+        variant = response.headers[VARIANT]
+        assert attrs["experiment_id"] == "exp-ab" and attrs["variant"] == variant
+        assert attrs["version"] == version_of[variant]
+        assert attrs["arm"] == ("champion" if variant == names["champion"] else "challenger")
+        assert json.loads(record["captureData"]["endpointOutput"]["data"]) == response.json()
+    folders = {p.parent.relative_to(prefix).parts[:2] for p in Path(prefix).rglob("*.jsonl")}
+    assert folders == {(MODEL, names["champion"]), (MODEL, names["challenger"])}
+
+
+def test_stop_returns_the_champion_to_100_percent_and_is_idempotent(endpoint: Endpoint) -> None:
+    target = endpoint.target
+    traffic = target.traffic(MODEL)
+    assert traffic is not None
+    challenger = next(v for v in traffic["variants"] if v["arm"] == "challenger")
+    record = next(v for v in target.router.variants(MODEL) if v["name"] == challenger["name"])
+
+    target.stop_experiment(MODEL, lambda _m: None)
+    target.stop_experiment(MODEL, lambda _m: None)  # a no-op the second time
+
+    after = target.traffic(MODEL)
+    assert after is not None and after["mode"] is None and after["experiment_id"] is None
+    assert [(v["version"], v["weight"]) for v in after["variants"]] == [("v1", 1.0)]
+    assert after["capture_prefix"] == target.capture_prefix(MODEL)  # capture stays on
+    assert not is_alive(record["pid"], record["token"])
+    assert not Path(record["dir"]).exists()
+    assert target.invoke(MODEL, endpoint.records)["version"] == "v1"
+
+
+def test_a_start_that_fails_halfway_leaves_the_champion_at_100_percent(
+    endpoint: Endpoint,
+) -> None:
+    target = endpoint.target
+    before = target.router.route(MODEL)
+    dirs = {p.name for p in target.variants_dir.iterdir()}
+    processes = set(our_processes(endpoint.home))
+    # The challenger is downloaded and started, then fails its smoke test.
+    bad = plan(endpoint, "ab", 50, "exp-bad", example_request=[{"no_such_column": 1}])
+    with pytest.raises(RolloutFailed) as failed:
+        target.start_experiment(bad, lambda _m: None)
+    assert failed.value.step == "smoke-test"
+    assert "serves v1 at 100 %" in str(failed.value)
+    after = target.router.route(MODEL)
+    assert after is not None and before is not None
+    assert after["variants"] == before["variants"] and "experiment" not in after
+    assert {p.name for p in target.variants_dir.iterdir()} == dirs
+    assert set(our_processes(endpoint.home)) == processes
+    # A bad plan is refused before anything starts.
+    with pytest.raises(RolloutFailed, match="share must be in"):
+        target.start_experiment(plan(endpoint, "ab", 100, "exp-x"), lambda _m: None)
+
+
+class _Slow(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        time.sleep(5)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+def test_a_failing_or_slow_shadow_costs_the_caller_nothing(endpoint: Endpoint) -> None:
+    target = endpoint.target
+    target.start_experiment(plan(endpoint, "shadow", 50, "exp-shadow"), lambda _m: None)
+    route = target.router.route(MODEL)
+    assert route is not None
+    real = route["shadow"]
+    stats_url = f"{target.url}/endpoints/{MODEL}"
+    slow = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    slow.daemon_threads = True
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    closed = free_port()
+    phases: dict[str, list[httpx.Response]] = {}
+    try:
+        # A 1 s client timeout: a caller that waited for the 5 s shadow would fail here.
+        with httpx.Client(trust_env=False, timeout=1.0) as client:
+            phases["real"] = send(client, endpoint, 60)
+            for name, port in (("failing", closed), ("slow", slow.server_address[1])):
+                broken = {**extras(route), "shadow": {**real, "port": port}}
+                target.router.write(MODEL, route["variants"], broken)
+                time.sleep(0.1)  # the router reloads routes on its next request
+                phases[name] = send(client, endpoint, 60)
+            stats = client.get(stats_url).json()["mirror_stats"]
+    finally:
+        target.router.write(MODEL, route["variants"], extras(route))
+        slow.shutdown()
+
+    expected = phases["real"][0].json()
+    for name, answers in phases.items():
+        assert [r.status_code for r in answers] == [200] * 60, name
+        assert all(r.json() == expected for r in answers), name
+        assert {r.headers[VARIANT] for r in answers} == {route["variants"][0]["name"]}
+    # The shadow was really tried: refused copies failed, slow ones are still out or dropped.
+    assert stats["failed"] >= 10, stats
+    assert stats["sent"] - stats["answered"] - stats["failed"] >= 8, stats
+
+    # The real shadow's answers were captured beside the champion's, joined by inference id.
+    time.sleep(1.5)  # the capture flushes every second
+    records = [
+        r
+        for r in captured(target.capture_prefix(MODEL), 0)
+        if attributes(r)["experiment_id"] == "exp-shadow"
+    ]
+    arms = Counter(attributes(r)["arm"] for r in records)
+    assert arms["champion"] == 180 and 10 <= arms["shadow"] <= 50, arms
+    champion_ids = {
+        r["eventMetadata"]["inferenceId"] for r in records if attributes(r)["arm"] == "champion"
+    }
+    shadow = [r for r in records if attributes(r)["arm"] == "shadow"]
+    assert all(r["eventMetadata"]["inferenceId"] in champion_ids for r in shadow)
+    assert {attributes(r)["version"] for r in shadow} == {"v2"}
+
+    target.stop_experiment(MODEL, lambda _m: None)
+    assert not is_alive(real["pid"], real["token"])
+    after = target.traffic(MODEL)
+    assert after is not None and after["shadow"] is None
