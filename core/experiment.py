@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
-from core.sequential import compare, non_inferiority_p, planned_sample_size
+from core.sequential import compare, mixture_tau, non_inferiority_p, planned_sample_size
 
 MODES = ("ab", "shadow")
 ACTIVE = ("starting", "running", "promoting", "stopping")
@@ -287,7 +287,9 @@ def _guardrail(exp: Experiment, name: str, a: np.ndarray, b: np.ndarray) -> dict
         return {"metric": name, "measured": True, "breached": False, "non_inferior": False}
     margin = _margin(guard, float(np.mean(a)))
     # Breach: the always-valid interval of the harm lies wholly beyond the margin.
-    look = compare(a, b, paired=exp.paired, tau=max(margin, 1e-9), alpha=exp.alpha)
+    spread = float(np.std(b - a if exp.paired else np.r_[a, b]))
+    tau = max(margin, exp.mde * spread, 1e-9)
+    look = compare(a, b, paired=exp.paired, tau=tau, alpha=exp.alpha)
     harm_low = float("-inf")
     if look is not None:
         harm_low = look.ci[0] if lower else -look.ci[1]
@@ -317,7 +319,7 @@ def _freeze_plan(exp: Experiment, a: np.ndarray, b: np.ndarray) -> Experiment:
     n = planned_sample_size(
         effect, sd, exp.alpha, exp.power, paired=exp.paired, share_percent=exp.share_percent
     )
-    return replace(exp, tau=effect, planned_n=n)
+    return replace(exp, tau=mixture_tau(exp.mde, float(np.mean(a)), sd), planned_n=n)
 
 
 def decide(exp: Experiment, obs: Observations, now: datetime) -> tuple[Experiment, dict[str, Any]]:

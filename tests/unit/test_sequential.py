@@ -16,6 +16,7 @@ from core.sequential import (
     compare,
     half_width,
     log_lambda,
+    mixture_tau,
     non_inferiority_p,
     planned_sample_size,
 )
@@ -42,7 +43,8 @@ def simulate(improvement: float, power: float, sims: int = 2000, looks: int = 30
     n = step * np.arange(1, looks + 1)
     pa, pb = a / n, b / n
     variance = np.maximum(pa * (1 - pa) / n + pb * (1 - pb) / n, 1e-12)
-    rejected = log_lambda(pb - pa, variance, tau=delta) >= math.log(1 / ALPHA)
+    tau = mixture_tau(MDE, BASELINE, sd)  # the production rule: here 2 x delta
+    rejected = log_lambda(pb - pa, variance, tau=tau) >= math.log(1 / ALPHA)
     stopped = rejected.any(axis=1)
     stop_n = n[np.where(stopped, rejected.argmax(axis=1), looks - 1)]
     return float(stopped.mean()), float(np.median(stop_n)), planned
