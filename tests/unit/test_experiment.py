@@ -34,7 +34,12 @@ from core.experiment import (
 )
 from core.families import get_family
 from core.settings import PROJECT_ROOT
-from tasks.experiment import look_markdown, start_experiment
+from tasks.experiment import (
+    experiment_status,
+    look_markdown,
+    start_experiment,
+    stop_experiment,
+)
 
 MODEL = "limit_optimiser"
 START = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
@@ -279,3 +284,20 @@ def test_nothing_is_decided_before_the_minimum_duration(tmp_path: Path) -> None:
 
 def test_policy_defaults_are_valid() -> None:
     assert ExperimentPolicy().power == 0.9 and CFG.experiment.metric == "abs_error"
+
+
+def test_a_start_killed_before_the_endpoint_changed_shows_in_status_and_stop_finishes_it(
+    published: tuple[LocalStore, LocalTarget],
+) -> None:
+    # The process died after recording "starting" and before asking the endpoint to split:
+    # the endpoint was never touched, status says so, and stop ends the record.
+    store, target = published
+    begin_experiment(store, record())
+    report = experiment_status(store, target, MODEL)
+    assert report["experiment"].state == "starting"
+    assert "interrupted while starting" in report["note"]
+    assert "mlops experiment stop limit_optimiser" in report["note"]
+    ended = stop_experiment.fn(store, target, MODEL, "clean up after a crash")
+    assert ended is not None and ended.state == "stopped" and not ended.active
+    assert experiment_status(store, target, MODEL)["note"] == ""
+    assert stop_experiment.fn(store, target, MODEL, "again") == ended  # idempotent
