@@ -107,7 +107,7 @@ def specs(config_dir: Path) -> list[Spec]:
             cron=schedule.monitor_cron,
         ),
         Spec(
-            "flows.experiment:evaluate",
+            "flows.experiment:experiment",
             "evaluate",
             "Daily look at running experiments: sequential test, guardrails; promote or stop.",
             cron=schedule.experiment_cron,

@@ -1,6 +1,6 @@
 """Online experiments: start, stop, and the daily look that decides.
 
-``evaluate`` (the ``experiment/evaluate`` deployment, daily) looks at every model with a
+``experiment`` (the ``experiment/evaluate`` deployment, daily) looks at every model with a
 running experiment: captured answers joined to late labels, the sequential test and the
 guardrails (:func:`core.experiment.decide`), a Prefect artifact and an event. A decision acts
 through the existing paths: ``promote`` runs the rollout subflow (endpoint, smoke test,
@@ -62,7 +62,7 @@ def stop(model: str, reason: str = "stopped by hand") -> State:
 
 
 @flow(name="experiment", flow_run_name="experiment-evaluate")
-def evaluate(models: list[str] | None = None) -> dict[str, Any]:
+def experiment(models: list[str] | None = None) -> dict[str, Any]:
     """Look at every running experiment (or those of ``models``) and act on its decision."""
     settings = load_settings()
     platform = load_platform_config(settings.config_dir)

@@ -36,7 +36,7 @@ from adapters.store import LocalStore
 from cli import app
 from core.config import load_platform_config
 from core.settings import Settings, load_settings
-from flows.experiment import evaluate
+from flows.experiment import experiment as evaluate
 from flows.experiment import start as start_flow
 from flows.rollout import rollout
 from tests.fixtures.home import isolated_env, project_configs
