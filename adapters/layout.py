@@ -14,6 +14,8 @@ Keys are relative to the store root (a local directory or ``s3://bucket/prefix``
     models/{model}/v{N}/manifest.json           written last: sha256 and size of every file, lineage
     models/{model}/latest.json                  the champion pointer, moved only on promotion
     models/{model}/promotions/{seq:06d}.json    append-only history of pointer moves
+    models/{model}/experiment.json              the model's current (or last) online experiment
+    models/{model}/experiments/{id}.json        each ended experiment, as it ended
 
 Pure functions and names, no I/O: :mod:`adapters.versions`, :mod:`adapters.pointer` and
 :mod:`adapters.snapshots` read and write these keys through an :class:`adapters.store.Store`.
@@ -46,6 +48,8 @@ RESERVED_FILES = frozenset({CLAIM, MANIFEST})
 
 LATEST = "latest.json"
 PROMOTIONS = "promotions"
+EXPERIMENT = "experiment.json"
+EXPERIMENTS = "experiments"
 CAPTURE = "capture"
 
 VALIDATION = "validation.json"
@@ -185,6 +189,18 @@ def promotions_prefix(model: str) -> str:
 def promotion_key(model: str, seq: int) -> str:
     """``models/{model}/promotions/{seq:06d}.json``."""
     return f"{promotions_prefix(model)}/{seq:06d}.json"
+
+
+def experiment_key(model: str) -> str:
+    """``models/{model}/experiment.json``: the current experiment, swapped by compare-and-set."""
+    return f"{model_prefix(model)}/{EXPERIMENT}"
+
+
+def ended_experiment_key(model: str, experiment_id: str) -> str:
+    """``models/{model}/experiments/{id}.json``: an ended experiment, written once."""
+    if not _MODEL.match(experiment_id):
+        raise PublishError(f"invalid experiment id {experiment_id!r}")
+    return f"{model_prefix(model)}/{EXPERIMENTS}/{experiment_id}.json"
 
 
 def promotion_seq(key: str) -> int | None:

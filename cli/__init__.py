@@ -8,16 +8,19 @@
     mlops endpoint status|stop|start
     mlops cleanup [--apply] [--yes] [--all] [--clean-s3] [--region R]
     mlops monitor [--model NAME ...] [--trigger/--no-trigger]
+    mlops experiment start MODEL --challenger vN [--mode ab|shadow] [--share P] [--metric M] ...
+    mlops experiment status|stop MODEL
 
 Prefect's embedded state is pointed at ``$MLOPS_HOME`` before Prefect is imported, so the
 imports of flows and tasks happen inside the commands.
 """
 
-from cli import data, endpoint, models, monitor, status
+from cli import data, endpoint, experiment, models, monitor, status
 from cli.common import app, console
 
 app.add_typer(endpoint.app, name="endpoint")
-__all__ = ["app", "data", "main", "models", "monitor", "status"]
+app.add_typer(experiment.app, name="experiment")
+__all__ = ["app", "data", "experiment", "main", "models", "monitor", "status"]
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from adapters.endpoints import open_target
+from adapters.experiments import experiment_line
 from adapters.layout import METRICS, PublishError, version_file_key, version_prefix
 from adapters.pointer import promotion_history, read_latest
 from adapters.registry import CHAMPION, Registry
@@ -48,6 +49,7 @@ def model_status(
             "champion_alias": alias and alias["version"],
             "champion_store_version": alias and alias["tags"].get("store_version"),
             "promotions": len(promotion_history(store, cfg.name)),
+            "experiment": experiment_line(store, cfg.name),
         }
         problems = []
         if row["latest_version"] != row["champion_store_version"]:
@@ -195,3 +197,6 @@ def status(
             f"{r.get('uri') or '-'}\n{lineage}\nrollback: {r['rollback']}".strip(),
         )
     console.print(table)
+    for r in report:  # one line per model that had an online experiment
+        if r.get("experiment"):
+            console.print(f"experiment {r['model']}: {r['experiment']}", highlight=False)

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.experiment import ExperimentPolicy
+
 ColumnType = Literal["int64", "float64", "string", "timestamp", "bool"]
 
 
@@ -372,6 +374,9 @@ class ScheduleConfig(Strict):
 
     retrain_cron: str = Field(default="0 3 * * 1", description="Cron of the weekly retrain.")
     monitor_cron: str = Field(default="0 6 * * *", description="Cron of the daily monitor.")
+    experiment_cron: str = Field(
+        default="0 7 * * *", description="Cron of the daily look at running experiments."
+    )
     cleanup_cron: str = Field(
         default="0 5 * * 1", description="Cron of the weekly cleanup dry run (after the retrain)."
     )
@@ -440,6 +445,9 @@ class ModelConfig(Strict):
     seed: int = Field(default=42, ge=0, description="Random seed for training.")
     gate: GatePolicy
     endpoint: EndpointConfig = EndpointConfig()
+    experiment: ExperimentPolicy = Field(
+        default_factory=ExperimentPolicy, description="Online experiment defaults (issue 14)."
+    )
 
     @field_validator("validation")
     @classmethod
@@ -462,8 +470,10 @@ class ModelConfig(Strict):
 
     def config_hash(self) -> str:
         """sha256 of the canonical JSON of this config (lineage)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()
+        # The experiment defaults do not change what training produces: left out, so adding
+        # or tuning them does not look like a new training config.
+        blob = json.dumps(self.model_dump(mode="json", exclude={"experiment"}), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
 
 
 class ConfigError(ValueError):
@@ -494,7 +504,26 @@ def load_model_config(path: Path) -> ModelConfig:
     except (ValueError, ImportError) as exc:
         raise ConfigError(f"{path}: params for family {cfg.family!r}: {exc}") from exc
     _check_gate_metrics(path, cfg, family.gate_metrics)
+    _check_experiment_metrics(path, cfg, family.experiment_metrics)
     return cfg
+
+
+def _check_experiment_metrics(path: Path, cfg: ModelConfig, known: dict[str, str]) -> None:
+    """The experiment's metric and guardrails must be ones the family (or the capture) measures."""
+    from core.experiment import PLATFORM_METRICS
+
+    policy = cfg.experiment
+    if policy.metric is not None and policy.metric not in known:
+        raise ConfigError(
+            f"{path}: experiment.metric {policy.metric!r} is not a per-request metric of family "
+            f"{cfg.family!r} (it has {', '.join(sorted(known)) or 'none'})"
+        )
+    unknown = sorted(set(policy.guardrails) - set(known) - set(PLATFORM_METRICS))
+    if unknown:
+        raise ConfigError(
+            f"{path}: experiment.guardrails: unknown metric(s) {unknown}; family {cfg.family!r} "
+            f"measures {sorted(known)}, every model {sorted(PLATFORM_METRICS)}"
+        )
 
 
 def _check_gate_metrics(path: Path, cfg: ModelConfig, known: frozenset[str]) -> None:

@@ -11,6 +11,7 @@ r"""Register the pipeline's Prefect deployments, their schedules and the writers
 | ``rollout/on-demand`` | none | model, version (latest.json's), reason |
 | ``cleanup/weekly-dry-run`` | ``schedule.cleanup_cron`` | models, apply=False, clean_store, ... |
 | ``monitor/daily`` | ``schedule.monitor_cron`` | models, retrain_deployment |
+| ``experiment/evaluate`` | ``schedule.experiment_cron`` | models (all with a running experiment) |
 
 Crons and their time zone come from ``configs/platform.yaml`` (``schedule:``), so the schedule is
 reviewed with the rest of the platform's settings. A deploy script rather than ``prefect.yaml``:
@@ -104,6 +105,13 @@ def specs(config_dir: Path) -> list[Spec]:
             "daily",
             "Drift, live error and champion age; requests retrain/weekly when a threshold is hit.",
             cron=schedule.monitor_cron,
+        ),
+        Spec(
+            "flows.experiment:experiment",
+            "evaluate",
+            "Daily look at running experiments: sequential test, guardrails; promote or stop.",
+            cron=schedule.experiment_cron,
+            writer=True,  # a promotion moves the pointer and the alias, as a rollout does
         ),
     ]
 

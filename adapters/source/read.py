@@ -73,3 +73,23 @@ def recent_rows(url: str, dataset: DatasetConfig, days: int) -> list[tuple[Any, 
             return [tuple(r) for r in conn.execute(sa.text(sql), {"since": since})]
     finally:
         engine.dispose()
+
+
+def label_rows(url: str, dataset: DatasetConfig, label: str, since: Any) -> pd.DataFrame:
+    """The key columns and the ``label`` column of ``dataset``'s rows after ``since``.
+
+    The late labels an experiment joins to its captured answers (abuse incidents, the limit
+    that served a client, the hour's actual traffic), read from the source table itself.
+    """
+    columns = [*dataset.key_columns, label]
+    sql = (
+        f"SELECT {', '.join(columns)} FROM {dataset.table} "
+        f"WHERE {dataset.event_time} >= :since ORDER BY {dataset.watermark}"
+    )
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(sql), {"since": since}).all()
+    finally:
+        engine.dispose()
+    return pd.DataFrame([tuple(r) for r in rows], columns=columns)

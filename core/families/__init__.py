@@ -138,6 +138,40 @@ class Family(ABC):
                 names it (the serving app turns this into a 400).
         """
 
+    experiment_metrics: ClassVar[dict[str, str]] = {}
+    """Per-request metrics an online experiment may use, and which way is better (``lower``):
+    computed by :meth:`request_losses` from a captured answer and its late label. The first is
+    the default success metric; a config's ``experiment.metric`` and guardrails name these."""
+    label_column: ClassVar[str | None] = None
+    """The dataset column holding the late label of a request (joined on the dataset's key)."""
+    answer_column: ClassVar[str | None] = None
+    """For a regressor: the answer column the default :meth:`request_losses` compares."""
+
+    def request_losses(self, answers: pd.DataFrame, labels: pd.Series) -> pd.DataFrame:
+        """One row per answered request: a column per :attr:`experiment_metrics` name.
+
+        The default, for a family answering a number in :attr:`answer_column`: ``abs_error``
+        and ``abs_pct_error`` (against ``max(|label|, 1)``, so a zero label stays finite).
+
+        Args:
+            answers: the model's answers (:meth:`predict`'s columns), one row per request.
+            labels: the request's label (:attr:`label_column`), aligned with ``answers``.
+
+        Raises:
+            ValueError: the family defines no experiment metrics, or an answer column is missing.
+        """
+        column = self.answer_column
+        if column is None:
+            raise ValueError(f"the {self.name} family defines no experiment metrics")
+        if column not in answers.columns:
+            raise ValueError(f"{self.name} answers need a {column} column")
+        actual = labels.to_numpy(dtype=float)
+        error = np.abs(answers[column].to_numpy(dtype=float) - actual)
+        return pd.DataFrame(
+            {"abs_error": error, "abs_pct_error": error / np.maximum(np.abs(actual), 1.0)},
+            index=answers.index,
+        )
+
     batchable: ClassVar[bool] = False
     """Whether the serving app may join concurrent requests into one :meth:`predict_columns`
     call: true for a model with a fixed cost per call (one row costs about what 100 do) whose

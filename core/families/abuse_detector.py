@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -364,6 +364,27 @@ class AbuseDetector(Family):
         matrix = np.column_stack([checked[c].astype("float64") for c in FEATURES])
         scores = model.fast_scores(matrix)
         return {"anomaly_score": scores, "is_abuse": scores > model.threshold}
+
+    experiment_metrics: ClassVar[dict[str, str]] = {
+        "misclassified": "lower",
+        "false_alarm": "lower",
+    }
+    label_column = LABEL
+
+    def request_losses(self, answers: pd.DataFrame, labels: pd.Series) -> pd.DataFrame:
+        """A wrong flag (0/1) against the incident label, and a flag on an innocent client.
+
+        Raises:
+            ValueError: the answers lack ``is_abuse``.
+        """
+        if "is_abuse" not in answers.columns:
+            raise ValueError("abuse answers need an is_abuse column")
+        flag = answers["is_abuse"].to_numpy(dtype=float)
+        label = labels.to_numpy(dtype=float)
+        return pd.DataFrame(
+            {"misclassified": (flag != label).astype(float), "false_alarm": flag * (1 - label)},
+            index=answers.index,
+        )
 
     def input_columns(self) -> dict[str, str]:
         """The eight behaviour columns and their types."""

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -276,6 +276,10 @@ class LimitOptimiser(Family):
         for i, col in enumerate(NUMERIC, start=len(TIERS)):
             matrix[:, i] = checked[col]
         return {"recommended_limit": model.recommend_array(matrix)}
+
+    experiment_metrics: ClassVar[dict[str, str]] = {"abs_error": "lower", "abs_pct_error": "lower"}
+    label_column = TARGET
+    answer_column = "recommended_limit"
 
     def input_columns(self) -> dict[str, str]:
         """``tier`` and the seven numeric client features."""

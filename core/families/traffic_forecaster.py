@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -715,6 +715,10 @@ class TrafficForecaster(Family):
             else:
                 out[rows] = point.forecast(ts[rows])
         return {"forecast": out}
+
+    experiment_metrics: ClassVar[dict[str, str]] = {"abs_error": "lower", "abs_pct_error": "lower"}
+    label_column = "requests"
+    answer_column = "forecast"
 
     def input_columns(self) -> dict[str, str]:
         """``service`` and the hour ``ts`` to forecast."""

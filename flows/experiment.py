@@ -1,0 +1,92 @@
+"""Online experiments: start, stop, and the daily look that decides.
+
+``experiment`` (the ``experiment/evaluate`` deployment, daily) looks at every model with a
+running experiment: captured answers joined to late labels, the sequential test and the
+guardrails (:func:`core.experiment.decide`), a Prefect artifact and an event. A decision acts
+through the existing paths: ``promote`` runs the rollout subflow (endpoint, smoke test,
+``latest.json``, history, ``champion`` alias, its state message for notifications) and then
+ends the split; ``stop`` ends the split with the champion at 100 %.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.states import Completed, Failed, State
+
+from adapters.experiments import read_experiment
+from adapters.store import store_from_settings
+from core.config import load_model_configs, load_platform_config
+from core.experiment import ExperimentError
+from core.settings import load_settings
+from flows.rollout import rollout
+from tasks.experiment import (
+    evaluate_experiment,
+    gather_observations,
+    report_experiment,
+    start_experiment,
+    stop_experiment,
+)
+from tasks.rollout import target_for
+
+
+@flow(name="experiment-start", flow_run_name="experiment-start-{model}-{challenger}")
+def start(model: str, challenger: str, **overrides: Any) -> State:
+    """Start an experiment of ``challenger`` against ``model``'s champion (see the CLI)."""
+    settings = load_settings()
+    (cfg,) = load_model_configs(settings.config_dir, [model])
+    target = target_for(settings, load_platform_config(settings.config_dir), cfg)
+    if target is None:
+        raise ExperimentError(f"{model}: no endpoint is configured; nothing to split")
+    exp = start_experiment(store_from_settings(settings), cfg, target, challenger, **overrides)
+    if exp.state == "failed":
+        return Failed(message=f"{exp.id}: {exp.decision}; the champion serves alone")
+    share = f"{exp.share_percent:g} %"
+    return Completed(message=f"{exp.id} running: {exp.mode}, {share} to {challenger}")
+
+
+@flow(name="experiment-stop", flow_run_name="experiment-stop-{model}")
+def stop(model: str, reason: str = "stopped by hand") -> State:
+    """End ``model``'s experiment; the champion takes 100 % again."""
+    settings = load_settings()
+    (cfg,) = load_model_configs(settings.config_dir, [model])
+    target = target_for(settings, load_platform_config(settings.config_dir), cfg)
+    store = store_from_settings(settings)
+    if target is None:
+        raise ExperimentError(f"{model}: no endpoint is configured")
+    exp = stop_experiment(store, target, model, reason)
+    if exp is None:
+        return Completed(message=f"{model}: no experiment")
+    return Completed(message=f"{exp.id} {exp.state}: {reason}")
+
+
+@flow(name="experiment", flow_run_name="experiment-evaluate")
+def experiment(models: list[str] | None = None) -> dict[str, Any]:
+    """Look at every running experiment (or those of ``models``) and act on its decision."""
+    settings = load_settings()
+    platform = load_platform_config(settings.config_dir)
+    store = store_from_settings(settings)
+    verdicts: dict[str, Any] = {}
+    for cfg in load_model_configs(settings.config_dir, models or None):
+        exp = read_experiment(store, cfg.name)
+        target = target_for(settings, platform, cfg)
+        if exp is None or exp.state != "running" or target is None:
+            continue
+        obs = gather_observations(store, settings.source_url, cfg, target, exp)
+        exp, look = evaluate_experiment(store, exp, obs)
+        report_experiment(platform.project_tag, exp, look)
+        verdict = look["verdict"]
+        if verdict == "promote":
+            state = rollout(
+                cfg.name, exp.challenger, reason=f"experiment {exp.id}: {look['reason']}",
+                return_state=True,
+            )  # fmt: skip
+            if not state.is_completed():  # the champion still serves; the split stays to retry
+                verdicts[cfg.name] = f"promotion failed: {state.message}"
+                continue
+            stop_experiment(store, target, cfg.name, look["reason"], verdict="promote")
+        elif verdict == "stop":
+            stop_experiment(store, target, cfg.name, look["reason"])
+        verdicts[cfg.name] = f"{verdict}: {look['reason']}"
+    return verdicts

@@ -1,0 +1,303 @@
+"""Experiments: the record and its validation, the store's one-per-model rule, and looks at
+captured answers written in SageMaker Data Capture's layout, joined to labels from SQLite.
+
+No endpoint runs here: the captured records are written as the router writes them, so the
+evaluation is tested without the traffic half (tests/integration has the end to end).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from adapters.capture import read_captures
+from adapters.endpoints.local import LocalTarget
+from adapters.experiments import begin_experiment, read_experiment, save_experiment
+from adapters.pointer import move_latest
+from adapters.source.read import label_rows
+from adapters.store import LocalStore
+from adapters.versions import publish_version
+from core.config import load_model_configs
+from core.experiment import (
+    Experiment,
+    ExperimentError,
+    ExperimentPolicy,
+    decide,
+    new_experiment,
+    observe,
+)
+from core.families import get_family
+from core.settings import PROJECT_ROOT
+from tasks.experiment import (
+    experiment_status,
+    look_markdown,
+    start_experiment,
+    stop_experiment,
+)
+
+MODEL = "limit_optimiser"
+START = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
+CFG = {c.name: c for c in load_model_configs(PROJECT_ROOT / "configs")}[MODEL]
+FAMILY = get_family(CFG.family)
+KEYS = {k: CFG.dataset.columns[k] for k in CFG.dataset.key_columns}
+
+
+def record(mode: str = "ab", **kw: Any) -> Experiment:
+    return new_experiment(
+        model=MODEL,
+        family_metrics=FAMILY.experiment_metrics,
+        policy=CFG.experiment,
+        champion="v1",
+        challenger="v2",
+        started_at="2026-12-02T03:00:00.000Z",
+        mode=mode,
+        **kw,
+    )
+
+
+# --- the record -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"share_percent": 0}, "between 0 and 100"),
+        ({"share_percent": 100}, "between 0 and 100"),
+        ({"share_percent": -5}, "between 0 and 100"),
+        ({"share_percent": float("nan")}, "between 0 and 100"),
+        ({"metric": "roc_auc"}, "no experiment metric 'roc_auc'.*abs_error"),
+        ({"mode": "canary"}, "mode must be one of ab, shadow"),
+        ({"min_days": 10, "max_days": 3}, "min-days <= max-days"),
+        ({"min_samples": 100, "max_samples": 10}, "min-samples <= max-samples"),
+    ],
+)
+def test_bad_input_is_refused_with_a_message_naming_it(kw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ExperimentError, match=message):
+        record(**kw)
+
+
+def test_a_record_takes_the_config_defaults_and_reads_back_the_same() -> None:
+    exp = record(mode="shadow", share_percent=25)
+    assert exp.metric == "abs_error" and exp.direction == "lower" and exp.paired
+    assert set(exp.guardrails) == {"latency_ms", "error", "abs_pct_error"}
+    assert exp.state == "starting" and exp.active and exp.id.startswith("limit_optimiser-v2-")
+    assert Experiment.from_dict(json.loads(json.dumps(exp.to_dict()))) == exp
+
+
+def test_the_store_holds_one_active_experiment_per_model(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    first = begin_experiment(store, record())
+    before = store.get_bytes("models/limit_optimiser/experiment.json")
+    with pytest.raises(ExperimentError, match=f"already in experiment {first.id}"):
+        begin_experiment(store, record(share_percent=30))
+    assert store.get_bytes("models/limit_optimiser/experiment.json") == before
+    running = save_experiment(store, first.with_state("running"), expected=first)
+    with pytest.raises(ExperimentError, match="changed while this step ran"):
+        save_experiment(store, first.with_state("stopped"), expected=first)  # a stale read
+    ended = save_experiment(store, running.with_state("stopped"), expected=running)
+    assert store.exists(f"models/limit_optimiser/experiments/{ended.id}.json")
+    second = begin_experiment(store, record(share_percent=30))  # allowed once it ended
+    assert read_experiment(store, MODEL) == second
+
+
+# --- starting: every check before any traffic changes ----------------------------------------
+
+
+def _publish(store: LocalStore, tmp_path: Path, tag: str) -> str:
+    folder = tmp_path / f"v-{tag}"
+    folder.mkdir()
+    (folder / "model.tar.gz").write_bytes(tag.encode() * 50)
+    (folder / "schema.json").write_text(json.dumps({"example_request": [{"tier": "free"}]}))
+    (folder / "metrics.json").write_text("{}")
+    files = {p.name: p for p in folder.iterdir()}
+    return publish_version(store, MODEL, files, {"model_contents_sha256": tag * 8}).version
+
+
+@pytest.fixture
+def published(tmp_path: Path) -> tuple[LocalStore, LocalTarget]:
+    store = LocalStore(tmp_path / "store")
+    champion = _publish(store, tmp_path, "a")
+    _publish(store, tmp_path, "b")
+    move_latest(store, MODEL, champion, reason="test")
+    return store, LocalTarget(home=tmp_path / "home", store_uri=str(store.root))
+
+
+@pytest.mark.parametrize(
+    ("challenger", "kw", "message"),
+    [
+        ("v7", {}, "v7 is not a published version"),
+        ("v2", {"share_percent": 100.0}, "between 0 and 100"),
+        ("v2", {"metric": "roc_auc"}, "no experiment metric"),
+    ],
+)
+def test_start_refuses_bad_input_and_changes_nothing(
+    published: tuple[LocalStore, LocalTarget], challenger: str, kw: dict[str, Any], message: str
+) -> None:
+    store, target = published
+    before = sorted(store.list(""))
+    with pytest.raises(ExperimentError, match=message):
+        start_experiment.fn(store, CFG, target, challenger, **kw)
+    assert sorted(store.list("")) == before and target.describe(MODEL) is None
+
+
+def test_start_refuses_a_model_already_in_an_experiment(
+    published: tuple[LocalStore, LocalTarget],
+) -> None:
+    store, target = published
+    running = begin_experiment(store, record())
+    before = store.get_bytes("models/limit_optimiser/experiment.json")
+    with pytest.raises(ExperimentError, match=f"already in experiment {running.id}"):
+        start_experiment.fn(store, CFG, target, "v2")
+    assert store.get_bytes("models/limit_optimiser/experiment.json") == before
+
+
+# --- looks at captured answers ---------------------------------------------------------------
+
+
+def capture_line(exp_id: str, arm: str, version: str, rows: list[dict], answers: Any,
+                 latency: float) -> str:  # fmt: skip
+    """One Data Capture record, as the router writes it (plus a latency attribute)."""
+    return json.dumps({
+        "captureData": {
+            "endpointInput": {"observedContentType": "application/json", "mode": "INPUT",
+                              "data": json.dumps({"instances": rows}), "encoding": "JSON"},
+            "endpointOutput": {"observedContentType": "application/json", "mode": "OUTPUT",
+                               "data": json.dumps(answers), "encoding": "JSON"},
+        },
+        "eventMetadata": {
+            "eventId": f"e-{arm}-{rows[0]['client_id']}",
+            "inferenceId": f"i-{rows[0]['client_id']}",
+            "inferenceTime": "2026-12-02T04:00:00Z",
+            "customAttributes": f"experiment_id={exp_id};variant={version};version={version};"
+                                f"arm={arm};latency_ms={latency:.3f}",
+        },
+        "eventVersion": "0",
+    })  # fmt: skip
+
+
+def write_traffic(
+    store: LocalStore,
+    exp: Experiment,
+    n: int,
+    champion_sd: float,
+    challenger_sd: float,
+    challenger_failures: float = 0.0,
+    seed: int = 11,
+) -> dict[str, float]:
+    """Captured answers of ``n`` clients per arm (shadow: the same clients), and their labels.
+
+    Each answer is the label plus normal noise of the arm's sd: abs_error is ~0.8 sd.
+    """
+    rng = np.random.default_rng(seed)
+    labels, lines = {}, {"champion": [], "challenger": []}
+    for i in range(2 * n):
+        arms = ["champion", "challenger"] if exp.paired else [("champion", "challenger")[i % 2]]
+        if exp.paired and i >= n:
+            break
+        client = f"c{i:05d}"
+        labels[client] = float(rng.uniform(50, 500))
+        row = {"client_id": client, "day": "2026-12-01", "tier": "pro", "avg_rps": 3.0}
+        for arm in arms:
+            sd = champion_sd if arm == "champion" else challenger_sd
+            answer: Any = {
+                "predictions": [{"recommended_limit": labels[client] + rng.normal(0, sd)}]
+            }
+            if arm == "challenger" and rng.random() < challenger_failures:
+                answer = {"error": "model failed"}
+            version = exp.champion if arm == "champion" else exp.challenger
+            wire = "shadow" if exp.paired and arm == "challenger" else arm
+            lines[arm].append(capture_line(exp.id, wire, version, [row], answer,
+                                           rng.normal(20, 2)))  # fmt: skip
+    for arm, arm_lines in lines.items():
+        key = f"capture/{MODEL}/ep/{arm}/2026/12/02/04/part.jsonl"
+        store.put_bytes(key, ("\n".join(arm_lines) + "\nnot json\n").encode())
+    return labels
+
+
+def labels_db(tmp_path: Path, labels: dict[str, float]) -> str:
+    path = tmp_path / "source.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE client_limits (id INTEGER, client_id TEXT, day TIMESTAMP, "
+                   "best_limit REAL)")  # fmt: skip
+        db.executemany(
+            "INSERT INTO client_limits VALUES (?, ?, ?, ?)",
+            [(i, c, "2026-12-01 00:00:00.000000", v) for i, (c, v) in enumerate(labels.items())],
+        )
+    return f"sqlite:///{path}"
+
+
+def look(tmp_path: Path, exp: Experiment, days: float = 8, **traffic: Any) -> tuple[Any, ...]:
+    store = LocalStore(tmp_path / "store")
+    labels = write_traffic(store, exp, **traffic)
+    captured = read_captures(store, store.url(f"capture/{MODEL}"), exp.id, START)
+    source = label_rows(labels_db(tmp_path, labels), CFG.dataset, "best_limit", "2026-11-01")
+    obs = observe(exp, captured.frame, source, FAMILY, KEYS)
+    updated, result = decide(exp, obs, START + timedelta(days=days))
+    return updated, result, obs, captured
+
+
+@pytest.mark.parametrize("mode", ["ab", "shadow"])
+def test_a_better_challenger_is_promoted(tmp_path: Path, mode: str) -> None:
+    exp = record(mode=mode, min_samples=200)
+    updated, result, obs, captured = look(tmp_path, exp, n=1500, champion_sd=10, challenger_sd=8)
+    assert captured.skipped == 2  # the line that is not a capture record, once per file
+    assert obs.requests == {"champion": 1500, "challenger": 1500}
+    assert obs.labelled == {"champion": 1500, "challenger": 1500}
+    assert result["verdict"] == "promote", result["reason"]
+    assert result["difference_ci"][1] < 0 and result["p_value"] <= exp.alpha
+    assert updated.planned_n and updated.tau and len(updated.looks) == 1
+    table = look_markdown(updated, result)
+    assert "| champion | v1 | 1500 | 1500 |" in table and "| latency_ms |" in table
+
+
+def test_a_worse_challenger_is_stopped(tmp_path: Path) -> None:
+    exp = record(mode="ab", min_samples=200)
+    _, result, _, _ = look(tmp_path, exp, n=1500, champion_sd=8, challenger_sd=10)
+    # 25 % worse: the relative-error guardrail (5 %) is breached too, and is checked first.
+    assert result["verdict"] == "stop", result["reason"]
+    assert "worse on abs_error" in result["reason"] or "breached: abs_pct_error" in result["reason"]
+
+
+def test_a_guardrail_breach_stops_at_once_even_before_the_minimum_duration(
+    tmp_path: Path,
+) -> None:
+    # Better on the success metric, but 10 % of its answers fail: the error guardrail (half a
+    # point) is breached on day 1, before min_days, and the experiment stops.
+    exp = record(mode="ab", min_samples=200)
+    _, result, obs, _ = look(tmp_path, exp, days=1, n=1500, champion_sd=10, challenger_sd=8,
+                             challenger_failures=0.10)  # fmt: skip
+    assert obs.requests["challenger"] == 1500 and obs.labelled["challenger"] < 1400
+    assert result["verdict"] == "stop" and "guardrail breached: error" in result["reason"]
+
+
+def test_nothing_is_decided_before_the_minimum_duration(tmp_path: Path) -> None:
+    exp = record(mode="ab", min_samples=200)
+    _, result, _, _ = look(tmp_path, exp, days=2, n=1500, champion_sd=10, challenger_sd=8)
+    assert result["verdict"] == "continue" and "day 2.0 of 7+" in result["reason"]
+
+
+def test_policy_defaults_are_valid() -> None:
+    assert ExperimentPolicy().power == 0.9 and CFG.experiment.metric == "abs_error"
+
+
+def test_a_start_killed_before_the_endpoint_changed_shows_in_status_and_stop_finishes_it(
+    published: tuple[LocalStore, LocalTarget],
+) -> None:
+    # The process died after recording "starting" and before asking the endpoint to split:
+    # the endpoint was never touched, status says so, and stop ends the record.
+    store, target = published
+    begin_experiment(store, record())
+    report = experiment_status(store, target, MODEL)
+    assert report["experiment"].state == "starting"
+    assert "interrupted while starting" in report["note"]
+    assert "mlops experiment stop limit_optimiser" in report["note"]
+    ended = stop_experiment.fn(store, target, MODEL, "clean up after a crash")
+    assert ended is not None and ended.state == "stopped" and not ended.active
+    assert experiment_status(store, target, MODEL)["note"] == ""
+    assert stop_experiment.fn(store, target, MODEL, "again") == ended  # idempotent
