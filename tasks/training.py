@@ -28,7 +28,7 @@ from adapters.prefect_api import current_flow_run_id
 from adapters.registry import Registry
 from adapters.snapshots import list_snapshots, read_snapshots
 from adapters.store import Store
-from adapters.training.sagemaker_job import SageMakerTrainer
+from adapters.training.sagemaker_job import SageMakerTrainer, TrainingJobFailed
 from adapters.versions import verify_version
 from core.config import ModelConfig
 from core.families import Evaluation, Family, TrainingSummary, get_family
@@ -246,8 +246,28 @@ def fit(
             f"{cfg.name}: training.target is {cfg.training.target} but no trainer was given "
             "(adapters.training.open_trainer builds it from settings)"
         )
-    job = trainer.train(cfg, data.train, work_dir)
+    say = _run_logger()
+    say.info("%s: training as a SageMaker training job (%s)", cfg.name, cfg.training.instance_type)
+    try:
+        job = trainer.train(cfg, data.train, work_dir)
+    except TrainingJobFailed as exc:  # the job's own log, then its reason as the run's failure
+        for line in exc.logs:
+            say.info("[%s] %s", exc.job_name, line)
+        raise
+    for line in job.logs:
+        say.info("[%s] %s", job.job_name, line)
     return family.load(job.model_dir), job.model_dir, job.job_name
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The Prefect run logger inside a run (the UI shows it), this module's outside one."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
 
 
 @task(name="train-challenger", cache_policy=NO_CACHE)

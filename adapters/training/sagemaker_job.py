@@ -233,8 +233,6 @@ class SageMakerTrainer:
             log.info("%s: training job %s exists (%s): following it", cfg.name, name, status)
         described = self._wait(name, cfg.training.max_runtime_seconds)
         lines = self.job_logs(name)
-        for line in lines:
-            log.info("[%s] %s", name, line)
         status = str(described.get("TrainingJobStatus"))
         if status != "Completed":
             raise TrainingJobFailed(name, status, str(described.get("FailureReason") or ""), lines)

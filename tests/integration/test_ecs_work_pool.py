@@ -23,7 +23,7 @@ import pytest
 
 from core.settings import PROJECT_ROOT
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 TEMPLATE = PROJECT_ROOT / "deployments" / "ecs" / "base-job-template.json"
 PLACEHOLDER = re.compile(r"\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}")
@@ -110,6 +110,7 @@ def test_the_pool_is_created_from_the_template_on_a_real_server(
         ],
         cwd=PROJECT_ROOT,
         env=env,
+        stdin=subprocess.DEVNULL,  # no prompt (default pool?) can wait for an answer
         capture_output=True,
         text=True,
         timeout=120,
