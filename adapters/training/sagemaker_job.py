@@ -35,7 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from adapters.layout import MODEL_TARBALL, training_channel_prefix, training_output_prefix
+from adapters.layout import (
+    MODEL_TARBALL,
+    TRAINING_JOBS,
+    training_channel_prefix,
+    training_output_prefix,
+)
 from adapters.package import extract_tarball
 from adapters.training.container import CHANNEL, encode_hyperparameters
 
@@ -87,8 +92,11 @@ class TrainingJobResult:
 
 
 def job_name(project_tag: str, model: str, digest: str) -> str:
-    """``{tag}-{model}-{digest[:12]}``: SageMaker's name rules (63 characters, ``[a-zA-Z0-9-]``)."""
-    name = f"{project_tag}-{model.replace('_', '-')}"[:50]
+    """``{tag}-{model}-{digest[:12]}``: SageMaker's name rules (63 characters, ``[a-zA-Z0-9-]``).
+
+    At most 61 characters, so that an attempt's suffix (``-2``...``-9``) still fits.
+    """
+    name = f"{project_tag}-{model.replace('_', '-')}"[:48].rstrip("-")
     return f"{name}-{digest[:12]}"
 
 
@@ -123,10 +131,11 @@ class SageMakerTrainer:
         project_tag: str,
         poll_seconds: float = 30.0,
     ) -> None:
-        if not store.url("").startswith("s3://"):
+        where = store.url(TRAINING_JOBS)
+        if not where.startswith("s3://"):
             raise TrainingJobError(
                 "training.target sagemaker needs an s3:// store (MLOPS_STORE_URI): SageMaker "
-                f"reads the channel from and writes the model to S3, not {store.url('')}"
+                f"reads the channel from and writes the model to S3, not {where}"
             )
         if not image:
             raise TrainingJobError(
@@ -262,10 +271,10 @@ class SageMakerTrainer:
         raise TrainingJobError(f"{base}: {MAX_ATTEMPTS} attempts failed; see their FailureReason")
 
     def _store_key(self, uri: str) -> str:
-        root = self.store.url("").rstrip("/") + "/"
+        root = self.store.url(TRAINING_JOBS) + "/"
         if not uri.startswith(root):
-            raise TrainingJobError(f"S3ModelArtifacts {uri} is outside the store {root}")
-        return uri[len(root) :]
+            raise TrainingJobError(f"S3ModelArtifacts {uri} is outside the store's {root}")
+        return f"{TRAINING_JOBS}/{uri[len(root) :]}"
 
     def _describe(self, name: str) -> dict[str, Any] | None:
         try:
