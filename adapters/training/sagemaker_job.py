@@ -25,6 +25,7 @@ already started instead of starting a second one.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import tempfile
@@ -229,9 +230,12 @@ class SageMakerTrainer:
         scratch = Path(tempfile.mkdtemp(prefix=f"{cfg.name}-job-", dir=work_dir))
         part = _frame_parquet(frame, scratch / "part-00000.parquet")
         digest = hashlib.sha256(part.read_bytes())
-        probe = self.request("", cfg)
-        for key in ("AlgorithmSpecification", "HyperParameters", "ResourceConfig"):
-            digest.update(repr(sorted(probe[key].items())).encode())
+        decides = {
+            "image": self.image,
+            "hyperparameters": encode_hyperparameters(cfg.name, cfg.family, cfg.params, cfg.seed),
+            "instance": [cfg.training.instance_type, cfg.training.volume_size_gb],
+        }
+        digest.update(json.dumps(decides, sort_keys=True).encode())
         name, described = self._pick_name(job_name(self.project_tag, cfg.name, digest.hexdigest()))
         if described is None:
             self.store.put_file(f"{training_channel_prefix(name, CHANNEL)}/{part.name}", part)
