@@ -285,9 +285,11 @@ class SageMakerTrainer:
             return dict(self.sm.describe_training_job(TrainingJobName=name))
         except Exception as exc:
             error = getattr(exc, "response", {}).get("Error", {})
-            if error.get("Code") in ("ValidationException", "ResourceNotFound") and (
-                "not found" in str(error.get("Message", "")).lower()
-                or "does not exist" in str(error.get("Message", "")).lower()
+            message = str(error.get("Message", "")).lower()
+            # SageMaker answers "Requested resource not found."; moto "Could not find ...".
+            said = ("not found", "could not find", "does not exist")
+            if error.get("Code") in ("ValidationException", "ResourceNotFound") and any(
+                s in message for s in said
             ):
                 return None
             raise
