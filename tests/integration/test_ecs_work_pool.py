@@ -127,16 +127,27 @@ def test_the_pool_is_created_from_the_template_on_a_real_server(
     assert pool.base_job_template == json.loads(TEMPLATE.read_text())
     # What the worker does with a flow run: render the pool's template with a deployment's
     # values. Our defaults and the deployment's image must land in the task definition.
-    config = asyncio.run(
-        ECSWorker.job_configuration.from_template_and_values(
-            pool.base_job_template, {"image": "123456789012.dkr.ecr.eu-west-2.amazonaws.com/fr:1"}
+    image = "123456789012.dkr.ecr.eu-west-2.amazonaws.com/fr:1"
+    role = "arn:aws:iam::123456789012:role/intelli-rate-flow-runner-execution"
+
+    def render(values: dict[str, Any]) -> Any:
+        return asyncio.run(
+            ECSWorker.job_configuration.from_template_and_values(pool.base_job_template, values)
         )
-    )
+
+    # docs/deployments.md: fill in execution_role_arn and vpc_id (CloudWatch logs are on and
+    # the network configuration is ours by default); until then the worker refuses, naming it.
+    needed = {"execution_role_arn": role, "vpc_id": "vpc-0a1b2c3d"}
+    for name in needed:
+        with pytest.raises(ValueError, match=name):
+            render({"image": image, **{k: v for k, v in needed.items() if k != name}})
+    config = render({"image": image, **needed})
     container = config.task_definition["containerDefinitions"][0]
     assert container["image"].endswith("/fr:1")
     assert container["user"] == "10001:10001"
-    assert config.task_definition["cpu"] == "2048"
-    assert config.task_definition["memory"] == "8192"
+    assert config.task_definition["executionRoleArn"] == role
+    assert str(config.task_definition["cpu"]) == "2048"
+    assert str(config.task_definition["memory"]) == "8192"
     assert config.env["MLOPS_ENDPOINT_TARGET"] == "sagemaker"
     assert config.cluster == "intelli-rate"
     assert config.network_configuration["awsvpcConfiguration"]["assignPublicIp"] == "DISABLED"
