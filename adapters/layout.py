@@ -17,6 +17,9 @@ Keys are relative to the store root (a local directory or ``s3://bucket/prefix``
     models/{model}/experiment.json              the model's current (or last) online experiment
     models/{model}/experiments/{id}.json        each ended experiment, as it ended
 
+    training-jobs/{job}/input/train/part-NNNNN.parquet   a SageMaker training job's channel
+    training-jobs/{job}/output/{job}/output/model.tar.gz what the job wrote (S3ModelArtifacts)
+
 Pure functions and names, no I/O: :mod:`adapters.versions`, :mod:`adapters.pointer` and
 :mod:`adapters.snapshots` read and write these keys through an :class:`adapters.store.Store`.
 A store written before any change here must still read the same, so every spelling below is a
@@ -35,6 +38,8 @@ MODELS = "models"
 """Top-level prefix of every model's versions, pointer and history."""
 SNAPSHOTS = "snapshots"
 """Top-level prefix of every dataset's snapshots."""
+TRAINING_JOBS = "training-jobs"
+"""Top-level prefix of SageMaker training jobs' input channels and outputs."""
 
 CLAIM = "claim.json"
 MANIFEST = "manifest.json"
@@ -230,6 +235,19 @@ def model_names(keys: Iterable[str]) -> set[str]:
         if len(parts) >= 3 and parts[0] == MODELS:
             names.add(parts[1])
     return names
+
+
+# --- training-job keys ------------------------------------------------------------------------
+
+
+def training_channel_prefix(job_name: str, channel: str) -> str:
+    """``training-jobs/{job}/input/{channel}``: the S3 prefix a job's channel is read from."""
+    return f"{TRAINING_JOBS}/{job_name}/input/{channel}"
+
+
+def training_output_prefix(job_name: str) -> str:
+    """``training-jobs/{job}/output``: the job's ``S3OutputPath`` (SageMaker adds more)."""
+    return f"{TRAINING_JOBS}/{job_name}/output"
 
 
 # --- snapshot keys ------------------------------------------------------------------------------

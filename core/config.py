@@ -347,6 +347,32 @@ class EndpointConfig(Strict):
     )
 
 
+class TrainingConfig(Strict):
+    """Where a model trains: in the flow's own process, or as a SageMaker training job."""
+
+    target: Literal["local", "sagemaker"] = Field(
+        default="local",
+        description=(
+            "local: in the flow's process. sagemaker: a training job on the project's image "
+            "(needs an s3:// store, MLOPS_SERVING_IMAGE and MLOPS_SAGEMAKER_ROLE_ARN)."
+        ),
+    )
+    instance_type: str = Field(
+        default="ml.m5.xlarge",
+        pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$",
+        description="SageMaker training instance type (sagemaker target only).",
+    )
+    max_runtime_seconds: int = Field(
+        default=3600,
+        ge=60,
+        le=432_000,
+        description="StoppingCondition.MaxRuntimeInSeconds: SageMaker stops the job after this.",
+    )
+    volume_size_gb: int = Field(
+        default=30, ge=1, le=16384, description="Training instance's EBS volume (the channel)."
+    )
+
+
 class RetentionPolicy(Strict):
     """What cleanup keeps."""
 
@@ -446,8 +472,9 @@ class ModelConfig(Strict):
     gate: GatePolicy
     endpoint: EndpointConfig = EndpointConfig()
     experiment: ExperimentPolicy = Field(
-        default_factory=ExperimentPolicy, description="Online experiment defaults (issue 14)."
+        default_factory=ExperimentPolicy, description="Online experiment defaults."
     )
+    training: TrainingConfig = TrainingConfig()
 
     @field_validator("validation")
     @classmethod

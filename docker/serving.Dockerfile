@@ -1,7 +1,10 @@
 # syntax=docker/dockerfile:1.7
-# The serving image: the SageMaker container contract for every model family.
-# SageMaker runs `docker run IMAGE serve`; the app answers GET /ping and POST /invocations on
-# port 8080 with the model SageMaker unpacked under /opt/ml/model. The container's environment
+# The project's image: the SageMaker container contracts (serving and training) for every family.
+# SageMaker runs `docker run IMAGE train` for a training job (configs/models/*.yaml
+# `training.target: sagemaker`): adapters/training/container.py reads /opt/ml/input and writes
+# /opt/ml/model with the same family code as in-process training.
+# SageMaker runs `docker run IMAGE serve` for an endpoint; the app answers GET /ping and
+# POST /invocations on port 8080 with the model SageMaker unpacked under /opt/ml/model. The container's environment
 # (set in the SageMaker model) names the model: MLOPS_MODEL_NAME, MLOPS_MODEL_VERSION and,
 # required, MLOPS_MODEL_CONTENTS_SHA256 (see docs/serving.md).
 #
@@ -26,7 +29,8 @@ COPY pyproject.toml uv.lock README.md ./
 # constraints file carries). Only what serving imports is
 # installed, so Prefect, MLflow, Great Expectations and boto3 stay out of the image (a family
 # with a new library adds it here; the check below fails the build until it does).
-ARG SERVING_PACKAGES="fastapi uvicorn pydantic pydantic-settings pandas numpy scikit-learn skops xgboost prophet matplotlib"
+# pyarrow: the training channel is Parquet (`train`).
+ARG SERVING_PACKAGES="fastapi uvicorn pydantic pydantic-settings pandas numpy pyarrow scikit-learn skops xgboost prophet matplotlib"
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv export --frozen --no-dev --no-emit-project --format requirements-txt -o /tmp/lock.txt \
  && uv venv --python /usr/local/bin/python3 /opt/app/.venv \
@@ -35,6 +39,8 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 # Only the modules the server imports: the families, the model package checks, the layout's
 # error type and the store's sha256 helper.
 COPY adapters/__init__.py adapters/layout.py adapters/package.py adapters/store.py ./adapters/
+# The training entry point (imports only core; the boto3 side of adapters/training stays out).
+COPY adapters/training/__init__.py adapters/training/container.py ./adapters/training/
 COPY core/__init__.py ./core/
 COPY core/families ./core/families
 COPY serving ./serving

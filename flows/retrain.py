@@ -11,6 +11,7 @@ from prefect.states import Completed, Failed, State
 
 from adapters.registry import Registry
 from adapters.store import store_from_settings
+from adapters.training import open_trainer
 from core.config import load_model_configs
 from core.outcome import ModelOutcome
 from core.settings import load_settings
@@ -50,7 +51,8 @@ def retrain_model(model: str, force: bool = False, reason: str = "scheduled") ->
     data = split_holdout(cfg, window)
 
     lineage = describe_lineage(cfg, data, reason)
-    challenger = train_challenger(registry, cfg, data, lineage, work)
+    trainer = open_trainer(settings, cfg, store)  # None: train in this process
+    challenger = train_challenger(registry, cfg, data, lineage, work, trainer)
     champion = score_champion(store, cfg, data, work)
     decision = decide_promotion(registry, cfg, challenger, champion)
     if not decision.promote:

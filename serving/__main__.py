@@ -2,7 +2,8 @@
 
 SageMaker starts a hosting container as ``docker run IMAGE serve``; the image's entry point is
 ``python -m serving``, so ``serve`` arrives here as the argument. ``train`` (what SageMaker
-passes to a training container) is refused with a message: this image only serves.
+passes to a training container) runs :mod:`adapters.training.container`: the same image trains
+a model as a SageMaker training job.
 ``check`` imports the server and every model family and prints what it found: the image build
 runs it, so a missing library fails the build rather than the endpoint.
 """
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="Serve the model in $MLOPS_MODEL_DIR (SageMaker contract).")
-    commands.add_parser("train", help="Not supported: this image only serves.")
+    commands.add_parser("train", help="Train from /opt/ml (SageMaker training-job contract).")
     commands.add_parser("check", help="Import the server and every family; print JSON.")
     route = commands.add_parser("router", help="Run the local endpoint's router.")
     route.add_argument("--host", default="127.0.0.1", help="Bind address.")
@@ -120,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         return check()
     if args.command == "router":
         return router(args.host, args.port, args.state_file, args.log_level)
-    print("this image serves models only (run it with 'serve')", file=sys.stderr)  # noqa: T201
-    return 2
+    from adapters.training.container import main as train
+
+    return train()
 
 
 if __name__ == "__main__":

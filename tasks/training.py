@@ -28,9 +28,10 @@ from adapters.prefect_api import current_flow_run_id
 from adapters.registry import Registry
 from adapters.snapshots import list_snapshots, read_snapshots
 from adapters.store import Store
+from adapters.training.sagemaker_job import SageMakerTrainer, TrainingJobFailed
 from adapters.versions import verify_version
 from core.config import ModelConfig
-from core.families import Evaluation, TrainingSummary, get_family
+from core.families import Evaluation, Family, TrainingSummary, get_family
 from core.lineage import Lineage
 from tasks import retry_unless_tampered
 
@@ -221,16 +222,70 @@ def describe_lineage(cfg: ModelConfig, data: TrainingData, reason: str) -> Linea
     )
 
 
+def fit(
+    family: Family,
+    cfg: ModelConfig,
+    data: TrainingData,
+    params: Any,
+    trainer: SageMakerTrainer | None,
+    work_dir: Path,
+) -> tuple[Any, Path | None, str | None]:
+    """Train where ``cfg.training.target`` says: in this process, or as a training job.
+
+    Returns:
+        ``(model, model files, job name)``: files and job name only from a training job,
+        whose files are published as they came back (the job ran the same family code).
+
+    Raises:
+        ValueError: the target is ``sagemaker`` and no trainer was given.
+    """
+    if cfg.training.target == "local":
+        return family.train(data.train, params, cfg.seed), None, None
+    if trainer is None:
+        raise ValueError(
+            f"{cfg.name}: training.target is {cfg.training.target} but no trainer was given "
+            "(adapters.training.open_trainer builds it from settings)"
+        )
+    say = _run_logger()
+    say.info("%s: training as a SageMaker training job (%s)", cfg.name, cfg.training.instance_type)
+    try:
+        job = trainer.train(cfg, data.train, work_dir)
+    except TrainingJobFailed as exc:  # the job's own log, then its reason as the run's failure
+        for line in exc.logs:
+            say.info("[%s] %s", exc.job_name, line)
+        raise
+    for line in job.logs:
+        say.info("[%s] %s", job.job_name, line)
+    return family.load(job.model_dir), job.model_dir, job.job_name
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The Prefect run logger inside a run (the UI shows it), this module's outside one."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
+
+
 @task(name="train-challenger", cache_policy=NO_CACHE)
 def train_challenger(
-    registry: Registry, cfg: ModelConfig, data: TrainingData, lineage: Lineage, work_dir: Path
+    registry: Registry,
+    cfg: ModelConfig,
+    data: TrainingData,
+    lineage: Lineage,
+    work_dir: Path,
+    trainer: SageMakerTrainer | None = None,
 ) -> Challenger:
     """Fit the family on the training window and score it on the holdout, in one MLflow run.
 
     Logs the input snapshots (``log_input``: name, store URI, sha256), params, what training
     decided (:meth:`Family.summary`: a forecaster's candidates), holdout metrics, backtest
     metrics, plots and the model; the model's files go to a new scratch directory under
-    ``work_dir``.
+    ``work_dir``. With ``training.target: sagemaker`` the fit runs as a SageMaker training job
+    (``trainer``, see :func:`fit`); everything after it is the same.
     """
     family = get_family(cfg.family)
     params = family.Params.model_validate(cfg.params)
@@ -251,7 +306,9 @@ def train_challenger(
                 "holdout_start": data.holdout_start,
             }
         )
-        model = family.train(data.train, params, cfg.seed)
+        model, trained_dir, job = fit(family, cfg, data, params, trainer, work_dir)
+        if job:
+            registry.set_tag("training.job", job)
         summary = family.summary(model)
         registry.log_summary(summary.params, summary.metrics, summary.tables)
         evaluation = family.evaluate(model, data.holdout, data.train)
@@ -268,7 +325,10 @@ def train_challenger(
         example = family.example_request(data.holdout)
         model_uri = registry.log_model(family.mlflow_model(model, pd.DataFrame(example)))
         model_dir = scratch_dir(work_dir, f"{cfg.name}-model-")
-        family.save(model, model_dir)
+        if trained_dir is None:
+            family.save(model, model_dir)
+        else:
+            shutil.copytree(trained_dir, model_dir, dirs_exist_ok=True)
         schema = {
             "model": cfg.name,
             "family": cfg.family,

@@ -437,9 +437,16 @@ def test_the_entry_point_runs_uvicorn_on_uvloop_and_httptools_with_nodelay(
     assert calls[0]["workers"] == 2
 
 
-def test_the_entry_point_refuses_train(capsys: pytest.CaptureFixture[str]) -> None:
-    assert serving_main(["train"]) == 2
-    assert "serves models only" in capsys.readouterr().err
+def test_train_without_the_contract_fails_with_a_reason_for_sagemaker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `docker run IMAGE train` with nothing under /opt/ml: exit 1, and the failure file (the
+    # job's FailureReason) names what is missing. The whole contract: tests/integration/
+    # test_training_job.py.
+    monkeypatch.setenv("MLOPS_TRAINING_ROOT", str(tmp_path))
+    assert serving_main(["train"]) == 1
+    reason = (tmp_path / "output" / "failure").read_text()
+    assert reason.startswith("ContractError: ") and "hyperparameters.json" in reason
 
 
 def test_the_image_self_check_finds_every_family(capsys: pytest.CaptureFixture[str]) -> None:
