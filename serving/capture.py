@@ -50,6 +50,8 @@ class Captured:
     response: bytes
     response_type: str
     at: float
+    latency_ms: float | None = None  # the caller's wait (the shadow's for a shadow copy)
+    status: int = 200  # a 5xx is captured too, so the error guardrail sees it
 
 
 def capture_key(endpoint: str, variant: str, at: float, suffix: str) -> str:
@@ -73,8 +75,10 @@ def capture_line(item: Captured) -> dict[str, Any]:
 
     attributes = (
         f"experiment_id={item.experiment_id};variant={item.variant};"
-        f"version={item.version};arm={item.arm}"
+        f"version={item.version};arm={item.arm};status={item.status}"
     )
+    if item.latency_ms is not None:
+        attributes += f";latency_ms={item.latency_ms:.3f}"
     return {
         "captureData": {
             "endpointInput": side("INPUT", item.content_type, item.request),

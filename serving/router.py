@@ -199,11 +199,15 @@ class Forwarder:
                 return _error(400, unknown_variant(model, wanted, names), variants=names)
             if choice is None:
                 return _error(503, f"endpoint {model} has no variant with a weight above 0")
+            started = time.perf_counter()
             answer = await self._send(self._client, model, choice, body, headers)
             if not isinstance(answer, str):
                 answer.headers[INFERENCE_ID_HEADER] = inference_id
                 if experiment is not NO_EXPERIMENT:
-                    self._after(model, experiment, choice, body, headers, answer, inference_id)
+                    waited = (time.perf_counter() - started) * 1000.0
+                    self._after(
+                        model, experiment, choice, body, headers, answer, inference_id, waited
+                    )
                 return answer
             last = answer
             tried.add(choice.name)
@@ -220,9 +224,15 @@ class Forwarder:
         headers: dict[str, str],
         answer: Response,
         inference_id: str,
+        latency_ms: float,
     ) -> None:
-        """Capture the answer and mirror the request: no await, so the caller waits for neither."""
-        if experiment.capture is not None and 200 <= answer.status_code < 300:
+        """Capture the answer and mirror the request: no await, so the caller waits for neither.
+
+        A 2xx and a 5xx are captured (with the status and the variant's latency, which the
+        experiment's error and latency guardrails read); a 4xx is the caller's fault, not the arm's.
+        """
+        ok_or_ours = 200 <= answer.status_code < 300 or answer.status_code >= 500
+        if experiment.capture is not None and ok_or_ours:
             self.capture.record(
                 Captured(
                     route=experiment.capture,
@@ -236,6 +246,8 @@ class Forwarder:
                     response=bytes(answer.body),
                     response_type=answer.headers.get("content-type", "application/json"),
                     at=time.time(),
+                    latency_ms=latency_ms,
+                    status=answer.status_code,
                 )
             )
         if mirrored(experiment.shadow):

@@ -117,6 +117,7 @@ class ShadowMirror:
     async def _send(self, client: aiohttp.ClientSession, copy: _Copy) -> None:
         shadow = copy.shadow
         self.stats["sent"] += 1
+        started = time.perf_counter()
         try:
             async with client.post(
                 f"http://{shadow.host}:{shadow.port}/invocations",
@@ -128,12 +129,14 @@ class ShadowMirror:
                 content_type = answer.headers.get("content-type", "application/json")
         except TimeoutError:  # aiohttp's timeouts are TimeoutError subclasses
             self.stats["timed_out"] += 1
-            return
-        if not 200 <= status < 300:
+            content, status = b'{"error": "shadow timed out"}', 504
+            content_type = "application/json"
+        if 200 <= status < 300:
+            self.stats["answered"] += 1
+        elif status != 504:
             self.stats["failed"] += 1
-            return
-        self.stats["answered"] += 1
-        if copy.experiment.capture is not None:
+        # The shadow's 5xx and timeouts are captured as its errors (the guardrail counts them).
+        if copy.experiment.capture is not None and (200 <= status < 300 or status >= 500):
             self.capture.record(
                 Captured(
                     route=copy.experiment.capture,
@@ -147,5 +150,7 @@ class ShadowMirror:
                     response=content,
                     response_type=content_type,
                     at=time.time(),
+                    latency_ms=(time.perf_counter() - started) * 1000.0,
+                    status=status,
                 )
             )

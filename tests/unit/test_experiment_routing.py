@@ -164,7 +164,9 @@ def test_capture_writes_sagemaker_data_capture_records_per_variant_and_hour(
     assert record["captureData"]["endpointOutput"]["mode"] == "OUTPUT"
     meta = record["eventMetadata"]
     assert meta["inferenceId"] == "id-champ" and meta["inferenceTime"] == "2026-12-02T03:04:05Z"
-    assert meta["customAttributes"] == "experiment_id=exp-1;variant=champ;version=v1;arm=champion"
+    assert meta["customAttributes"] == (
+        "experiment_id=exp-1;variant=champ;version=v1;arm=champion;status=200"
+    )
     assert record["eventVersion"] == "0" and meta["eventId"] != lines[1]["eventMetadata"]["eventId"]
 
 
@@ -215,3 +217,24 @@ def test_the_router_names_the_variants_for_an_unknown_target_variant(tmp_path: P
     assert unknown.status_code == 400
     assert unknown.json()["error"] == "endpoint m has no variant 'nope'; its variants: champ, chall"
     assert nothing.status_code == 503 and "no variant with a weight above 0" in nothing.text
+
+
+def test_a_captured_latency_and_server_error_reach_the_experiments_reader(tmp_path: Path) -> None:
+    """The guardrails read latency and errors from the capture: the router must write both."""
+    from adapters.capture import parse_line
+    from serving.capture import capture_line
+
+    route = CaptureRoute(str(tmp_path), "m")
+
+    def line(status: int, response: bytes, latency_ms: float) -> str:
+        item = Captured(
+            route, "chall", "v2", "challenger", "exp-1", "id-1", "application/json",
+            b'{"instances": [{"x": 1}]}', response, "application/json", 0.0,
+            latency_ms=latency_ms, status=status,
+        )  # fmt: skip
+        return json.dumps(capture_line(item))
+
+    (ok,) = parse_line(line(200, b'{"predictions": [2.0]}', 12.5), "exp-1") or []
+    (failed,) = parse_line(line(503, b'{"error": "down"}', 3.0), "exp-1") or []
+    assert (ok["latency_ms"], ok["error"]) == (12.5, 0)
+    assert (failed["latency_ms"], failed["error"]) == (3.0, 1)
