@@ -30,6 +30,7 @@ import asyncio
 import logging
 import os
 import random
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,6 +43,8 @@ from fastapi.responses import JSONResponse, Response
 
 from serving.asgi import FastRoute, RawRequest, quiet_fastapi
 from serving.codec import BadRequest, read_body
+from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from serving.metrics import RouterMetrics
 from serving.routes import RouteFollower, RouteTable, Upstream
 
 log = logging.getLogger("serving.router")
@@ -81,8 +84,9 @@ class Forwarder:
     that left the routes has drained.
     """
 
-    def __init__(self, follower: RouteFollower) -> None:
+    def __init__(self, follower: RouteFollower, metrics: RouterMetrics | None = None) -> None:
         self.follower = follower
+        self.metrics = metrics or RouterMetrics()
         self._inflight: dict[tuple[str, str], int] = defaultdict(int)
         self._client: aiohttp.ClientSession | None = None
 
@@ -125,6 +129,20 @@ class Forwarder:
         Returns:
             The variant's answer (naming it), or the router's own error.
         """
+        start = time.perf_counter()
+        response, variant = await self._forward(model, body, headers, wanted)
+        if variant is not None or response.status_code >= 500:
+            # A model the routes do not know (404) or a variant that does not exist (400) is
+            # the caller's mistake: not a series, so no caller can grow the label set.
+            self.metrics.request(
+                model, variant or "", response.status_code, time.perf_counter() - start
+            )
+        return response
+
+    async def _forward(
+        self, model: str, body: bytes, headers: dict[str, str], wanted: str | None
+    ) -> tuple[Response, str | None]:
+        """:meth:`forward`'s work: the answer and the variant that gave it (None: the router)."""
         if self._client is None:
             raise RuntimeError("the router's upstream client is not open (server not started)")
         tried: set[str] = set()
@@ -133,18 +151,19 @@ class Forwarder:
             # Routes are read per attempt: a retry after a swap goes to the new variant.
             upstreams = self.follower.current().models.get(model)
             if not upstreams:
-                return _error(404, f"endpoint {model} not found")
+                return _error(404, f"endpoint {model} not found"), None
             choice = choose(upstreams, tried, wanted)
             if choice is None:
-                return _error(400, f"endpoint {model} has no variant {wanted!r}")
+                return _error(400, f"endpoint {model} has no variant {wanted!r}"), None
             answer = await self._send(self._client, model, choice, body, headers)
             if not isinstance(answer, str):
-                return answer
+                return answer, choice.name
             last = answer
             tried.add(choice.name)
+            self.metrics.upstream_error(model, choice.name)
             log.warning("retrying %s after %s", model, last)
             await asyncio.sleep(0.05 * (attempt + 1))
-        return _error(502, f"no variant of {model} answered: {last}")
+        return _error(502, f"no variant of {model} answered: {last}"), None
 
     async def _send(
         self,
@@ -190,6 +209,48 @@ def _invocation_model(path: str) -> str | None:
         if model and "/" not in model:
             return model
     return None
+
+
+def _observability_routes(app: FastAPI, forwarder: Forwarder) -> None:
+    """``GET /metrics``, ``/endpoints/{model}/health`` and ``/prometheus/targets``."""
+    follower = forwarder.follower
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus text format: invocations by model, variant and status; latency."""
+        return Response(forwarder.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+    @app.get("/endpoints/{model}/health")
+    async def health(model: str) -> JSONResponse:
+        """The model's last minute: requests per second, share of 5xx, p99 latency."""
+        window = forwarder.metrics.windows.get(model)
+        if window is None:
+            if model not in follower.current().models:
+                return _error(404, f"endpoint {model} not found")
+            return JSONResponse(
+                {
+                    "window_seconds": 60.0,
+                    "requests_per_second": 0.0,
+                    "error_rate": None,
+                    "p99_ms": None,
+                }
+            )
+        return JSONResponse(window.summary())
+
+    @app.get("/prometheus/targets")
+    async def prometheus_targets() -> JSONResponse:
+        """Every variant process as Prometheus HTTP service discovery lists targets."""
+        table = follower.current()
+        return JSONResponse(
+            [
+                {
+                    "targets": [f"{u.host}:{u.port}"],
+                    "labels": {"model": m, "variant": u.name, "version": u.version},
+                }
+                for m in sorted(table.models)
+                for u in table.models[m]
+            ]
+        )
 
 
 def create_router(state_file: Path, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
@@ -240,6 +301,8 @@ def create_router(state_file: Path, max_body_bytes: int = MAX_BODY_BYTES) -> Fas
                 "error": follower.error,
             }
         )
+
+    _observability_routes(app, forwarder)
 
     @app.get("/endpoints")
     async def endpoints() -> JSONResponse:
