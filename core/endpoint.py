@@ -109,6 +109,25 @@ class Serving:
 
 
 @dataclass(frozen=True)
+class Health:
+    """What one model's endpoint did in the last minute, from its own metrics.
+
+    Attributes:
+        source: where the figures come from (``"local /metrics"``, ``"prometheus"``, ``"cloudwatch"``).
+        window_seconds: the span the figures cover.
+        requests_per_second: invocations per second over the window.
+        error_rate: share of invocations answered 5xx (0..1), None when there were none.
+        p99_ms: 99th percentile latency in milliseconds, None when there were no invocations.
+    """  # noqa: E501
+
+    source: str
+    window_seconds: float
+    requests_per_second: float
+    error_rate: float | None
+    p99_ms: float | None
+
+
+@dataclass(frozen=True)
 class Resource:
     """One thing a target created, for the cleanup plan.
 
@@ -151,6 +170,9 @@ class EndpointTarget(Protocol):
             RolloutFailed: the endpoint does not serve ``target``; it serves what it served
                 before and nothing created for this attempt is left behind.
         """
+
+    def health(self, model: str) -> Health | None:
+        """What the model's endpoint did in the last minute(s); None: the target cannot tell."""
 
     def invoke(self, model: str, records: list[dict[str, Any]]) -> dict[str, Any]:
         """Send ``records`` to the model's endpoint; return the parsed JSON response.

@@ -15,10 +15,24 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapters.endpoints.local.processes import ServingProcesses, http_client, is_alive, read_json
+from adapters.endpoints.local.processes import (
+    ServingProcesses,
+    http_client,
+    http_get,
+    is_alive,
+    read_json,
+)
 from adapters.endpoints.local.router_control import RouterControl
 from adapters.endpoints.local.variants import VARIANT_INFO, VARIANTS, Variants, fetch
-from core.endpoint import Progress, Resource, RolloutFailed, Serving, VersionToServe, parse_answer
+from core.endpoint import (
+    Health,
+    Progress,
+    Resource,
+    RolloutFailed,
+    Serving,
+    VersionToServe,
+    parse_answer,
+)
 
 if TYPE_CHECKING:
     from adapters.store import LocalStore, S3Store
@@ -273,6 +287,28 @@ class LocalTarget:
             config_name=",".join(v["name"] for v in current),
             variants=variants,
         )
+
+    def health(self, model: str) -> Health | None:
+        """The model's last minute as the router counted it (``GET /endpoints/{model}/health``).
+
+        The router sees every invocation of every variant, retries included, so its window is
+        the endpoint's as a caller sees it. None when the router does not answer or does not
+        route the model (a request now could not be served either: ``describe`` says why).
+        """
+        response = http_get(f"{self.url}/endpoints/{model}/health")
+        if response is None or response.status_code != 200:
+            return None
+        try:
+            body = response.json()
+            return Health(
+                source="local /metrics",
+                window_seconds=float(body["window_seconds"]),
+                requests_per_second=float(body["requests_per_second"]),
+                error_rate=None if body["error_rate"] is None else float(body["error_rate"]),
+                p99_ms=None if body["p99_ms"] is None else float(body["p99_ms"]),
+            )
+        except (ValueError, KeyError, TypeError):  # something else answers on the port
+            return None
 
     def invoke(self, model: str, records: list[dict[str, Any]]) -> dict[str, Any]:
         """POST ``{"instances": records}`` through the router; return the parsed answer.

@@ -31,7 +31,7 @@ from adapters.endpoints.sagemaker.names import (
     endpoint_name,
     monthly_cost,
 )
-from core.endpoint import Progress, Resource, RolloutFailed, Serving, VersionToServe
+from core.endpoint import Health, Progress, Resource, RolloutFailed, Serving, VersionToServe
 
 if TYPE_CHECKING:
     from core.config import EndpointConfig, PlatformConfig
@@ -237,6 +237,10 @@ class SageMakerTarget:
             timeout=endpoint.timeout_seconds if timeout is None else timeout,
         )
         return rollout.run()
+
+    def health(self, model: str) -> Health | None:
+        """Not read on this branch: the CloudWatch reading comes with the alarms."""
+        return None
 
     def invoke(self, model: str, records: list[dict[str, Any]]) -> dict[str, Any]:
         """Send ``{"instances": records}`` to the model's endpoint; return the parsed answer.
