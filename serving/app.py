@@ -100,6 +100,12 @@ class ModelSettings(BaseSettings):
         pattern=r"^[0-9a-f]{64}$",
         description="sha256 of contents.json, from the manifest's lineage.model_contents_sha256.",
     )
+    metrics: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("MLOPS_SERVING_METRICS", "metrics"),
+        description="Record Prometheus metrics and answer /metrics (off: for the benchmark's "
+        "cost comparison, or where another layer measures).",
+    )
     max_batch_records: int = Field(
         default=10_000,
         ge=1,
@@ -285,14 +291,15 @@ class _State:
             self.settings = settings if settings is not None else ModelSettings()
             self.loaded = load_model(self.settings)
             self.failure = None
-            self.metrics = ServingMetrics(
-                self.loaded.name, self.loaded.version or "", self.settings.variant_name
-            )
-            self.metrics.loaded(
-                self.loaded.family_name,
-                self.loaded.loaded_in_seconds,
-                self.loaded.family.output_buckets,
-            )
+            if self.settings.metrics:
+                self.metrics = ServingMetrics(
+                    self.loaded.name, self.loaded.version or "", self.settings.variant_name
+                )
+                self.metrics.loaded(
+                    self.loaded.family_name,
+                    self.loaded.loaded_in_seconds,
+                    self.loaded.family.output_buckets,
+                )
             if self.loaded.family.batchable and self.settings.batch_max_rows > 1:
                 loaded = self.loaded
                 self.batcher = MicroBatcher(
