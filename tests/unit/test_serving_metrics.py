@@ -77,3 +77,23 @@ def test_the_minute_window_reports_rate_errors_and_p99_of_the_last_minute_only()
     for i in range(1000):
         slower.record(0.2 if i % 50 == 0 else 0.002, error=False)
     assert 160 <= slower.summary()["p99_ms"] <= 250
+
+
+def test_status_prints_rate_errors_and_p99_or_a_dash() -> None:
+    from cli.status import health_line
+
+    assert health_line(None) == "-"
+    line = health_line(
+        {
+            "source": "local /metrics",
+            "window_seconds": 60.0,
+            "requests_per_second": 12.34,
+            "error_rate": 0.015,
+            "p99_ms": 4.26,
+        }
+    )
+    assert line == "12.3 req/s, 5xx 1.5%, p99 4.3 ms (last 60 s, local /metrics)"
+    idle = {"source": "cloudwatch", "window_seconds": 60.0, "requests_per_second": 0.0}
+    assert health_line({**idle, "error_rate": None, "p99_ms": None}) == (
+        "0.0 req/s, 5xx -, p99 - (last 60 s, cloudwatch)"
+    )
