@@ -7,6 +7,9 @@ What ``/metrics`` reports for real requests is tested with the app in
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
@@ -97,3 +100,27 @@ def test_status_prints_rate_errors_and_p99_or_a_dash() -> None:
     assert health_line({**idle, "error_rate": None, "p99_ms": None}) == (
         "0.0 req/s, 5xx -, p99 - (last 60 s, cloudwatch)"
     )
+
+
+def test_a_worker_that_died_without_shutdown_is_marked_dead_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    from serving.metrics import mark_dead_workers, prepare_multiprocess_dir
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid, live_pid = int(gone.stdout), os.getpid()
+    for pid in (dead_pid, live_pid):
+        (tmp_path / f"gauge_livemax_{pid}.db").write_bytes(b"\0" * 8)
+        (tmp_path / f"counter_{pid}.db").write_bytes(b"\0" * 8)
+    assert mark_dead_workers(str(tmp_path)) == [dead_pid]
+    # Its live gauges (model info, load time) leave; its counters stay in the totals.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"counter_{dead_pid}.db", f"counter_{live_pid}.db", f"gauge_livemax_{live_pid}.db"]
+    )
+    # A new serving process starts from nothing: an earlier run's totals are not carried over.
+    prepare_multiprocess_dir(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
