@@ -27,6 +27,7 @@ Request and response formats are :mod:`serving.codec`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -59,7 +60,7 @@ from serving.codec import (
     response_format,
 )
 from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from serving.metrics import ServingMetrics, mark_dead_workers, multiprocess_dir
+from serving.metrics import FLUSH_SECONDS, ServingMetrics, mark_dead_workers, multiprocess_dir
 
 log = logging.getLogger("serving")
 
@@ -337,6 +338,14 @@ class _JSONAnswer(JSONResponse):
     rows = 0
 
 
+async def _flush_metrics(state: _State) -> None:
+    """Flush the recorded metrics every second (see :meth:`ServingMetrics.request`)."""
+    while True:
+        await asyncio.sleep(FLUSH_SECONDS)
+        if state.metrics is not None:
+            state.metrics.flush()
+
+
 def _error(status: int, reason: str, state: _State) -> _JSONAnswer:
     body: dict[str, Any] = {"error": reason}
     if state.loaded is not None:
@@ -370,9 +379,11 @@ def create_app(settings: ModelSettings | None = None) -> FastAPI:
         if shared:
             mark_dead_workers(shared)
         state.load(settings)
+        flusher = asyncio.create_task(_flush_metrics(state))
         try:
             yield
         finally:
+            flusher.cancel()
             if state.batcher is not None:
                 state.batcher.close()
             if state.metrics is not None:

@@ -58,6 +58,10 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 VARIANT_ENV = "MLOPS_VARIANT_NAME"
 """The variant a serving process is (set by the local endpoint; SageMaker's is ``AllTraffic``)."""
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+FLUSH_AT = 4096
+"""Requests recorded before a flush happens inline, whatever the timer: bounded memory."""
+FLUSH_SECONDS = 1.0
+"""How often the app flushes on its own, so a scrape answered by another worker is current."""
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0
@@ -197,6 +201,8 @@ class ServingMetrics:
             out,
             registry=reg,
         )
+        self._pending: list[tuple[int, float, int]] = []
+        self._pending_outputs: list[Mapping[str, Any]] = []
         self._outputs: dict[tuple[float, ...], Histogram] = {}
         if reg is not None:
             reg.register(_Merged(self._outputs))
@@ -210,26 +216,50 @@ class ServingMetrics:
         self._load.set(seconds)
         self._output_buckets = {k: tuple(float(b) for b in v) for k, v in output_buckets.items()}
 
+    # The hot path only appends to a list; :meth:`flush` moves what was appended into the
+    # library's instruments in a few batched calls. Each instrument update costs a lock and (in
+    # multiprocess mode) a file write: done per request, the seven of them took a third of a
+    # one-row request's CPU (BENCHMARKS.md). Flushed at every scrape of this process, every
+    # second by the app (so other workers' scrapes see it), and when the backlog grows.
+
     def request(self, code: int, seconds: float, rows: int = 0) -> None:
         """Record one invocation: its status, its latency and (when answered) its rows."""
-        child = self._by_code.get(code)
-        if child is None:
-            child = self._by_code[code] = self._requests.labels(**self.labels, code=str(code))
-        child.inc()
-        self._latency.observe(seconds)
-        if rows:
-            self._rows.observe(rows)
+        self._pending.append((code, seconds, rows))
+        if len(self._pending) >= FLUSH_AT:
+            self.flush()
 
     def outputs(self, predictions: Mapping[str, Any]) -> None:
-        """Record what the model answered, column by column (one call per column, not per row)."""
-        for column, values in predictions.items():
-            array = np.asarray(values)
+        """Record what the model answered (its columns, kept until the next flush)."""
+        self._pending_outputs.append(predictions)
+
+    def flush(self) -> None:
+        """Move the recorded requests and answers into the instruments (a few calls in all)."""
+        pending, self._pending = self._pending, []
+        outputs, self._pending_outputs = self._pending_outputs, []
+        if pending:
+            codes: dict[int, int] = {}
+            for code, _seconds, _rows in pending:
+                codes[code] = codes.get(code, 0) + 1
+            for code, n in codes.items():
+                child = self._by_code.get(code)
+                if child is None:
+                    child = self._requests.labels(**self.labels, code=str(code))
+                    self._by_code[code] = child
+                child.inc(n)
+            observe_many(self._latency, np.fromiter((p[1] for p in pending), "float64"))
+            rows = np.fromiter((p[2] for p in pending if p[2]), "float64")
+            observe_many(self._rows, rows)
+        columns: dict[str, list[Any]] = {}
+        for answer in outputs:
+            for column, values in answer.items():
+                columns.setdefault(column, []).append(np.asarray(values))
+        for column, parts in columns.items():
+            array = np.concatenate(parts)
             if array.dtype == np.bool_:
                 flagged = int(np.count_nonzero(array))
+                child = self._column(column, bool)  # the series exists from the first answer
                 if flagged:
-                    self._column(column, bool).inc(flagged)
-                else:
-                    self._column(column, bool)  # the series exists from the first answer, at 0
+                    child.inc(flagged)
             elif array.dtype.kind in "iuf":
                 observe_many(self._column(column, float), array.astype("float64", copy=False))
 
@@ -262,6 +292,7 @@ class ServingMetrics:
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every worker's values (or this process's)."""
+        self.flush()
         if self.multiprocess:
             from prometheus_client import multiprocess
 
@@ -272,7 +303,8 @@ class ServingMetrics:
         return generate_latest(self.registry)
 
     def worker_exit(self) -> None:
-        """Mark this worker dead (its live gauges leave the totals)."""
+        """Flush what is pending, then mark this worker dead (its live gauges leave)."""
+        self.flush()
         if self.multiprocess:
             from prometheus_client import multiprocess
 
@@ -396,20 +428,32 @@ class RouterMetrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._pending: list[tuple[str, str, int, float]] = []
         self.windows: dict[str, MinuteWindow] = {}
 
+    def flush(self) -> None:
+        """Move the recorded invocations into the instruments, batched per series."""
+        pending, self._pending = self._pending, []
+        by_series: dict[tuple[str, str, int], list[float]] = {}
+        for model, variant, code, seconds in pending:
+            by_series.setdefault((model, variant, code), []).append(seconds)
+        for key, latencies in by_series.items():
+            pair = self._children.get(key)
+            if pair is None:
+                model, variant, code = key
+                pair = (
+                    self._requests.labels(model=model, variant=variant, code=str(code)),
+                    self._latency.labels(model=model, variant=variant),
+                )
+                self._children[key] = pair
+            pair[0].inc(len(latencies))
+            observe_many(pair[1], np.asarray(latencies, dtype="float64"))
+
     def request(self, model: str, variant: str, code: int, seconds: float) -> None:
-        """Record one answered invocation (a model the routes do not know is not recorded)."""
-        key = (model, variant, code)
-        pair = self._children.get(key)
-        if pair is None:
-            pair = (
-                self._requests.labels(model=model, variant=variant, code=str(code)),
-                self._latency.labels(model=model, variant=variant),
-            )
-            self._children[key] = pair
-        pair[0].inc()
-        pair[1].observe(seconds)
+        """Record one answered invocation (appended; the instruments get it at :meth:`flush`)."""
+        self._pending.append((model, variant, code, seconds))
+        if len(self._pending) >= FLUSH_AT:
+            self.flush()
         window = self.windows.get(model)
         if window is None:
             window = self.windows[model] = MinuteWindow()
@@ -421,4 +465,5 @@ class RouterMetrics:
 
     def exposition(self) -> bytes:
         """The router's metrics in the Prometheus text format."""
+        self.flush()
         return generate_latest(self.registry)

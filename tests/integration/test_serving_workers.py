@@ -52,10 +52,14 @@ def _metrics_count_every_worker(
         with httpx.Client(trust_env=False, timeout=10) as client:  # a new connection each
             assert client.post(f"http://127.0.0.1:{port}/invocations", content=body,
                                headers=headers).status_code == 200  # fmt: skip
+    # Each worker flushes what it recorded every second (and the one answering, at once):
+    # within a few seconds every scrape, whichever worker answers it, reports every request.
+    deadline = time.monotonic() + 10
+    while (scrapes := {_requests_counted(port) for _ in range(8)}) != {done + 40}:
+        assert time.monotonic() < deadline, f"scrapes reported {sorted(scrapes)}, not {done + 40}"
+        time.sleep(0.5)
     counted_by = {p.name.split("_")[-1] for p in shared.glob("counter_*.db")}
     assert len(counted_by) == 2, f"requests reached one worker only: {sorted(counted_by)}"
-    scrapes = {_requests_counted(port) for _ in range(8)}
-    assert scrapes == {done + 40}
 
 
 def test_two_workers_answer_sequential_keep_alive_requests_in_a_few_ms(tmp_path: Path) -> None:
