@@ -77,7 +77,16 @@ client library leaves ``_sum`` out of a histogram with a negative bucket (OpenMe
 
 
 def multiprocess_dir() -> str | None:
-    """The directory worker processes share their values in; None in single-process mode."""
+    """The directory worker processes share their values in; None in single-process mode.
+
+    The client library chose how to store values when it was first imported; the variable
+    counts only if it was set then (a process that set it later, to pass it on to workers it
+    starts, still counts in memory itself).
+    """
+    from prometheus_client import values
+
+    if values.ValueClass is values.MutexValue:
+        return None
     return os.environ.get(MULTIPROC_ENV) or None
 
 

@@ -417,7 +417,7 @@ def test_the_environment_configures_the_model_and_the_server(
 
 
 def test_the_entry_point_runs_uvicorn_on_uvloop_and_httptools_with_nodelay(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # What SageMaker runs (`serve`) and the local router: the fast loop and parser, and the
     # protocol that sets TCP_NODELAY on each connection (lost with several workers otherwise).
@@ -428,7 +428,13 @@ def test_the_entry_point_runs_uvicorn_on_uvloop_and_httptools_with_nodelay(
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(kwargs))
     monkeypatch.setenv("MLOPS_SERVING_WORKERS", "2")
+    # Two workers share their metrics through a directory the entry point empties first.
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    (shared / "counter_1.db").write_bytes(b"stale")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(shared))
     assert serving_main(["serve"]) == 0
+    assert list(shared.iterdir()) == []
     assert serving_main(["router", "--state-file", "/nonexistent/routes.json"]) == 0
     for kwargs in calls:
         assert kwargs["loop"] == "uvloop"
