@@ -13,7 +13,7 @@ endef
 # The stages of `make test` run in the order listed and stop at the first failure, even under -j.
 .NOTPARALLEL:
 
-.PHONY: help install run test test-unit lint typecheck seed status mlflow-ui server deploy worker clean bench bench-serving
+.PHONY: help install run test test-unit lint typecheck seed status mlflow-ui server deploy worker clean bench bench-serving bench-metrics
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ bench: bench-serving ## Every benchmark; figures go to BENCHMARKS.md
 bench-serving: install ## wrk against the local endpoint, per family, direct and via the router (~3 min)
 	PYTHONPATH=$(CURDIR) $(UV) run python bench/bench_serving.py \
 	  $(if $(BASELINE),--baseline $(BASELINE)) $(if $(BASELINE_PYTHON),--baseline-python $(BASELINE_PYTHON))
+
+bench-metrics: install ## Serving throughput with Prometheus metrics on vs off, interleaved (~2 min)
+	PYTHONPATH=$(CURDIR) $(UV) run python bench/bench_serving.py --metrics-cost 4 --seconds 5 --rows 1,100
 
 clean: ## Delete the embedded state (.mlops or $MLOPS_HOME)
 	rm -rf $${MLOPS_HOME:-.mlops}

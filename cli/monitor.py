@@ -6,6 +6,7 @@ pointed its embedded state at ``$MLOPS_HOME``.
     mlops monitor                     # report; request retrain/weekly if a threshold is crossed
     mlops monitor --retrain           # ... and, without a server, run the retrain here
     mlops monitor --no-trigger --json
+    mlops prometheus-rules > deployments/prometheus/rules.yml   # the alert rules, from the configs
 """
 
 from __future__ import annotations
@@ -106,3 +107,16 @@ def _headline(metrics: dict[str, float]) -> dict[str, float]:
         for k, v in sorted(metrics.items())
         if not k.startswith(skip) and "__" not in k and k != "k"
     }
+
+
+@app.command(name="prometheus-rules")
+def prometheus_rules() -> None:
+    """Print the Prometheus alert rules, thresholds from configs/platform.yaml.
+
+    ``mlops prometheus-rules > deployments/prometheus/rules.yml`` after a threshold changes.
+    """
+    from core.alert_rules import render_rules
+    from core.config import load_platform_config
+
+    settings = prepare_environment()
+    sys.stdout.write(render_rules(load_platform_config(settings.config_dir)))

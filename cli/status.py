@@ -6,6 +6,7 @@ Three sources are read side by side and must agree: the store's ``latest.json``,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from typing import Annotated, Any
@@ -94,6 +95,7 @@ def _endpoint_findings(row: dict[str, Any], target: EndpointTarget, model: str) 
         "variants": serving.variants,
     }
     row["endpoint_version"] = serving.version
+    row["health"] = _health(target, model)
     if serving.version is None:
         return [
             f"the endpoint is {serving.status} and serves no version "
@@ -102,6 +104,29 @@ def _endpoint_findings(row: dict[str, Any], target: EndpointTarget, model: str) 
     if serving.version != row["latest_version"]:
         return [f"the endpoint serves {serving.version}, latest.json says {row['latest_version']}"]
     return []
+
+
+def _health(target: EndpointTarget, model: str) -> dict[str, Any] | None:
+    """The endpoint's last minute (rate, 5xx share, p99), or None when it cannot tell."""
+    try:
+        health = target.health(model)
+    except Exception:  # a status view shows what it can; the rest still prints
+        return None
+    return None if health is None else dataclasses.asdict(health)
+
+
+def health_line(health: dict[str, Any] | None) -> str:
+    """``12.3 req/s, 5xx 0.0%, p99 4.1 ms (last 60 s, local /metrics)``; ``-`` when unknown."""
+    if not health:
+        return "-"
+    errors = health["error_rate"]
+    p99 = health["p99_ms"]
+    return (
+        f"{health['requests_per_second']:.1f} req/s, "
+        f"5xx {'-' if errors is None else f'{errors:.1%}'}, "
+        f"p99 {'-' if p99 is None else f'{p99:.1f} ms'} "
+        f"(last {health['window_seconds']:.0f} s, {health['source']})"
+    )
 
 
 def _hash_findings(
@@ -183,7 +208,7 @@ def status(
         agree = "[green]yes[/]" if r["agree"] else f"[red]NO[/] {r.get('problem', '')}"
         ep = r.get("endpoint")
         endpoint = (
-            f"{ep['version']} {ep['status']}\n{ep['address']}"
+            f"{ep['version']} {ep['status']}\n{ep['address']}\n{health_line(r.get('health'))}"
             if ep
             else ("-" if not r.get("endpoint_target") else "none")
         )

@@ -409,6 +409,30 @@ class ScheduleConfig(Strict):
     timezone: str = Field(default="UTC", description="IANA time zone of both crons.")
 
 
+class ServingAlerts(Strict):
+    """Thresholds of the Prometheus alert rules on the serving metrics (``mlops prometheus-rules``).
+
+    Drift and champion-age alerts take the monitor's own thresholds above, so an alert and a
+    retrain request fire on the same reading.
+    """
+
+    p99_latency_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="Alert when a model's p99 latency stays above this."
+    )
+    error_rate: float = Field(
+        default=0.05, gt=0, le=1, description="Alert when this share of invocations is 5xx."
+    )
+    for_minutes: int = Field(
+        default=5, ge=1, le=1440, description="How long latency or errors stay bad before alerting."
+    )
+    no_traffic_minutes: int = Field(
+        default=15,
+        ge=1,
+        le=1440,
+        description="Alert when a serving model answers nothing for this long.",
+    )
+
+
 class MonitorPolicy(Strict):
     """When the monitor asks for a retrain."""
 
@@ -425,6 +449,21 @@ class MonitorPolicy(Strict):
         default=14, ge=1, le=365, description="Champion older than this: retrain."
     )
     recent_days: int = Field(default=7, ge=1, le=90, description="Window of recent data compared.")
+    textfile: Path | None = Field(
+        default=None,
+        description="Write the monitor's results as Prometheus metrics to this .prom file, "
+        "for node_exporter's textfile collector (replaced atomically); none: no file.",
+    )
+    pushgateway_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description="Push the monitor's results to this Prometheus Pushgateway (job "
+        "mlops-monitor); none: no push.",
+    )
+    alerts: ServingAlerts = Field(
+        default_factory=lambda: ServingAlerts(),
+        description="Thresholds of the serving alert rules in deployments/prometheus/.",
+    )
 
 
 class PlatformConfig(Strict):

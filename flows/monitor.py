@@ -1,7 +1,8 @@
 """Daily monitor: recent data against each champion's training data, live error, champion age.
 
 When a model crosses a threshold, one run of the retrain deployment is requested for the models
-that need it, with a reason naming them and why, and an event is emitted per model.
+that need it, with a reason naming them and why, and an event is emitted per model. Every
+model's results are published as Prometheus metrics too (textfile or Pushgateway, by config).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tasks.monitor import (
     find_champion,
     load_recent,
     load_reference,
+    publish_monitor_metrics,
     report_findings,
     request_retrain,
     score_live,
@@ -62,9 +64,11 @@ def monitor(
     if wanted:
         emit_threshold_events(platform.project_tag, findings, request)
     report_findings(findings, request)
+    published = publish_monitor_metrics(findings, policy)
     return {
         "findings": [f.to_dict() for f in findings],
         "triggered": wanted,
         "reason": reason,
         "request": request,
+        "metrics": published,
     }

@@ -22,6 +22,7 @@ def serve() -> int:
     from serving.transport import HTTP
 
     server = ServerSettings()
+    _share_metrics(server.workers)
     uvicorn.run(
         "serving.app:create_app",
         factory=True,
@@ -39,6 +40,28 @@ def serve() -> int:
         server_header=False,
     )
     return 0
+
+
+def _share_metrics(workers: int) -> None:
+    """Give the workers a fresh directory to write their metrics to (see serving.metrics).
+
+    This process is the workers' manager, so it owns the directory: the one named by
+    ``PROMETHEUS_MULTIPROC_DIR`` (the local endpoint names one per variant), or a new temporary
+    one when several workers would otherwise each count alone. Values of an earlier run are
+    deleted before any worker starts. One worker without the variable keeps the faster
+    in-process registry.
+    """
+    import os
+    import tempfile
+
+    from serving.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+
+    path = os.environ.get(MULTIPROC_ENV)
+    if not path and workers > 1:
+        path = tempfile.mkdtemp(prefix="mlops-metrics-")
+    if path:
+        prepare_multiprocess_dir(path)
+        os.environ[MULTIPROC_ENV] = path
 
 
 def check() -> int:

@@ -27,6 +27,7 @@ Request and response formats are :mod:`serving.codec`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -58,6 +59,8 @@ from serving.codec import (
     request_format,
     response_format,
 )
+from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from serving.metrics import FLUSH_SECONDS, ServingMetrics, mark_dead_workers, multiprocess_dir
 
 log = logging.getLogger("serving")
 
@@ -88,9 +91,21 @@ class ModelSettings(BaseSettings):
     model_version: str | None = Field(
         default=None, max_length=64, description="Store version (v{N}) reported with answers."
     )
+    variant_name: str = Field(
+        default="",
+        max_length=128,
+        description="The variant this process is, a label on its metrics (the local endpoint "
+        "sets it; empty on SageMaker, whose metrics carry the variant themselves).",
+    )
     model_contents_sha256: str = Field(
         pattern=r"^[0-9a-f]{64}$",
         description="sha256 of contents.json, from the manifest's lineage.model_contents_sha256.",
+    )
+    metrics: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("MLOPS_SERVING_METRICS", "metrics"),
+        description="Record Prometheus metrics and answer /metrics (off: for the benchmark's "
+        "cost comparison, or where another layer measures).",
     )
     max_batch_records: int = Field(
         default=10_000,
@@ -269,6 +284,7 @@ class _State:
         # two threads at once, so predictions take turns. Scale with workers (processes).
         self.predict_lock = threading.Lock()
         self.batcher: MicroBatcher | None = None
+        self.metrics: ServingMetrics | None = None
 
     def load(self, settings: ModelSettings | None) -> None:
         """Load the model ``settings`` name (default: from the environment), or record why not."""
@@ -276,6 +292,15 @@ class _State:
             self.settings = settings if settings is not None else ModelSettings()
             self.loaded = load_model(self.settings)
             self.failure = None
+            if self.settings.metrics:
+                self.metrics = ServingMetrics(
+                    self.loaded.name, self.loaded.version or "", self.settings.variant_name
+                )
+                self.metrics.loaded(
+                    self.loaded.family_name,
+                    self.loaded.loaded_in_seconds,
+                    self.loaded.family.output_buckets,
+                )
             if self.loaded.family.batchable and self.settings.batch_max_rows > 1:
                 loaded = self.loaded
                 self.batcher = MicroBatcher(
@@ -293,14 +318,39 @@ class _State:
         except Exception as exc:  # reported on /ping; the process stays up to say why
             self.loaded = None
             self.failure = _load_failure(exc)
+            # Its 503s are counted too, under the names it was given.
+            given = self.settings
+            self.metrics = ServingMetrics(
+                (given and given.model_name) or "",
+                (given and given.model_version) or "",
+                given.variant_name if given else "",
+            )
             log.error("cannot serve: %s", self.failure)
 
 
-def _error(status: int, reason: str, state: _State) -> JSONResponse:
+class _Answer(Response):
+    """A response that knows how many records it answers (0 for an error), for the metrics."""
+
+    rows = 0
+
+
+class _JSONAnswer(JSONResponse):
+    rows = 0
+
+
+async def _flush_metrics(state: _State) -> None:
+    """Flush the recorded metrics every second (see :meth:`ServingMetrics.request`)."""
+    while True:
+        await asyncio.sleep(FLUSH_SECONDS)
+        if state.metrics is not None:
+            state.metrics.flush()
+
+
+def _error(status: int, reason: str, state: _State) -> _JSONAnswer:
     body: dict[str, Any] = {"error": reason}
     if state.loaded is not None:
         body |= state.loaded.describe()
-    return JSONResponse(body, status_code=status, headers=_identity(state))
+    return _JSONAnswer(body, status_code=status, headers=_identity(state))
 
 
 def _identity(state: _State) -> dict[str, str]:
@@ -325,12 +375,19 @@ def create_app(settings: ModelSettings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Loading blocks startup on purpose: the server accepts requests only once it knows
         # whether it can serve, so /ping is never "up" with nothing loaded.
+        shared = multiprocess_dir()
+        if shared:
+            mark_dead_workers(shared)
         state.load(settings)
+        flusher = asyncio.create_task(_flush_metrics(state))
         try:
             yield
         finally:
+            flusher.cancel()
             if state.batcher is not None:
                 state.batcher.close()
+            if state.metrics is not None:
+                state.metrics.worker_exit()
 
     app = FastAPI(
         title="Intelli-Rate model server",
@@ -358,6 +415,12 @@ def create_app(settings: ModelSettings | None = None) -> FastAPI:
             headers=_identity(state),
         )
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus text format: requests, latency, rows, the model, its answers."""
+        body = state.metrics.exposition() if state.metrics is not None else b""
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
+
     @app.get("/execution-parameters")
     async def execution_parameters() -> JSONResponse:
         """Batch transform's question before it sends work: one request at a time per worker."""
@@ -371,24 +434,8 @@ def create_app(settings: ModelSettings | None = None) -> FastAPI:
         )
 
     async def invocations(_key: str, request: RawRequest) -> Response:
-        """Predict for a batch of records (JSON or CSV in, JSON or CSV out)."""
-        loaded = state.loaded
-        settings = state.settings
-        if loaded is None or settings is None:
-            return _error(503, f"model not loaded: {state.failure}", state)
-        try:
-            fmt_in = request_format(request.headers.get("content-type"))
-            fmt_out = response_format(request.headers.get("accept"))
-            body = await read_body(request, settings.max_body_bytes)
-            if not body.strip():
-                raise BadRequest(400, "empty body: send at least one record")
-            if fmt_in == "csv":
-                predictions = await _predict_csv(state, loaded, settings, body)
-            else:
-                predictions = await _predict_json(state, loaded, settings, body)
-        except BadRequest as exc:
-            return _error(exc.status, exc.reason, state)
-        return _predictions_response(predictions, fmt_out, loaded, state)
+        """Predict for a batch of records; see :func:`_invocations`."""
+        return await _invocations(state, request)
 
     # POST /invocations, the hot path, skips FastAPI's routing (see serving.asgi).
     app.add_middleware(
@@ -398,6 +445,44 @@ def create_app(settings: ModelSettings | None = None) -> FastAPI:
         on_error=lambda exc: _error(500, f"internal error: {exc.__class__.__name__}: {exc}", state),
     )
     return app
+
+
+async def _invocations(state: _State, request: RawRequest) -> Response:
+    """Predict, and record the request's metrics once it is answered."""
+    start = time.perf_counter()
+    metrics = state.metrics
+    try:
+        response = await _answer(state, request)
+    except BaseException:
+        if metrics is not None:
+            metrics.request(500, time.perf_counter() - start)
+        raise
+    if metrics is not None:
+        metrics.request(response.status_code, time.perf_counter() - start, response.rows)
+    return response
+
+
+async def _answer(state: _State, request: RawRequest) -> _Answer | _JSONAnswer:
+    """Predict for a batch of records (JSON or CSV in, JSON or CSV out)."""
+    loaded = state.loaded
+    settings = state.settings
+    if loaded is None or settings is None:
+        return _error(503, f"model not loaded: {state.failure}", state)
+    try:
+        fmt_in = request_format(request.headers.get("content-type"))
+        fmt_out = response_format(request.headers.get("accept"))
+        body = await read_body(request, settings.max_body_bytes)
+        if not body.strip():
+            raise BadRequest(400, "empty body: send at least one record")
+        if fmt_in == "csv":
+            predictions = await _predict_csv(state, loaded, settings, body)
+        else:
+            predictions = await _predict_json(state, loaded, settings, body)
+    except BadRequest as exc:
+        return _error(exc.status, exc.reason, state)
+    if state.metrics is not None:
+        state.metrics.outputs(predictions)
+    return _predictions_response(predictions, fmt_out, loaded, state)
 
 
 async def _predict_json(
@@ -453,16 +538,19 @@ def _check_rows(rows: int, settings: ModelSettings) -> None:
 
 def _predictions_response(
     predictions: dict[str, Any], fmt_out: str, loaded: LoadedModel, state: _State
-) -> Response:
+) -> _Answer:
     """Predictions as CSV, or as JSON naming the model and version."""
     if fmt_out == "csv":
         import pandas as pd
 
         frame = pd.DataFrame(predictions)
-        return Response(csv_predictions(frame), media_type=CSV, headers=_identity(state))
-    meta = loaded.describe()
-    body = json_answer(predictions, {"model": meta["model"], "version": meta["version"]})
-    return Response(body, media_type=JSON, headers=_identity(state))
+        response = _Answer(csv_predictions(frame), media_type=CSV, headers=_identity(state))
+    else:
+        meta = loaded.describe()
+        body = json_answer(predictions, {"model": meta["model"], "version": meta["version"]})
+        response = _Answer(body, media_type=JSON, headers=_identity(state))
+    response.rows = len(next(iter(predictions.values()))) if predictions else 0
+    return response
 
 
 def _load_failure(exc: Exception) -> str:

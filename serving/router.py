@@ -58,6 +58,8 @@ from serving.experiment_routing import (
     split,
     unknown_variant,
 )
+from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from serving.metrics import RouterMetrics
 from serving.routes import RouteFollower, RouteTable, Upstream
 from serving.shadow import ShadowMirror
 
@@ -112,10 +114,12 @@ class Forwarder:
         follower: RouteFollower,
         capture: CaptureWriter | None = None,
         shadow_timeout: float = SHADOW_TIMEOUT,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         self.follower = follower
         self.capture = capture or CaptureWriter()
         self.shadow = ShadowMirror(self.capture, timeout=shadow_timeout)
+        self.metrics = metrics or RouterMetrics()
         self._inflight: dict[tuple[str, str], int] = defaultdict(int)
         self._client: aiohttp.ClientSession | None = None
 
@@ -181,6 +185,28 @@ class Forwarder:
         Returns:
             The variant's answer (naming it and the inference id), or the router's own error.
         """
+        start = time.perf_counter()
+        response, variant = await self._forward(
+            model, body, headers, wanted, caller_key, inference_id
+        )
+        if variant is not None or response.status_code >= 500:
+            # A model the routes do not know (404) or a variant that does not exist (400) is
+            # the caller's mistake: not a series, so no caller can grow the label set.
+            self.metrics.request(
+                model, variant or "", response.status_code, time.perf_counter() - start
+            )
+        return response
+
+    async def _forward(
+        self,
+        model: str,
+        body: bytes,
+        headers: dict[str, str],
+        wanted: str | None,
+        caller_key: str | None,
+        inference_id: str | None,
+    ) -> tuple[Response, str | None]:
+        """:meth:`forward`'s work: the answer and the variant that gave it (None: the router)."""
         if self._client is None:
             raise RuntimeError("the router's upstream client is not open (server not started)")
         inference_id = inference_id or str(uuid.uuid4())
@@ -191,14 +217,14 @@ class Forwarder:
             table = self.follower.current()
             upstreams = table.models.get(model)
             if not upstreams:
-                return _error(404, f"endpoint {model} not found")
+                return _error(404, f"endpoint {model} not found"), None
             experiment = table.experiments.get(model, NO_EXPERIMENT)
             choice = choose(upstreams, tried, wanted, caller_key, experiment.experiment_id)
             if choice is None and wanted:
                 names = [u.name for u in upstreams]
-                return _error(400, unknown_variant(model, wanted, names), variants=names)
+                return _error(400, unknown_variant(model, wanted, names), variants=names), None
             if choice is None:
-                return _error(503, f"endpoint {model} has no variant with a weight above 0")
+                return _error(503, f"endpoint {model} has no variant with a weight above 0"), None
             started = time.perf_counter()
             answer = await self._send(self._client, model, choice, body, headers)
             if not isinstance(answer, str):
@@ -208,12 +234,13 @@ class Forwarder:
                     self._after(
                         model, experiment, choice, body, headers, answer, inference_id, waited
                     )
-                return answer
+                return answer, choice.name
             last = answer
             tried.add(choice.name)
+            self.metrics.upstream_error(model, choice.name)
             log.warning("retrying %s after %s", model, last)
             await asyncio.sleep(0.05 * (attempt + 1))
-        return _error(502, f"no variant of {model} answered: {last}")
+        return _error(502, f"no variant of {model} answered: {last}"), None
 
     def _after(
         self,
@@ -300,6 +327,48 @@ def _invocation_model(path: str) -> str | None:
     return None
 
 
+def _observability_routes(app: FastAPI, forwarder: Forwarder) -> None:
+    """``GET /metrics``, ``/endpoints/{model}/health`` and ``/prometheus/targets``."""
+    follower = forwarder.follower
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus text format: invocations by model, variant and status; latency."""
+        return Response(forwarder.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+    @app.get("/endpoints/{model}/health")
+    async def health(model: str) -> JSONResponse:
+        """The model's last minute: requests per second, share of 5xx, p99 latency."""
+        window = forwarder.metrics.windows.get(model)
+        if window is None:
+            if model not in follower.current().models:
+                return _error(404, f"endpoint {model} not found")
+            return JSONResponse(
+                {
+                    "window_seconds": 60.0,
+                    "requests_per_second": 0.0,
+                    "error_rate": None,
+                    "p99_ms": None,
+                }
+            )
+        return JSONResponse(window.summary())
+
+    @app.get("/prometheus/targets")
+    async def prometheus_targets() -> JSONResponse:
+        """Every variant process as Prometheus HTTP service discovery lists targets."""
+        table = follower.current()
+        return JSONResponse(
+            [
+                {
+                    "targets": [f"{u.host}:{u.port}"],
+                    "labels": {"model": m, "variant": u.name, "version": u.version},
+                }
+                for m in sorted(table.models)
+                for u in table.models[m]
+            ]
+        )
+
+
 def create_router(
     state_file: Path,
     max_body_bytes: int = MAX_BODY_BYTES,
@@ -363,6 +432,8 @@ def create_router(
                 "error": follower.error,
             }
         )
+
+    _observability_routes(app, forwarder)
 
     @app.get("/endpoints")
     async def endpoints() -> JSONResponse:

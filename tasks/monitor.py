@@ -1,7 +1,8 @@
 """The monitor's Prefect tasks: measure drift against the champion's data, ask for a retrain.
 
 They find the champion, read the rows it was trained on and the recent rows, measure, assess,
-report, and ask for a retrain when the policy says so.
+report, publish the results as Prometheus metrics, and ask for a retrain when the policy
+says so.
 
 The statistics and the policy are pure functions in :mod:`core.drift`; the SQL that reads the
 recent rows is in :mod:`adapters.source`, and the events and deployment runs go through
@@ -165,6 +166,24 @@ def report_findings(findings: list[Finding], request: dict[str, Any] | None) -> 
     wanted = [f.model for f in findings if f.triggered]
     headline = f"retrain wanted: {', '.join(wanted)}" if wanted else "no threshold crossed"
     return publish_markdown("monitor-report", text, headline)
+
+
+@task(name="publish-monitor-metrics", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def publish_monitor_metrics(findings: list[Finding], policy: MonitorPolicy) -> list[str]:
+    """Publish the findings as Prometheus metrics where the policy says; return where.
+
+    A textfile for node_exporter (``monitor.textfile``) and/or a Pushgateway
+    (``monitor.pushgateway_url``); nothing when neither is set. See :mod:`adapters.prometheus`.
+    """
+    from adapters.prometheus import monitor_registry, push, write_textfile
+
+    registry = monitor_registry(findings)
+    where = []
+    if policy.textfile is not None:
+        where.append(str(write_textfile(policy.textfile, registry)))
+    if policy.pushgateway_url:
+        where.append(push(policy.pushgateway_url, registry))
+    return where
 
 
 @task(name="emit-threshold-events", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)

@@ -172,6 +172,10 @@ class Family(ABC):
             index=answers.index,
         )
 
+    output_buckets: ClassVar[Mapping[str, tuple[float, ...]]] = {}
+    """Histogram buckets of numeric output columns for the serving metrics (``/metrics``'s
+    ``mlops_output_value``), by column; a column not named gets a 1-2-5 scale up to 100,000."""
+
     batchable: ClassVar[bool] = False
     """Whether the serving app may join concurrent requests into one :meth:`predict_columns`
     call: true for a model with a fixed cost per call (one row costs about what 100 do) whose

@@ -108,6 +108,11 @@ def first_retrain_ends_serving_v1(local: Local) -> None:
     assert "serves at http://127.0.0.1" in line["note"]
 
     assert everywhere(local) == ("v1", "v1", "v1", True)
+    # The rollout's smoke test went through the router: status shows that minute's traffic.
+    (row,) = status_of(local.settings, [MODEL])
+    health = row["health"]
+    assert health["source"] == "local /metrics" and health["requests_per_second"] > 0, health
+    assert health["error_rate"] == 0.0 and health["p99_ms"] > 0
     answer = invoke(local)
     assert answer.status_code == 200, answer.text
     assert answer.headers["x-model-version"] == "v1"

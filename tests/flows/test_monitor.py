@@ -9,11 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from adapters.source import seed_source
 from core.settings import load_settings
 from flows.monitor import monitor
 from flows.retrain import retrain
-from tests.fixtures.home import SMALL_SOURCE
+from tests.fixtures.home import SMALL_SOURCE, project_configs
 
 DEPLOYMENT = "retrain/monitor-test"
 
@@ -67,7 +69,9 @@ def test_monitor_triggers_a_retrain_only_on_drift(mlops_home: Path) -> None:
     assert "triggered-by-monitor" in run.tags
 
 
-def test_monitor_without_the_deployment_says_so_and_completes(mlops_home: Path) -> None:
+def test_monitor_without_the_deployment_says_so_and_completes(
+    mlops_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     # The embedded API has no deployments: the monitor reports, it does not crash.
     settings = load_settings()
     seed_source(settings.source_url, weeks=3, **SMALL_SOURCE)
@@ -84,9 +88,22 @@ def test_monitor_without_the_deployment_says_so_and_completes(mlops_home: Path) 
     assert "not registered" in result["request"]["note"]
     assert "mlops retrain --model limit_optimiser" in result["request"]["note"]
 
-    # Report only: no request at all.
+    # Report only: no request at all. With monitor.textfile configured, the results are also
+    # written for node_exporter, the drifted columns counted for the alert rule.
+    textfile = tmp_path / "node-exporter" / "mlops_monitor.prom"
+    project_configs(
+        monkeypatch,
+        tmp_path / "configs",
+        {"platform.yaml": {"  recent_days: 7\n": f"  recent_days: 7\n  textfile: {textfile}\n"}},
+    )
     report = monitor(models=["limit_optimiser"], retrain_deployment=None)
     assert report["triggered"] == ["limit_optimiser"] and report["request"] is None
+    assert report["metrics"] == [str(textfile)]
+    drifted = len(report["findings"][0]["drifted"])
+    assert f'mlops_monitor_drifted_features{{model="limit_optimiser"}} {drifted:.1f}' in (
+        textfile.read_text()
+    )
+    assert drifted >= 1
 
 
 def test_monitor_without_a_champion_asks_for_nothing(mlops_home: Path) -> None:

@@ -18,12 +18,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from adapters.endpoints.local import LocalTarget
@@ -214,6 +216,140 @@ def test_resources_list_the_route_and_refuse_deleting_what_serves(endpoint: Endp
         target.delete(in_use[0])
     target.delete(found[("model", stray.name)])
     assert not stray.exists()
+
+
+PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "deployments" / "prometheus"
+
+
+@contextmanager
+def prometheus_server(router_port: int, base: Path) -> Iterator[str]:
+    """A real Prometheus on loopback with the shipped scrape config, aimed at ``router_port``.
+
+    Scrapes and service discovery every second instead of 15 s; everything else is
+    ``deployments/prometheus/prometheus.yml`` as committed, rules included.
+    """
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus is not installed (Debian package prometheus; .ci/run installs it)")
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(PROMETHEUS_DIR / "rules.yml")]
+    text = yaml.safe_dump(config).replace("15s", "1s")
+    text = text.replace("127.0.0.1:8080", f"127.0.0.1:{router_port}")
+    (base / "prometheus.yml").write_text(text)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={base / 'prometheus.yml'}",
+            f"--storage.tsdb.path={base / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(base / "prometheus.log").open("wb"),
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _ready(url), 30, f"prometheus did not start: {base / 'prometheus.log'}")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/-/ready", trust_env=False, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_for(check: Any, seconds: float, message: str) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, message
+        time.sleep(0.2)
+
+
+def query(url: str, promql: str) -> list[dict[str, Any]]:
+    """``/api/v1/query``'s result vector; a query Prometheus refuses fails the test."""
+    answer = httpx.get(f"{url}/api/v1/query", params={"query": promql}, trust_env=False).json()
+    assert answer["status"] == "success", (promql, answer)
+    return list(answer["data"]["result"])
+
+
+def scalar(url: str, promql: str) -> float | None:
+    result = query(url, promql)
+    return float(result[0]["value"][1]) if result else None
+
+
+def test_a_real_prometheus_scrapes_the_endpoint_and_counts_every_request(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    with prometheus_server(endpoint.port, tmp_path) as prom:
+        # The router's static target and the serving variant found through the router's
+        # service discovery are both up.
+        jobs = {"mlops-router", "mlops-serving"}
+        wait_for(
+            lambda: {r["metric"]["job"] for r in query(prom, "up == 1")} >= jobs,
+            30,
+            "targets never came up",
+        )
+        served = f'model="{MODEL}"'
+        router = f"sum(mlops_router_requests_total{{{served}}})"
+        serving = f"sum(mlops_requests_total{{{served}}})"
+
+        def settled() -> tuple[float, float] | None:
+            # Earlier tests sent requests too: read both totals twice, a scrape apart, equal.
+            first = (scalar(prom, router) or 0.0, scalar(prom, serving) or 0.0)
+            time.sleep(2.5)
+            again = (scalar(prom, router) or 0.0, scalar(prom, serving) or 0.0)
+            return first if first == again else None
+
+        before = wait_for(settled, 30, "totals never settled")
+        n = 40
+        with httpx.Client(trust_env=False, timeout=30) as client:
+            for _ in range(n):
+                answer = client.post(
+                    endpoint.target.address(MODEL),
+                    json={"instances": endpoint.tiny.example_request},
+                )
+                assert answer.status_code == 200, answer.text
+        expected = (before[0] + n, before[1] + n)
+        wait_for(lambda: settled() == expected, 30, f"Prometheus never counted {n} more")
+        # Latency as Prometheus computes it from the histogram buckets.
+        p99 = scalar(
+            prom,
+            "histogram_quantile(0.99, sum by (le) "
+            f"(rate(mlops_request_duration_seconds_bucket{{{served}}}[1m])))",
+        )
+        assert p99 is not None and 0 < p99 < 5
+        # The variant's own labels survive the scrape (honor_labels), and what it answered.
+        (info,) = query(prom, f"mlops_model_info{{{served}}}")
+        assert info["metric"]["version"] == "v2" and info["metric"]["family"] == MODEL
+        assert scalar(prom, f'sum(mlops_output_value_count{{{served},column="recommended_limit"}})')
+        # The shipped rules load and evaluate; every dashboard query is valid PromQL.
+        groups = httpx.get(f"{prom}/api/v1/rules", trust_env=False).json()["data"]["groups"]
+        assert len(groups[0]["rules"]) == 5
+        dashboard = json.loads((PROMETHEUS_DIR / "grafana-dashboard.json").read_text())
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"].replace("$__rate_interval", "1m").replace("$model", ".*")
+                query(prom, expr)
+    # The same minute as mlops status shows it, from the router's own window.
+    health = endpoint.target.health(MODEL)
+    assert health is not None and health.source == "local /metrics"
+    assert health.requests_per_second > 0 and health.error_rate == 0.0
+    assert health.p99_ms is not None and health.p99_ms > 0
+    assert endpoint.target.health("no_such_model") is None
 
 
 def cli_environment(endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,6 +27,41 @@ from tests.fixtures.serving import build_model_dir
 pytestmark = pytest.mark.integration
 
 
+def _requests_counted(port: int) -> float:
+    """``mlops_requests_total{code="200"}`` as ``/metrics`` answers on a new connection."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False, timeout=5).text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "mlops_requests_total" and s.labels["code"] == "200"
+    )
+
+
+def _metrics_count_every_worker(
+    port: int, shared: Path, body: bytes, headers: dict[str, str], done: int
+) -> None:
+    """Totals on ``/metrics`` are the server's, whichever worker answers the scrape.
+
+    Requests on new connections reach both workers (the kernel spreads accepted connections),
+    so each worker counted only part of them; every scrape must still report all of them.
+    """
+    for _ in range(40):
+        with httpx.Client(trust_env=False, timeout=10) as client:  # a new connection each
+            assert client.post(f"http://127.0.0.1:{port}/invocations", content=body,
+                               headers=headers).status_code == 200  # fmt: skip
+    # Each worker flushes what it recorded every second (and the one answering, at once):
+    # within a few seconds every scrape, whichever worker answers it, reports every request.
+    deadline = time.monotonic() + 10
+    while (scrapes := {_requests_counted(port) for _ in range(8)}) != {done + 40}:
+        assert time.monotonic() < deadline, f"scrapes reported {sorted(scrapes)}, not {done + 40}"
+        time.sleep(0.5)
+    counted_by = {p.name.split("_")[-1] for p in shared.glob("counter_*.db")}
+    assert len(counted_by) == 2, f"requests reached one worker only: {sorted(counted_by)}"
+
+
 def test_two_workers_answer_sequential_keep_alive_requests_in_a_few_ms(tmp_path: Path) -> None:
     tiny = build_model_dir("limit_optimiser", tmp_path / "model")
     port = free_port()
@@ -39,6 +74,7 @@ def test_two_workers_answer_sequential_keep_alive_requests_in_a_few_ms(tmp_path:
         "MLOPS_SERVING_PORT": str(port),
         "MLOPS_SERVING_WORKERS": "2",
         "MLOPS_SERVING_LOG_LEVEL": "warning",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "serving", "serve"],
@@ -49,7 +85,7 @@ def test_two_workers_answer_sequential_keep_alive_requests_in_a_few_ms(tmp_path:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # two workers import everything: slow on a busy machine
         while True:
             try:
                 if httpx.get(f"{url}/ping", trust_env=False, timeout=2).status_code == 200:
@@ -80,6 +116,7 @@ def test_two_workers_answer_sequential_keep_alive_requests_in_a_few_ms(tmp_path:
         print(f"\n2 workers, sequential keep-alive: p50 {p50:.2f} ms over {len(seconds)} requests")
         # 40 ms is the trap; a few ms leaves room for a busy shared machine.
         assert p50 < 5.0
+        _metrics_count_every_worker(port, tmp_path / "metrics", body, headers, 120)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -102,3 +102,37 @@ def test_an_unknown_model_is_404_and_other_routes_still_answer(router: Any) -> N
 )
 def test_only_the_invocation_path_takes_the_fast_route(path: str, model: str | None) -> None:
     assert _invocation_model(path) == model
+
+
+def test_unknown_models_never_become_series_and_variants_are_listed_for_discovery(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "routes.json"
+    routes = empty_state()
+    routes["models"]["limit_optimiser"] = {
+        "variants": [{"name": "limit_optimiser-v2-abc", "version": "v2", "port": 41001}]
+    }
+    write_state(state, routes)
+    with TestClient(create_router(state)) as client:
+        # A caller inventing model names cannot grow the label set (bounded cardinality).
+        for i in range(5):
+            client.post(f"/endpoints/made-up-{i}/invocations", json=[{}])
+        metrics = client.get("/metrics").text
+        unknown = client.get("/endpoints/made-up-0/health")
+        quiet = client.get("/endpoints/limit_optimiser/health").json()
+        targets = client.get("/prometheus/targets").json()
+    assert "made-up" not in metrics and "mlops_router_requests_total" in metrics
+    assert unknown.status_code == 404
+    # Routed but not called yet: no rate, and neither an error share nor a p99 to report.
+    assert quiet["requests_per_second"] == 0 and quiet["p99_ms"] is None
+    assert quiet["error_rate"] is None
+    assert targets == [
+        {
+            "targets": ["127.0.0.1:41001"],
+            "labels": {
+                "model": "limit_optimiser",
+                "variant": "limit_optimiser-v2-abc",
+                "version": "v2",
+            },
+        }
+    ]

@@ -417,7 +417,7 @@ def test_the_environment_configures_the_model_and_the_server(
 
 
 def test_the_entry_point_runs_uvicorn_on_uvloop_and_httptools_with_nodelay(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # What SageMaker runs (`serve`) and the local router: the fast loop and parser, and the
     # protocol that sets TCP_NODELAY on each connection (lost with several workers otherwise).
@@ -428,7 +428,13 @@ def test_the_entry_point_runs_uvicorn_on_uvloop_and_httptools_with_nodelay(
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(kwargs))
     monkeypatch.setenv("MLOPS_SERVING_WORKERS", "2")
+    # Two workers share their metrics through a directory the entry point empties first.
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    (shared / "counter_1.db").write_bytes(b"stale")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(shared))
     assert serving_main(["serve"]) == 0
+    assert list(shared.iterdir()) == []
     assert serving_main(["router", "--state-file", "/nonexistent/routes.json"]) == 0
     for kwargs in calls:
         assert kwargs["loop"] == "uvloop"
@@ -479,3 +485,60 @@ def test_serving_imports_neither_prefect_nor_mlflow(tiny: dict[str, TinyModel]) 
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+# --- /metrics ------------------------------------------------------------------------------------
+
+
+def scrape(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """``/metrics`` parsed by the client library's own parser: (sample name, labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    answer = client.get("/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(answer.text)
+        for s in family.samples
+    }
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_metrics_count_requests_rows_and_what_the_model_answered(
+    tiny: dict[str, TinyModel], family: str
+) -> None:
+    import numpy as np
+
+    model = tiny[family]
+    records = model.example_request
+    with serve(model, variant_name="blue") as client:
+        answered = post_json(client, {"instances": records})
+        post_json(client, {"instances": records})
+        bad = post_json(client, {"instances": [{"nothing": 1}]})
+        samples = scrape(client)
+    assert answered.status_code == 200 and bad.status_code == 400
+    who = {"model": family, "version": "v1", "variant": "blue"}
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, frozenset(labels.items()))]
+
+    # Two answered, one refused: each status its own series; rows only for what was answered.
+    assert value("mlops_requests_total", **who, code="200") == 2
+    assert value("mlops_requests_total", **who, code="400") == 1
+    assert value("mlops_request_duration_seconds_count", **who) == 3
+    assert value("mlops_request_rows_sum", **who) == 2 * len(records)
+    assert value("mlops_model_info", **who, family=family) == 1
+    assert value("mlops_model_load_seconds", **who) > 0
+    # The output summary is read from the answer's columns: a boolean column counts its true
+    # rows, a numeric one fills a histogram whose count and sum match what was answered.
+    predictions = answered.json()["predictions"]
+    out = {"model": family, "version": "v1"}
+    for column in predictions[0]:
+        values = np.array([row[column] for row in predictions])
+        if values.dtype == np.bool_:
+            flagged = value("mlops_output_flagged_rows_total", **out, column=column)
+            assert flagged == 2 * values.sum()
+        else:
+            assert value("mlops_output_value_count", **out, column=column) == 2 * len(values)
+            total = value("mlops_output_value_sum", **out, column=column)
+            assert total == pytest.approx(2 * values.sum())

@@ -15,7 +15,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapters.endpoints.local.processes import ServingProcesses, http_client, is_alive, read_json
+from adapters.endpoints.local.processes import (
+    ServingProcesses,
+    http_client,
+    http_get,
+    is_alive,
+    read_json,
+)
 from adapters.endpoints.local.router_control import RouterControl, extras, routed
 from adapters.endpoints.local.variants import VARIANT_INFO, VARIANTS, Variants, fetch
 from core.endpoint import (
@@ -291,6 +297,28 @@ class LocalTarget:
             variants=variants,
         )
 
+    def health(self, model: str) -> Health | None:
+        """The model's last minute as the router counted it (``GET /endpoints/{model}/health``).
+
+        The router sees every invocation of every variant, retries included, so its window is
+        the endpoint's as a caller sees it. None when the router does not answer or does not
+        route the model (a request now could not be served either: ``describe`` says why).
+        """
+        response = http_get(f"{self.url}/endpoints/{model}/health")
+        if response is None or response.status_code != 200:
+            return None
+        try:
+            body = response.json()
+            return Health(
+                source="local /metrics",
+                window_seconds=float(body["window_seconds"]),
+                requests_per_second=float(body["requests_per_second"]),
+                error_rate=None if body["error_rate"] is None else float(body["error_rate"]),
+                p99_ms=None if body["p99_ms"] is None else float(body["p99_ms"]),
+            )
+        except (ValueError, KeyError, TypeError):  # something else answers on the port
+            return None
+
     def invoke(self, model: str, records: list[dict[str, Any]]) -> dict[str, Any]:
         """POST ``{"instances": records}`` through the router; return the parsed answer.
 
@@ -305,10 +333,6 @@ class LocalTarget:
         except httpx.HTTPError as exc:
             raise RolloutFailed("smoke-test", f"cannot reach {self.address(model)}: {exc}") from exc
         return parse_answer(model, response.status_code, response.content)
-
-    def health(self, model: str) -> Health | None:
-        """None: the local endpoint's figures come with its ``/metrics`` (not yet read here)."""
-        return None
 
     def monthly_cost(self, endpoint: EndpointConfig, platform: PlatformConfig) -> float | None:
         """Local processes cost nothing to rent."""

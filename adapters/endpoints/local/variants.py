@@ -42,6 +42,7 @@ VARIANTS = "variants"
 VARIANT_INFO = "variant.json"
 VARIANT_LOG = "serve.log"
 MODEL_SUBDIR = "model"
+METRICS_SUBDIR = "metrics"
 
 _PORT_TAKEN = "address already in use"
 
@@ -129,6 +130,9 @@ class Variants:
                     "MLOPS_SERVING_HOST": "127.0.0.1",
                     "MLOPS_SERVING_PORT": str(port),
                     "MLOPS_SERVING_WORKERS": "1",
+                    "MLOPS_VARIANT_NAME": instance.name,
+                    # Its metrics' files live (and are deleted) with the variant's directory.
+                    "PROMETHEUS_MULTIPROC_DIR": str(instance / METRICS_SUBDIR),
                 },
             )
             record = {
