@@ -41,12 +41,58 @@ DAY = 24
 SEASONAL_NAIVE = "seasonal_naive"
 MSTL = "mstl"
 MSTL_NAIVE = "mstl_naive"
+HOLT_WINTERS = "holt_winters"
+RECENT_WEEKS = "recent_weeks"
+DAILY_ADJUSTED = "daily_adjusted"
+TOP_TWO = "top_two"
 PROPHET = "prophet"
-Candidate = Literal["seasonal_naive", "mstl", "mstl_naive", "prophet"]
-CANDIDATES: tuple[Candidate, ...] = ("seasonal_naive", "mstl", "mstl_naive", "prophet")
-MIN_HOURS = {SEASONAL_NAIVE: WEEK, MSTL: 2 * WEEK, MSTL_NAIVE: 2 * WEEK, PROPHET: WEEK + DAY}
-"""Hours of history a candidate needs: a week to copy; MSTL two weekly cycles; Prophet a week
-and a day (as before this module existed)."""
+Candidate = Literal[
+    "seasonal_naive",
+    "mstl",
+    "mstl_naive",
+    "holt_winters",
+    "recent_weeks",
+    "daily_adjusted",
+    "top_two",
+    "prophet",
+]
+CANDIDATES: tuple[Candidate, ...] = (
+    "seasonal_naive",
+    "mstl",
+    "mstl_naive",
+    "holt_winters",
+    "recent_weeks",
+    "daily_adjusted",
+    "top_two",
+    "prophet",
+)
+DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
+    "seasonal_naive",
+    "holt_winters",
+    "recent_weeks",
+    "daily_adjusted",
+    "top_two",
+    "prophet",
+)
+"""The defaults: MSTL's candidates cost a second or more a fit and did not win once
+``top_two`` could blend the cheap ones (README, "Forecasting")."""
+MIN_HOURS = {
+    SEASONAL_NAIVE: WEEK,
+    MSTL: 2 * WEEK,
+    MSTL_NAIVE: 2 * WEEK,
+    HOLT_WINTERS: 2 * WEEK,
+    RECENT_WEEKS: WEEK,
+    DAILY_ADJUSTED: WEEK,
+    TOP_TWO: WEEK,
+    PROPHET: WEEK + DAY,
+}
+"""Hours of history a candidate needs: a week to copy; MSTL and Holt-Winters two weekly
+cycles; Prophet a week and a day (as before this module existed)."""
+RECENT_WEEKS_K = 3
+"""Weeks whose hour-of-week median ``recent_weeks`` forecasts (3 beat 2, 4 and the mean on
+both real series, README "Forecasting")."""
+DAILY_ADJUSTED_K = 8
+"""Weeks from which ``daily_adjusted`` learns each weekday's shape (8 beat 2 and 4)."""
 
 
 def hour_of_week(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
@@ -214,12 +260,117 @@ def fit_mstl_naive(y: pd.Series, holidays: set[str]) -> Profile:
     return Profile(MSTL_NAIVE, parts[0].origin, parts=parts)
 
 
+def _last_weeks(z: np.ndarray, k: int) -> np.ndarray:
+    """The last ``k`` whole weeks of ``z`` (as many as it has, at least one), newest last."""
+    k = max(1, min(k, len(z) // WEEK))
+    return np.stack([z[len(z) - WEEK * (k - i) : len(z) - WEEK * (k - i - 1)] for i in range(k)])
+
+
+def _fitted_profile(clean: pd.Series, profile: np.ndarray, log: bool) -> np.ndarray:
+    """In-sample values of a weekly ``profile`` (for the holiday factor)."""
+    value = profile[hour_of_week(pd.DatetimeIndex(clean.index))]
+    return np.expm1(value) if log else value
+
+
+def fit_recent_weeks(y: pd.Series, holidays: set[str]) -> Profile:
+    """The median of the last :data:`RECENT_WEEKS_K` weeks, by hour of week.
+
+    A median of a few recent weeks keeps the newest shape and drops one unusual week.
+
+    Raises:
+        ValueError: less than a week of hours.
+    """
+    if len(y) < MIN_HOURS[RECENT_WEEKS]:
+        raise ValueError(f"{len(y)} h of history, recent weeks needs {WEEK}")
+    clean, flagged = _without_holidays(y, holidays)
+    index = pd.DatetimeIndex(clean.index)
+    median = np.median(_last_weeks(clean.to_numpy(), RECENT_WEEKS_K), axis=0)
+    profile = _weekly_profile(median, index)
+    return Profile(
+        RECENT_WEEKS,
+        index[-1].isoformat(),
+        profile.tolist(),
+        holiday_factor=_holiday_factor(y, flagged, _fitted_profile(clean, profile, False)),
+    )
+
+
+def fit_daily_adjusted(y: pd.Series, holidays: set[str]) -> Profile:
+    """The last day, shifted on the log scale by each weekday's difference from it.
+
+    Each weekday's shape (its hours' mean over the last :data:`DAILY_ADJUSTED_K` weeks, less
+    the mean over the weekdays) is learnt from weeks; the level and the hour-of-day shape come
+    from the newest day, which follows a shape that moves (evenings darkening in late summer).
+
+    Raises:
+        ValueError: less than a week of hours.
+    """
+    if len(y) < MIN_HOURS[DAILY_ADJUSTED]:
+        raise ValueError(f"{len(y)} h of history, daily adjusted needs {WEEK}")
+    clean, flagged = _without_holidays(y, holidays)
+    index = pd.DatetimeIndex(clean.index)
+    z = np.log1p(np.clip(clean.to_numpy(), 0.0, None))
+    # Rows: the 7 days of the week block ending at the origin (the last day is row 6).
+    days = _last_weeks(z, DAILY_ADJUSTED_K).mean(axis=0).reshape(7, DAY)
+    effect = days - days.mean(axis=0, keepdims=True)
+    values = (z[-DAY:] - effect[6] + effect).reshape(WEEK)
+    profile = _weekly_profile(values, index)
+    return Profile(
+        DAILY_ADJUSTED,
+        index[-1].isoformat(),
+        profile.tolist(),
+        log=True,
+        holiday_factor=_holiday_factor(y, flagged, _fitted_profile(clean, profile, True)),
+    )
+
+
+def fit_holt_winters(y: pd.Series, holidays: set[str]) -> Profile:
+    """Additive Holt-Winters (ETS(A,N,A)) with a weekly season on ``log1p(y)``.
+
+    statsmodels' ``ExponentialSmoothing``: the level and each hour of week's seasonal value are
+    exponentially smoothed, so recent weeks weigh more than old ones (Taylor's double-seasonal
+    smoothing with the daily cycle folded into the weekly one). Without a trend its forecast is
+    the last level plus the seasonal value, a weekly profile stored like the others.
+
+    Raises:
+        ValueError: fewer than two weeks of hours.
+    """
+    from statsmodels.tsa.holtwinters import ExponentialSmoothing
+
+    if len(y) < MIN_HOURS[HOLT_WINTERS]:
+        raise ValueError(f"{len(y)} h of history, Holt-Winters needs {MIN_HOURS[HOLT_WINTERS]}")
+    clean, flagged = _without_holidays(y, holidays)
+    index = pd.DatetimeIndex(clean.index)
+    z = np.log1p(np.clip(clean.to_numpy(), 0.0, None))
+    fit = ExponentialSmoothing(
+        z, seasonal="add", seasonal_periods=WEEK, initialization_method="heuristic"
+    ).fit()
+    ahead = np.asarray(fit.forecast(WEEK))
+    future = index[-1] + pd.to_timedelta(np.arange(1, WEEK + 1), unit="h")
+    profile = np.zeros(WEEK)
+    profile[hour_of_week(future)] = ahead
+    return Profile(
+        HOLT_WINTERS,
+        index[-1].isoformat(),
+        profile.tolist(),
+        log=True,
+        holiday_factor=_holiday_factor(y, flagged, np.expm1(np.asarray(fit.fittedvalues))),
+    )
+
+
 FITTERS: dict[str, Callable[[pd.Series, set[str]], Profile]] = {
     SEASONAL_NAIVE: fit_seasonal_naive,
     MSTL: fit_mstl,
     MSTL_NAIVE: fit_mstl_naive,
+    HOLT_WINTERS: fit_holt_winters,
+    RECENT_WEEKS: fit_recent_weeks,
+    DAILY_ADJUSTED: fit_daily_adjusted,
 }
 """The closed-form candidates; Prophet is fitted by the family module."""
+
+
+EXPENSIVE = frozenset({PROPHET, MSTL, MSTL_NAIVE})
+"""Candidates that cost about a second a fit (cheap ones cost milliseconds): the backtest
+scores them on fewer folds (``expensive_folds``), see :func:`ranking`."""
 
 
 @dataclass
@@ -237,6 +388,7 @@ class CandidateScore:
         fit_seconds: mean seconds to fit once.
         reason: why it was skipped or failed.
         chosen: whether it serves the service.
+        parts: for ``top_two``, the two candidates whose mean it is.
     """
 
     service: str
@@ -248,6 +400,7 @@ class CandidateScore:
     fit_seconds: float | None = None
     reason: str = ""
     chosen: bool = False
+    parts: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (a row of the candidates table)."""
@@ -260,6 +413,32 @@ class Folds:
 
     cutoffs: list[pd.Timestamp] = field(default_factory=list)
     horizon: int = WEEK
+
+    def last(self, n: int) -> Folds:
+        """The last ``n`` folds (at least one, when there are any)."""
+        return Folds(self.cutoffs[-max(1, n) :], self.horizon)
+
+
+@dataclass
+class Backtest:
+    """One candidate's forecasts over its folds, and the actual and seasonal-naive values."""
+
+    cutoffs: list[pd.Timestamp] = field(default_factory=list)
+    forecasts: list[np.ndarray] = field(default_factory=list)
+    actuals: list[np.ndarray] = field(default_factory=list)
+    naives: list[np.ndarray] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def relative_mae(self, cutoffs: Iterable[pd.Timestamp] | None = None) -> tuple[float, float]:
+        """``(MAE over seasonal naive's MAE, MAE)`` pooled over the folds (or ``cutoffs``)."""
+        keep = set(self.cutoffs if cutoffs is None else cutoffs)
+        at = [i for i, c in enumerate(self.cutoffs) if c in keep]
+        errors = np.concatenate([np.abs(self.actuals[i] - self.forecasts[i]) for i in at])
+        naive = np.concatenate([np.abs(self.actuals[i] - self.naives[i]) for i in at])
+        mae, naive_mae = float(np.mean(errors)), float(np.mean(naive))
+        if naive_mae > 0:
+            return mae / naive_mae, mae
+        return (1.0 if mae == 0 else float("inf")), mae
 
 
 def rolling_folds(y: pd.Series, n_folds: int, horizon: int, min_train: int = WEEK) -> Folds:
@@ -295,13 +474,13 @@ def backtest_candidate(
     folds: Folds,
     fit_predict: Callable[[pd.Series, pd.DatetimeIndex], np.ndarray],
     min_hours: int,
-) -> tuple[float, float, int, float]:
-    """``(relative_mae, mae, folds, mean fit seconds)`` of one candidate over ``folds``.
+) -> Backtest:
+    """One candidate's forecasts over ``folds``.
 
     Raises:
         ValueError: no fold leaves the candidate ``min_hours`` of history.
     """
-    errors, naive_errors, seconds = [], [], []
+    out = Backtest()
     for cutoff in folds.cutoffs:
         train = y[y.index < cutoff]
         test = y[(y.index >= cutoff) & (y.index < cutoff + pd.Timedelta(hours=folds.horizon))]
@@ -309,18 +488,53 @@ def backtest_candidate(
             continue
         started = time.perf_counter()
         forecast = fit_predict(train, pd.DatetimeIndex(test.index))
-        seconds.append(time.perf_counter() - started)
-        naive = train.to_numpy()[-WEEK:][(np.arange(len(test))) % WEEK]
-        errors.append(np.abs(test.to_numpy() - forecast))
-        naive_errors.append(np.abs(test.to_numpy() - naive))
-    if not errors:
+        out.seconds.append(time.perf_counter() - started)
+        out.cutoffs.append(cutoff)
+        out.forecasts.append(np.asarray(forecast, dtype="float64"))
+        out.actuals.append(test.to_numpy())
+        out.naives.append(train.to_numpy()[-WEEK:][(np.arange(len(test))) % WEEK])
+    if not out.cutoffs:
         raise ValueError(
             f"{len(y)} h of history leave no backtest fold with the {min_hours} h it needs"
         )
-    mae = float(np.mean(np.concatenate(errors)))
-    naive_mae = float(np.mean(np.concatenate(naive_errors)))
-    relative = mae / naive_mae if naive_mae > 0 else (1.0 if mae == 0 else float("inf"))
-    return relative, mae, len(errors), float(np.mean(seconds))
+    return out
+
+
+def _scored(service: str, name: str, run: Backtest) -> CandidateScore:
+    relative, mae = run.relative_mae()
+    if not math.isfinite(relative):
+        return CandidateScore(service, name, "failed", reason="non-finite error")
+    seconds = float(np.mean(run.seconds)) if run.seconds else 0.0
+    return CandidateScore(service, name, "scored", relative, mae, len(run.cutoffs), seconds)
+
+
+def _top_two(service: str, runs: dict[str, Backtest], rows: list[CandidateScore]) -> CandidateScore:
+    """The mean of the two best closed-form candidates scored on every fold.
+
+    Averaging two good forecasts with different errors is a known strong baseline (the
+    combinations of the M competitions); here it is scored on the same folds as its parts.
+    """
+    full = max((len(r.cutoffs) for r in runs.values()), default=0)
+    pool = sorted(
+        (r for r in rows if r.status == "scored" and r.candidate in FITTERS),
+        key=lambda r: r.relative_mae if r.relative_mae is not None else math.inf,
+    )
+    pool = [r for r in pool if len(runs[r.candidate].cutoffs) == full]
+    if len(pool) < 2:
+        reason = "fewer than two closed-form candidates scored on every fold"
+        return CandidateScore(service, TOP_TWO, "skipped", reason=reason)
+    a, b = runs[pool[0].candidate], runs[pool[1].candidate]
+    mean = Backtest(
+        a.cutoffs,
+        [(x + y) / 2 for x, y in zip(a.forecasts, b.forecasts, strict=True)],
+        a.actuals,
+        a.naives,
+        [0.0],
+    )
+    runs[TOP_TWO] = mean
+    row = _scored(service, TOP_TWO, mean)
+    row.parts = [pool[0].candidate, pool[1].candidate]
+    return row
 
 
 def score_candidates(
@@ -328,21 +542,29 @@ def score_candidates(
     y: pd.Series,
     candidates: dict[str, Callable[[pd.Series, pd.DatetimeIndex], np.ndarray]],
     folds: Folds,
-) -> list[CandidateScore]:
+    expensive_folds: int | None = None,
+) -> tuple[list[CandidateScore], dict[str, Backtest]]:
     """Backtest each candidate (name -> fit-and-forecast) on ``folds`` of one service.
 
-    A candidate that needs more history than a fold leaves is ``skipped``, one that raises is
-    ``failed``; both keep the reason, and neither stops the others.
+    The candidates in :data:`EXPENSIVE` are scored on the last ``expensive_folds`` folds only
+    (all of them when None); ``top_two`` (if a key of ``candidates``, its value unused) is the
+    mean of the two best closed-form candidates, scored from their fold forecasts without a
+    fit. A candidate that needs more history than a fold leaves is ``skipped``, one that
+    raises is ``failed``; both keep the reason, and neither stops the others.
     """
-    rows = []
+    rows: list[CandidateScore] = []
+    runs: dict[str, Backtest] = {}
     for name, fit_predict in candidates.items():
+        if name == TOP_TWO:
+            continue
         min_hours = MIN_HOURS.get(name, WEEK)
         if len(y) < min_hours:
             reason = f"{len(y)} h of history, {name} needs {min_hours}"
             rows.append(CandidateScore(service, name, "skipped", reason=reason))
             continue
+        mine = folds.last(expensive_folds) if expensive_folds and name in EXPENSIVE else folds
         try:
-            relative, mae, n, seconds = backtest_candidate(y, folds, fit_predict, min_hours)
+            runs[name] = backtest_candidate(y, mine, fit_predict, min_hours)
         except ValueError as exc:
             rows.append(CandidateScore(service, name, "skipped", reason=str(exc)))
             continue
@@ -350,27 +572,42 @@ def score_candidates(
             reason = f"{type(exc).__name__}: {exc}"[:300]
             rows.append(CandidateScore(service, name, "failed", reason=reason))
             continue
-        if not math.isfinite(relative):
-            rows.append(CandidateScore(service, name, "failed", reason="non-finite error"))
-            continue
-        rows.append(CandidateScore(service, name, "scored", relative, mae, n, seconds))
-    return rows
+        rows.append(_scored(service, name, runs[name]))
+    if TOP_TWO in candidates:
+        row = _top_two(service, runs, rows)
+        rows.insert(list(candidates).index(TOP_TWO), row)
+    return rows, runs
 
 
-def ranking(rows: list[CandidateScore], order: Iterable[str]) -> list[str]:
+def ranking(
+    rows: list[CandidateScore], order: Iterable[str], runs: dict[str, Backtest] | None = None
+) -> list[str]:
     """Candidates to try, best first: scored ones by backtest score, then the unscored.
 
     Ties and unscored candidates keep ``order`` (the configured candidates): with no fold to
-    score on, the first configured candidate that fits serves.
+    score on, the first configured candidate that fits serves. A candidate scored on fewer
+    folds (an expensive one) goes first only if it beats the best of the others on its own
+    folds, so that both are judged on the same hours.
     """
     position = {name: i for i, name in enumerate(order)}
     scored = sorted(
         (r for r in rows if r.status == "scored"),
         key=lambda r: (r.relative_mae, position.get(r.candidate, 99)),
     )
-    if scored:
-        return [r.candidate for r in scored]
-    return sorted(
-        (r.candidate for r in rows if r.status == "skipped" and "backtest fold" in r.reason),
-        key=lambda name: position.get(name, 99),
-    )
+    if not scored:
+        return sorted(
+            (r.candidate for r in rows if r.status == "skipped" and "backtest fold" in r.reason),
+            key=lambda name: position.get(name, 99),
+        )
+    most = max(r.folds for r in scored)
+    full = [r.candidate for r in scored if r.folds == most]
+    for row in (r for r in scored if r.folds < most):
+        best, runs = full[0], runs or {}
+        if best in runs and row.candidate in runs:
+            cutoffs = runs[row.candidate].cutoffs
+            mine, theirs = (runs[n].relative_mae(cutoffs)[0] for n in (row.candidate, best))
+        else:
+            mine = float(row.relative_mae or 0.0)
+            theirs = float(next(r.relative_mae or 0.0 for r in scored if r.candidate == best))
+        full.insert(0 if mine < theirs else len(full), row.candidate)
+    return full

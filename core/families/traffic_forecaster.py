@@ -92,7 +92,7 @@ class TrafficForecasterParams(BaseModel):
         default=20, ge=1, le=50, description="Fourier order of Prophet's weekly seasonality."
     )
     candidates: list[fc.Candidate] = Field(
-        default=list(fc.CANDIDATES),
+        default=list(fc.DEFAULT_CANDIDATES),
         min_length=1,
         description="Forecasters the backtest chooses from per service; ties go to the first.",
     )
@@ -105,6 +105,14 @@ class TrafficForecasterParams(BaseModel):
     )
     backtest_horizon_hours: int = Field(
         default=168, ge=1, le=24 * 31, description="Hours forecast in each backtest fold."
+    )
+    expensive_folds: int = Field(
+        default=2,
+        ge=0,
+        le=20,
+        description="Backtest folds (the last ones) on which Prophet and MSTL, about a second "
+        "a fit each, are scored; they serve only if they beat the best cheap candidate on those "
+        "folds (0: every fold).",
     )
 
 
@@ -435,8 +443,16 @@ class TrafficForecaster(Family):
         return {name: prophet if name == fc.PROPHET else closed_form(name) for name in p.candidates}
 
     @staticmethod
-    def _closed_form(name: str, y: pd.Series, dates: set[str], last: dict[Any, Any]) -> fc.Profile:
-        """Fit a closed-form candidate, reusing this history's MSTL fit where there is one."""
+    def _closed_form(
+        name: str, y: pd.Series, dates: set[str], last: dict[Any, Any], parts: Sequence[str] = ()
+    ) -> fc.Profile:
+        """Fit a closed-form candidate, reusing this history's MSTL fit where there is one.
+
+        ``top_two`` is the mean of its two ``parts``, each fitted here.
+        """
+        if name == fc.TOP_TWO:
+            fitted = [TrafficForecaster._closed_form(n, y, dates, last) for n in parts]
+            return fc.Profile(fc.TOP_TWO, fitted[0].origin, parts=fitted)
         if name not in (fc.MSTL, fc.MSTL_NAIVE):
             return fc.FITTERS[name](y, dates)
         key = (fc.MSTL, y.index[0], y.index[-1])
@@ -444,8 +460,8 @@ class TrafficForecaster(Family):
             last[key] = fc.fit_mstl(y, dates)
         if name == fc.MSTL:
             return last[key]
-        parts = [last[key], fc.fit_seasonal_naive(y, dates)]
-        return fc.Profile(fc.MSTL_NAIVE, parts[0].origin, parts=parts)
+        both = [last[key], fc.fit_seasonal_naive(y, dates)]
+        return fc.Profile(fc.MSTL_NAIVE, both[0].origin, parts=both)
 
     def _choose(
         self, service: str, df: pd.DataFrame, p: TrafficForecasterParams, dates: set[str], seed: int
@@ -455,7 +471,7 @@ class TrafficForecaster(Family):
         folds = fc.common_folds(y, p.backtest_folds, p.backtest_horizon_hours, p.candidates)
         last: dict[Any, Any] = {}
         fitters = self._fitters(service, df, p, dates, seed, last)
-        rows = fc.score_candidates(service, y, fitters, folds)
+        rows, runs = fc.score_candidates(service, y, fitters, folds, p.expensive_folds)
         for row in rows:
             if row.status != "scored":
                 log.info(
@@ -466,13 +482,13 @@ class TrafficForecaster(Family):
                     row.reason,
                 )
         by_name = {r.candidate: r for r in rows}
-        for name in fc.ranking(rows, p.candidates):
+        for name in fc.ranking(rows, p.candidates, runs):
             try:
                 if name == fc.PROPHET:
                     warm = last.get(fc.PROPHET)
                     fitted: Any = self._fit_one(df, p, _holidays_frame(dates), seed, warm)
                 else:
-                    fitted = self._closed_form(name, y, dates, last)
+                    fitted = self._closed_form(name, y, dates, last, by_name[name].parts)
             except Exception as exc:  # the next best candidate serves instead
                 log.warning("traffic_forecaster: %s: refitting %s failed: %s", service, name, exc)
                 by_name[name].status, by_name[name].reason = "failed", f"refit: {exc}"[:300]
@@ -746,7 +762,6 @@ class TrafficForecaster(Family):
                 f"matplotlib=={_matplotlib_version()}",
             ],
             {"services": model.services, "chosen": {s: model.kind(s) for s in model.services}},
-            code_modules=("core.families.forecast_candidates",),
         )
 
 

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from adapters.source.schema import create_source_tables, engine_for, source_tables
 from core.families import get_family
-from core.families.forecast_candidates import CANDIDATES
+from core.families.forecast_candidates import DEFAULT_CANDIDATES
 from core.settings import load_settings
 from flows.retrain import retrain
 
@@ -72,16 +72,17 @@ def test_retrain_on_real_series_chooses_and_records_a_forecaster_per_service(
     assert "candidates.json" in {a.path for a in client.list_artifacts(run_id)}
     for service in SERIES:
         mine = [r for r in gate["candidates"] if r["service"] == service]
-        assert {r["candidate"] for r in mine} == set(CANDIDATES)
+        assert {r["candidate"] for r in mine} == set(DEFAULT_CANDIDATES)
         (chosen,) = [r for r in mine if r["chosen"]]
         # Seasonal naive is a candidate at exactly 1.0: the winner never scores worse.
         assert chosen["status"] == "scored" and chosen["relative_mae"] <= 1.0
         assert run.data.params[f"chosen.{service}"] == chosen["candidate"]
         # Each service's own holdout score against weekly seasonal naive is on the run.
         assert run.data.metrics[f"relative_mae__{service}"] > 0
-    # The gate judged the mean over the services against its floor (beat seasonal naive).
-    verdict = outcome["status"] == "promoted"
-    assert verdict == (run.data.metrics["relative_mae"] <= 1.0 and run.data.metrics["smape"] <= 0.3)
+    # The gate judges the mean over the services on the last week (the flow's holdout) against
+    # its floor, "beat seasonal naive": the chosen forecasters pass it and are promoted.
+    assert run.data.metrics["relative_mae"] < 1.0
+    assert outcome["status"] == "promoted", outcome
 
 
 @pytest.mark.parametrize("name", list(SERIES))

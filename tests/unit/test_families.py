@@ -370,18 +370,22 @@ def test_traffic_forecaster_chooses_per_service_and_keeps_every_score(
         assert len(chosen) == 1
         assert chosen[0]["candidate"] == model.kind(service)
         assert chosen[0]["status"] == "scored"
-    # 288 h before the one 48 h fold: MSTL needs two weeks, so it is skipped with the reason,
-    # and the service is still served.
-    mstl = [r for r in rows if r["candidate"] == "mstl"]
-    assert all(r["status"] == "skipped" and "336 h" in r["reason"] for r in mstl)
+    # 288 h before the one 48 h fold: Holt-Winters needs two weeks, so it is skipped with the
+    # reason, and the service is still served.
+    skipped = [r for r in rows if r["candidate"] == "holt_winters"]
+    assert len(skipped) == 2
+    assert all(r["status"] == "skipped" and "336 h" in r["reason"] for r in skipped)
     scored = {r["candidate"] for r in rows if r["status"] == "scored"}
-    assert scored == {"seasonal_naive", "prophet"}
+    assert scored == {"seasonal_naive", "recent_weeks", "daily_adjusted", "top_two", "prophet"}
+    # top_two is the mean of the two best closed-form candidates, named in its row.
+    for row in (r for r in rows if r["candidate"] == "top_two"):
+        assert len(row["parts"]) == 2 and set(row["parts"]) <= scored - {"prophet", "top_two"}
     summary = case.family.summary(model)
     assert summary.params == {f"chosen.{s}": model.kind(s) for s in ("api", "auth")}
     assert summary.tables["candidates"] == rows
-    assert summary.metrics["chosen_services.seasonal_naive"] + summary.metrics[
-        "chosen_services.prophet"
-    ] == pytest.approx(2.0)
+    assert sum(
+        v for k, v in summary.metrics.items() if k.startswith("chosen_services.")
+    ) == pytest.approx(2.0)
 
 
 def test_traffic_forecaster_fails_a_service_only_when_every_candidate_fails(
