@@ -35,13 +35,16 @@ SERIES = {"taylor": "taylor_hourly.csv", "m4_h410": "m4_h410_hourly.csv"}
 def real_series(name: str, end: pd.Timestamp | None = None) -> pd.DataFrame:
     """One series as ``service_traffic`` rows (no holiday flagged).
 
-    With ``end``, the series is moved by whole weeks (weekdays unchanged) to end in the week
-    of ``end``, so that series of different years share one training window.
+    With ``end``, the series is moved to end at the hour ``end`` so that both series share one
+    training window and one holdout week: Taylor (real dates) only by whole weeks, weekdays
+    unchanged; H410 exactly, since its dates are nominal (tests/data/SOURCE.md).
     """
     frame = pd.read_csv(DATA / SERIES[name], parse_dates=["ts"])
     if end is not None:
-        weeks = (end - frame["ts"].max()) // pd.Timedelta(weeks=1)
-        frame["ts"] += pd.Timedelta(weeks=weeks)
+        shift = end - frame["ts"].max()
+        if name == "taylor":
+            shift = (shift // pd.Timedelta(weeks=1)) * pd.Timedelta(weeks=1)
+        frame["ts"] += shift
     return frame.assign(service=name, is_holiday=0)[["service", "ts", "requests", "is_holiday"]]
 
 
@@ -51,7 +54,9 @@ def test_retrain_on_real_series_chooses_and_records_a_forecaster_per_service(
     import mlflow
 
     settings = load_settings()
-    end = real_series("m4_h410")["ts"].max()
+    # Both end on Taylor's last hour (Sunday 23:00): the flow's holdout, the newest 7 whole
+    # days, is then the last whole week of each, as in the README's table.
+    end = real_series("taylor")["ts"].max()
     frame = pd.concat([real_series(name, end) for name in SERIES], ignore_index=True)
     engine = engine_for(settings.source_url)
     create_source_tables(engine)
