@@ -250,9 +250,12 @@ def ranking(
     folds, so that both are judged on the same hours.
     """
     position = {name: i for i, name in enumerate(order)}
+    # Scores equal to 9 decimals tie (the configured order decides): a candidate that reduces to
+    # seasonal naive on a short history (one week: daily_adjusted, recent_weeks) differs from it
+    # only by float rounding, and must not win by it.
     scored = sorted(
         (r for r in rows if r.status == "scored"),
-        key=lambda r: (r.relative_mae, position.get(r.candidate, 99)),
+        key=lambda r: (round(float(r.relative_mae or 0.0), 9), position.get(r.candidate, 99)),
     )
     if not scored:
         return sorted(
@@ -269,5 +272,5 @@ def ranking(
         else:
             mine = float(row.relative_mae or 0.0)
             theirs = float(next(r.relative_mae or 0.0 for r in scored if r.candidate == best))
-        full.insert(0 if mine < theirs else len(full), row.candidate)
+        full.insert(0 if round(mine, 9) < round(theirs, 9) else len(full), row.candidate)
     return full

@@ -60,3 +60,13 @@ def test_an_expensive_candidate_serves_only_if_it_beats_the_best_on_its_folds(
     # Fitted on the last fold only: one fit instead of three.
     assert len(calls) == 1 and {r.candidate: r.folds for r in rows}["prophet"] == 1
     assert bt.ranking(rows, list(candidates), runs)[0] == first
+
+
+def test_a_score_equal_to_seasonal_naives_but_for_rounding_does_not_win() -> None:
+    # One week of history: daily_adjusted is seasonal naive through log1p and expm1, its score
+    # 0.9999999999999998; the configured order (seasonal naive first) must decide the tie.
+    rows = [
+        bt.CandidateScore("api", "seasonal_naive", "scored", 1.0, 5.0, 1),
+        bt.CandidateScore("api", "daily_adjusted", "scored", 1.0 - 2e-16, 5.0, 1),
+    ]
+    assert bt.ranking(rows, ["seasonal_naive", "daily_adjusted"])[0] == "seasonal_naive"
