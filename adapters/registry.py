@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -350,17 +350,23 @@ def _pyfunc_files(spec: MlflowModel, tmp: Path) -> dict[str, Any]:
     data = tmp / "model"
     data.mkdir()
     spec.save(data)
-    code = tmp / "code"
-    for module in spec.code_modules:  # dotted module names; their files keep the package path
+    return {
+        "loader_module": spec.loader_module,
+        "data_path": str(data),
+        "code_paths": ship_code(spec.code_modules, tmp / "code"),
+    }
+
+
+def ship_code(modules: Sequence[str], code: Path) -> list[str]:
+    """Copy ``modules`` (dotted names) under ``code``, keeping their package path.
+
+    Returns MLflow's ``code_paths``: one directory per top-level package.
+    """
+    for module in modules:
         source = Path(__import__(module, fromlist=["_"]).__file__ or "")
         dest = code.joinpath(*module.split(".")).with_suffix(".py")
         if source.name == "__init__.py":
             dest = dest.with_suffix("") / "__init__.py"
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, dest)
-    top = {m.split(".")[0] for m in spec.code_modules}
-    return {
-        "loader_module": spec.loader_module,
-        "data_path": str(data),
-        "code_paths": [str(code / name) for name in sorted(top)],
-    }
+    return [str(code / name) for name in sorted({m.split(".")[0] for m in modules})]

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.families import get_family  # noqa: E402
-from core.families.forecast_candidates import CANDIDATES  # noqa: E402
+from core.families.forecast_candidates import DEFAULT_CANDIDATES, MSTL, MSTL_NAIVE, TOP_TWO  # noqa: E402
 
 SERIES = {"taylor": "taylor_hourly.csv", "m4_h410": "m4_h410_hourly.csv"}
 log = logging.getLogger("bench")
@@ -60,7 +60,8 @@ def main() -> None:
     ]
     for name in SERIES:
         frame = load(name)
-        for candidates in [[c] for c in CANDIDATES] + [list(CANDIDATES)]:
+        alone = [c for c in DEFAULT_CANDIDATES if c != TOP_TWO] + [MSTL, MSTL_NAIVE]
+        for candidates in [[c] for c in alone] + [list(DEFAULT_CANDIDATES)]:
             params = family.Params(candidates=candidates)
             scores, seconds, chosen = [], [], []
             for back in (1, 2, 3):

@@ -10,6 +10,7 @@ notebooks use them directly, and a family says how MLflow should log it
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import re
 from abc import ABC, abstractmethod
@@ -401,8 +402,9 @@ def pyfunc_model(
     ``mlflow models serve`` answer with :meth:`Family.predict`: the columns, types and outputs
     of the serving app, by construction. The signature's inputs are
     :meth:`Family.input_columns` (``schema.json``'s), its outputs those of ``predict``.
-    ``code_modules`` are the family's own modules beyond the shared ones; all ship with the
-    model as code, so loading needs the pinned libraries, not this project.
+    The code shipped with the model is the loader, the family's module and every project module
+    they import (:func:`shipped_modules`), plus ``code_modules`` for one imported by name at
+    run time; loading then needs the pinned libraries, not this project.
     """
     import pydantic
 
@@ -425,16 +427,61 @@ def pyfunc_model(
         ],
         metadata={"family": family.name, **metadata},
         loader_module="core.families.pyfunc",
-        code_modules=(
-            "core",
-            "core.families",
-            "core.families.metrics",
-            "core.families.pyfunc",
-            *code_modules,
-            module,
-        ),
+        code_modules=shipped_modules("core.families.pyfunc", module, *code_modules),
         save=lambda directory: family.save(model, directory),
     )
+
+
+def shipped_modules(*roots: str) -> tuple[str, ...]:
+    """``roots`` and the project modules they import, transitively, with their packages.
+
+    Read from the source with ``ast`` (nothing is imported that is not already), every import
+    counted, inside functions too: a model served by ``mlflow models serve`` has only these
+    files, and a module left out fails there with ``ModuleNotFoundError``. Only this package's
+    modules are followed: ``core`` imports nothing else of the project.
+    """
+    top = __name__.split(".")[0]
+    found: set[str] = set()
+    pending = list(roots)
+    while pending:
+        name = pending.pop()
+        if name in found:
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ValueError(f"no module {name!r} to ship")
+        found.add(name)
+        parts = name.split(".")
+        pending += [".".join(parts[:i]) for i in range(1, len(parts))]
+        for imported in _imports_of(Path(spec.origin)):
+            if imported.split(".")[0] == top and _is_module(imported):
+                pending.append(imported)
+    return tuple(sorted(found))
+
+
+def _imports_of(path: Path) -> set[str]:
+    """Absolute names that ``path`` imports, inside functions too.
+
+    ``import a.b`` gives ``a.b``; ``from a import b`` gives ``a`` and ``a.b`` (``b`` may be a
+    module or a name in ``a``).
+    """
+    import ast
+
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return out
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a name inside a module, not a submodule
+        return False
 
 
 def _version(package: str) -> str:

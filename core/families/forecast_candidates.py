@@ -1,4 +1,4 @@
-"""Forecasting candidates besides Prophet, and the rolling-origin backtest that picks one.
+"""Forecasting candidates besides Prophet (:mod:`core.families.backtest` picks one).
 
 Two candidates live here, both reduced after fitting to a closed form that is stored as JSON
 (no pickle) and evaluated at any hour without the fitting library:
@@ -28,7 +28,6 @@ applied to the flagged days of a forecast, as Prophet's holiday effect is.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -41,12 +40,58 @@ DAY = 24
 SEASONAL_NAIVE = "seasonal_naive"
 MSTL = "mstl"
 MSTL_NAIVE = "mstl_naive"
+HOLT_WINTERS = "holt_winters"
+RECENT_WEEKS = "recent_weeks"
+DAILY_ADJUSTED = "daily_adjusted"
+TOP_TWO = "top_two"
 PROPHET = "prophet"
-Candidate = Literal["seasonal_naive", "mstl", "mstl_naive", "prophet"]
-CANDIDATES: tuple[Candidate, ...] = ("seasonal_naive", "mstl", "mstl_naive", "prophet")
-MIN_HOURS = {SEASONAL_NAIVE: WEEK, MSTL: 2 * WEEK, MSTL_NAIVE: 2 * WEEK, PROPHET: WEEK + DAY}
-"""Hours of history a candidate needs: a week to copy; MSTL two weekly cycles; Prophet a week
-and a day (as before this module existed)."""
+Candidate = Literal[
+    "seasonal_naive",
+    "mstl",
+    "mstl_naive",
+    "holt_winters",
+    "recent_weeks",
+    "daily_adjusted",
+    "top_two",
+    "prophet",
+]
+CANDIDATES: tuple[Candidate, ...] = (
+    "seasonal_naive",
+    "mstl",
+    "mstl_naive",
+    "holt_winters",
+    "recent_weeks",
+    "daily_adjusted",
+    "top_two",
+    "prophet",
+)
+DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
+    "seasonal_naive",
+    "holt_winters",
+    "recent_weeks",
+    "daily_adjusted",
+    "top_two",
+    "prophet",
+)
+"""The defaults: MSTL's candidates cost a second or more a fit and did not win once
+``top_two`` could blend the cheap ones (README, "Forecasting")."""
+MIN_HOURS = {
+    SEASONAL_NAIVE: WEEK,
+    MSTL: 2 * WEEK,
+    MSTL_NAIVE: 2 * WEEK,
+    HOLT_WINTERS: 2 * WEEK,
+    RECENT_WEEKS: WEEK,
+    DAILY_ADJUSTED: WEEK,
+    TOP_TWO: WEEK,
+    PROPHET: WEEK + DAY,
+}
+"""Hours of history a candidate needs: a week to copy; MSTL and Holt-Winters two weekly
+cycles; Prophet a week and a day (as before this module existed)."""
+RECENT_WEEKS_K = 3
+"""Weeks whose hour-of-week median ``recent_weeks`` forecasts (3 beat 2, 4 and the mean on
+both real series, README "Forecasting")."""
+DAILY_ADJUSTED_K = 8
+"""Weeks from which ``daily_adjusted`` learns each weekday's shape (8 beat 2 and 4)."""
 
 
 def hour_of_week(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
@@ -214,163 +259,109 @@ def fit_mstl_naive(y: pd.Series, holidays: set[str]) -> Profile:
     return Profile(MSTL_NAIVE, parts[0].origin, parts=parts)
 
 
+def _last_weeks(z: np.ndarray, k: int) -> np.ndarray:
+    """The last ``k`` whole weeks of ``z`` (as many as it has, at least one), newest last."""
+    k = max(1, min(k, len(z) // WEEK))
+    return np.stack([z[len(z) - WEEK * (k - i) : len(z) - WEEK * (k - i - 1)] for i in range(k)])
+
+
+def _fitted_profile(clean: pd.Series, profile: np.ndarray, log: bool) -> np.ndarray:
+    """In-sample values of a weekly ``profile`` (for the holiday factor)."""
+    value = profile[hour_of_week(pd.DatetimeIndex(clean.index))]
+    return np.expm1(value) if log else value
+
+
+def fit_recent_weeks(y: pd.Series, holidays: set[str]) -> Profile:
+    """The median of the last :data:`RECENT_WEEKS_K` weeks, by hour of week.
+
+    A median of a few recent weeks keeps the newest shape and drops one unusual week.
+
+    Raises:
+        ValueError: less than a week of hours.
+    """
+    if len(y) < MIN_HOURS[RECENT_WEEKS]:
+        raise ValueError(f"{len(y)} h of history, recent weeks needs {WEEK}")
+    clean, flagged = _without_holidays(y, holidays)
+    index = pd.DatetimeIndex(clean.index)
+    median = np.median(_last_weeks(clean.to_numpy(), RECENT_WEEKS_K), axis=0)
+    profile = _weekly_profile(median, index)
+    return Profile(
+        RECENT_WEEKS,
+        index[-1].isoformat(),
+        profile.tolist(),
+        holiday_factor=_holiday_factor(y, flagged, _fitted_profile(clean, profile, False)),
+    )
+
+
+def fit_daily_adjusted(y: pd.Series, holidays: set[str]) -> Profile:
+    """The last day, shifted on the log scale by each weekday's difference from it.
+
+    Each weekday's shape (its hours' mean over the last :data:`DAILY_ADJUSTED_K` weeks, less
+    the mean over the weekdays) is learnt from weeks; the level and the hour-of-day shape come
+    from the newest day, which follows a shape that moves (evenings darkening in late summer).
+
+    Raises:
+        ValueError: less than a week of hours.
+    """
+    if len(y) < MIN_HOURS[DAILY_ADJUSTED]:
+        raise ValueError(f"{len(y)} h of history, daily adjusted needs {WEEK}")
+    clean, flagged = _without_holidays(y, holidays)
+    index = pd.DatetimeIndex(clean.index)
+    z = np.log1p(np.clip(clean.to_numpy(), 0.0, None))
+    # Rows: the 7 days of the week block ending at the origin (the last day is row 6).
+    days = _last_weeks(z, DAILY_ADJUSTED_K).mean(axis=0).reshape(7, DAY)
+    effect = days - days.mean(axis=0, keepdims=True)
+    values = (z[-DAY:] - effect[6] + effect).reshape(WEEK)
+    profile = _weekly_profile(values, index)
+    return Profile(
+        DAILY_ADJUSTED,
+        index[-1].isoformat(),
+        profile.tolist(),
+        log=True,
+        holiday_factor=_holiday_factor(y, flagged, _fitted_profile(clean, profile, True)),
+    )
+
+
+def fit_holt_winters(y: pd.Series, holidays: set[str]) -> Profile:
+    """Additive Holt-Winters (ETS(A,N,A)) with a weekly season on ``log1p(y)``.
+
+    statsmodels' ``ExponentialSmoothing``: the level and each hour of week's seasonal value are
+    exponentially smoothed, so recent weeks weigh more than old ones (Taylor's double-seasonal
+    smoothing with the daily cycle folded into the weekly one). Without a trend its forecast is
+    the last level plus the seasonal value, a weekly profile stored like the others.
+
+    Raises:
+        ValueError: fewer than two weeks of hours.
+    """
+    from statsmodels.tsa.holtwinters import ExponentialSmoothing
+
+    if len(y) < MIN_HOURS[HOLT_WINTERS]:
+        raise ValueError(f"{len(y)} h of history, Holt-Winters needs {MIN_HOURS[HOLT_WINTERS]}")
+    clean, flagged = _without_holidays(y, holidays)
+    index = pd.DatetimeIndex(clean.index)
+    z = np.log1p(np.clip(clean.to_numpy(), 0.0, None))
+    fit = ExponentialSmoothing(
+        z, seasonal="add", seasonal_periods=WEEK, initialization_method="heuristic"
+    ).fit()
+    ahead = np.asarray(fit.forecast(WEEK))
+    future = index[-1] + pd.to_timedelta(np.arange(1, WEEK + 1), unit="h")
+    profile = np.zeros(WEEK)
+    profile[hour_of_week(future)] = ahead
+    return Profile(
+        HOLT_WINTERS,
+        index[-1].isoformat(),
+        profile.tolist(),
+        log=True,
+        holiday_factor=_holiday_factor(y, flagged, np.expm1(np.asarray(fit.fittedvalues))),
+    )
+
+
 FITTERS: dict[str, Callable[[pd.Series, set[str]], Profile]] = {
     SEASONAL_NAIVE: fit_seasonal_naive,
     MSTL: fit_mstl,
     MSTL_NAIVE: fit_mstl_naive,
+    HOLT_WINTERS: fit_holt_winters,
+    RECENT_WEEKS: fit_recent_weeks,
+    DAILY_ADJUSTED: fit_daily_adjusted,
 }
 """The closed-form candidates; Prophet is fitted by the family module."""
-
-
-@dataclass
-class CandidateScore:
-    """One candidate's backtest on one service.
-
-    Attributes:
-        service: the service.
-        candidate: the candidate's name.
-        status: ``scored``, ``skipped`` (too little history) or ``failed`` (it raised).
-        relative_mae: the candidate's MAE over seasonal naive's on the same fold hours (pooled
-            over folds); below 1 beats seasonal naive.
-        mae: the candidate's MAE over all fold hours.
-        folds: folds scored.
-        fit_seconds: mean seconds to fit once.
-        reason: why it was skipped or failed.
-        chosen: whether it serves the service.
-    """
-
-    service: str
-    candidate: str
-    status: str
-    relative_mae: float | None = None
-    mae: float | None = None
-    folds: int = 0
-    fit_seconds: float | None = None
-    reason: str = ""
-    chosen: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (a row of the candidates table)."""
-        return asdict(self)
-
-
-@dataclass
-class Folds:
-    """Rolling-origin folds of one series: ``train`` ends at each cutoff, ``test`` follows."""
-
-    cutoffs: list[pd.Timestamp] = field(default_factory=list)
-    horizon: int = WEEK
-
-
-def rolling_folds(y: pd.Series, n_folds: int, horizon: int, min_train: int = WEEK) -> Folds:
-    """Up to ``n_folds`` folds of ``horizon`` hours, the last ending with the series.
-
-    Only folds with at least ``min_train`` hours before them are made (fewer, or none, on a
-    short series): every candidate is then scored on the same folds, so the scores compare.
-    """
-    end = y.index[-1] + pd.Timedelta(hours=1)
-    cutoffs = []
-    for k in range(n_folds, 0, -1):
-        cutoff = end - pd.Timedelta(hours=k * horizon)
-        if int((y.index < cutoff).sum()) >= min_train:
-            cutoffs.append(cutoff)
-    return Folds(cutoffs, horizon)
-
-
-def common_folds(y: pd.Series, n_folds: int, horizon: int, candidates: Iterable[str]) -> Folds:
-    """The folds on which every candidate has its history; if none, those of the cheapest.
-
-    On a series too short for some candidate's fold, that candidate is skipped (with the
-    reason) and the others are compared on the folds they can all use.
-    """
-    needs = [MIN_HOURS.get(c, WEEK) for c in candidates]
-    folds = rolling_folds(y, n_folds, horizon, max(needs))
-    if folds.cutoffs or not needs:
-        return folds
-    return rolling_folds(y, n_folds, horizon, min(needs))
-
-
-def backtest_candidate(
-    y: pd.Series,
-    folds: Folds,
-    fit_predict: Callable[[pd.Series, pd.DatetimeIndex], np.ndarray],
-    min_hours: int,
-) -> tuple[float, float, int, float]:
-    """``(relative_mae, mae, folds, mean fit seconds)`` of one candidate over ``folds``.
-
-    Raises:
-        ValueError: no fold leaves the candidate ``min_hours`` of history.
-    """
-    errors, naive_errors, seconds = [], [], []
-    for cutoff in folds.cutoffs:
-        train = y[y.index < cutoff]
-        test = y[(y.index >= cutoff) & (y.index < cutoff + pd.Timedelta(hours=folds.horizon))]
-        if len(train) < min_hours or test.empty:
-            continue
-        started = time.perf_counter()
-        forecast = fit_predict(train, pd.DatetimeIndex(test.index))
-        seconds.append(time.perf_counter() - started)
-        naive = train.to_numpy()[-WEEK:][(np.arange(len(test))) % WEEK]
-        errors.append(np.abs(test.to_numpy() - forecast))
-        naive_errors.append(np.abs(test.to_numpy() - naive))
-    if not errors:
-        raise ValueError(
-            f"{len(y)} h of history leave no backtest fold with the {min_hours} h it needs"
-        )
-    mae = float(np.mean(np.concatenate(errors)))
-    naive_mae = float(np.mean(np.concatenate(naive_errors)))
-    relative = mae / naive_mae if naive_mae > 0 else (1.0 if mae == 0 else float("inf"))
-    return relative, mae, len(errors), float(np.mean(seconds))
-
-
-def score_candidates(
-    service: str,
-    y: pd.Series,
-    candidates: dict[str, Callable[[pd.Series, pd.DatetimeIndex], np.ndarray]],
-    folds: Folds,
-) -> list[CandidateScore]:
-    """Backtest each candidate (name -> fit-and-forecast) on ``folds`` of one service.
-
-    A candidate that needs more history than a fold leaves is ``skipped``, one that raises is
-    ``failed``; both keep the reason, and neither stops the others.
-    """
-    rows = []
-    for name, fit_predict in candidates.items():
-        min_hours = MIN_HOURS.get(name, WEEK)
-        if len(y) < min_hours:
-            reason = f"{len(y)} h of history, {name} needs {min_hours}"
-            rows.append(CandidateScore(service, name, "skipped", reason=reason))
-            continue
-        try:
-            relative, mae, n, seconds = backtest_candidate(y, folds, fit_predict, min_hours)
-        except ValueError as exc:
-            rows.append(CandidateScore(service, name, "skipped", reason=str(exc)))
-            continue
-        except Exception as exc:  # a candidate's own failure must not fail the service
-            reason = f"{type(exc).__name__}: {exc}"[:300]
-            rows.append(CandidateScore(service, name, "failed", reason=reason))
-            continue
-        if not math.isfinite(relative):
-            rows.append(CandidateScore(service, name, "failed", reason="non-finite error"))
-            continue
-        rows.append(CandidateScore(service, name, "scored", relative, mae, n, seconds))
-    return rows
-
-
-def ranking(rows: list[CandidateScore], order: Iterable[str]) -> list[str]:
-    """Candidates to try, best first: scored ones by backtest score, then the unscored.
-
-    Ties and unscored candidates keep ``order`` (the configured candidates): with no fold to
-    score on, the first configured candidate that fits serves.
-    """
-    position = {name: i for i, name in enumerate(order)}
-    scored = sorted(
-        (r for r in rows if r.status == "scored"),
-        key=lambda r: (r.relative_mae, position.get(r.candidate, 99)),
-    )
-    if scored:
-        return [r.candidate for r in scored]
-    return sorted(
-        (r.candidate for r in rows if r.status == "skipped" and "backtest fold" in r.reason),
-        key=lambda name: position.get(name, 99),
-    )

@@ -1,24 +1,21 @@
 """Traffic forecaster: hourly requests per service, one forecaster per service chosen by backtest.
 
 Each service's forecaster is chosen from candidates (``params.candidates``) by a rolling-origin
-backtest on that service's own training window: Prophet with daily and weekly seasonality (no
-yearly: the window is weeks long) and one holiday effect named ``holiday``; MSTL and its mean
-with seasonal naive; and seasonal naive itself, the floor (see
-:mod:`core.families.forecast_candidates`). The candidate with the lowest backtest MAE relative
-to seasonal naive is refitted on the whole window and serves the service; every candidate's
-score and the winner stay with the model (:meth:`TrafficForecaster.summary`).
+backtest on that service's own training window: Prophet with daily and weekly seasonality and
+one holiday effect named ``holiday``, the statistical candidates of
+:mod:`core.families.forecast_candidates`, and seasonal naive itself, the floor. The best is
+refitted on the whole window and serves the service; every candidate's score and the winner
+stay with the model (:meth:`TrafficForecaster.summary`).
 
 Holidays come from the data's ``is_holiday`` flag, not from a country calendar: a holiday is a
 date with ``is_holiday == 1`` on any row. The calendar is known ahead of time, so a forecast may
 use the flags of the hours it forecasts: :meth:`TrafficForecaster.evaluate` takes them from the
 holdout, and :meth:`TrafficForecaster.predict` from an optional ``is_holiday`` request column.
-Those dates are added to the model's own holiday list (the training window's) for that forecast
-only. A holiday only has an effect if the training window held one, since Prophet learns the
-effect from it.
+Those dates join the model's own holiday list for that forecast only; a holiday has an effect
+only if the training window held one, since the effect is learnt from it.
 
-Judged against the seasonal-naive forecast (the value one week, 168 h, earlier): ``mase`` is
-the forecast's MAE scaled by the seasonal-naive in-sample MAE on the history (below 1 beats it),
-and ``baseline_smape`` is the seasonal-naive forecast's own sMAPE on the holdout.
+Judged against seasonal naive (the value 168 h earlier): ``mase`` is the MAE scaled by its
+in-sample MAE on the history, ``baseline_smape`` its own sMAPE on the holdout.
 """
 
 from __future__ import annotations
@@ -26,16 +23,12 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
 from core.families import (
     Evaluation,
@@ -48,280 +41,28 @@ from core.families import (
     model_file,
     pyfunc_model,
 )
+from core.families import backtest as bt
 from core.families import forecast_candidates as fc
 from core.families import metrics as m
+from core.families.forecast_model import (
+    FORMAT,
+    INDEX_FILE,
+    INPUTS,
+    SEASON,
+    ForecastModel,
+    TrafficForecasterParams,
+    _holiday_dates,
+    _holidays_frame,
+    _hourly,
+    _metric_key,
+    _naive_utc,
+    _quiet,
+    _ratio,
+    _series,
+    backtest_summary,
+)
 
 log = logging.getLogger(__name__)
-
-INPUTS: dict[str, str] = {"service": "string", "ts": "timestamp"}
-"""The request schema; ``is_holiday`` (0/1) may be sent too, see the module docstring."""
-TRAIN_COLUMNS: dict[str, str] = {**INPUTS, "requests": "float64"}
-SEASON = 168  # hours in a week: the seasonal-naive lag and MASE's scale
-HOLIDAY = "holiday"
-INDEX_FILE = "family.json"
-FORMAT = "forecast-json"
-OLD_FORMAT = "prophet-json"  # before candidates: every service a Prophet; still loads
-
-
-class TrafficForecasterParams(BaseModel):
-    """Hyperparameters of the forecaster (``params:`` in configs/models/traffic_forecaster.yaml)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    seasonality_mode: Literal["additive", "multiplicative"] = Field(
-        default="multiplicative",
-        description="How seasonality and holidays combine with the trend.",
-    )
-    changepoint_prior_scale: float = Field(
-        default=0.05,
-        gt=0.0,
-        le=10.0,
-        description="Flexibility of the trend: larger lets the trend bend more often.",
-    )
-    holidays_prior_scale: float = Field(
-        default=10.0, gt=0.0, le=100.0, description="Flexibility of the holiday effect."
-    )
-    # Fourier orders. Prophet's weekly default (3) suits daily data; on hourly traffic it
-    # cannot draw the weekday/weekend step, and the trend bends to absorb it and then
-    # extrapolates the bend. 20/20 was the best of 4/10, 10/10 and 20/20 on both real series
-    # in tests/data (README, "Forecasting").
-    daily_order: int = Field(
-        default=20, ge=1, le=50, description="Fourier order of Prophet's daily seasonality."
-    )
-    weekly_order: int = Field(
-        default=20, ge=1, le=50, description="Fourier order of Prophet's weekly seasonality."
-    )
-    candidates: list[fc.Candidate] = Field(
-        default=list(fc.CANDIDATES),
-        min_length=1,
-        description="Forecasters the backtest chooses from per service; ties go to the first.",
-    )
-    backtest_folds: int = Field(
-        default=3,
-        ge=0,
-        le=20,
-        description="Rolling-origin folds that choose each service's forecaster (0: the first "
-        "candidate that fits serves).",
-    )
-    backtest_horizon_hours: int = Field(
-        default=168, ge=1, le=24 * 31, description="Hours forecast in each backtest fold."
-    )
-
-
-Params = TrafficForecasterParams
-"""The family's hyperparameter model (also ``FAMILY.Params``)."""
-
-
-@dataclass
-class ForecastModel:
-    """One fitted forecaster per service (a Prophet or a :class:`~fc.Profile`).
-
-    Attributes:
-        models: service -> its fitted forecaster.
-        holiday_dates: ISO dates flagged in training, sorted.
-        params: the hyperparameters it was trained with.
-        candidates: the backtest, one row per service and candidate
-            (:class:`~fc.CandidateScore` as a dict); empty for a model saved before candidates.
-    """
-
-    models: dict[str, Any]
-    holiday_dates: list[str] = field(default_factory=list)
-    params: dict[str, Any] = field(default_factory=dict)
-    candidates: list[dict[str, Any]] = field(default_factory=list)
-
-    def kind(self, service: str) -> str:
-        """The candidate serving ``service``."""
-        found = self.models[service]
-        return found.kind if isinstance(found, fc.Profile) else fc.PROPHET
-
-    @property
-    def services(self) -> list[str]:
-        """Services the model can forecast, sorted."""
-        return sorted(self.models)
-
-    @cached_property
-    def point_forecasts(self) -> dict[str, _PointForecast]:
-        """Per service, the numpy point forecast (services it cannot cover left out)."""
-        found = {}
-        for service, prophet in self.models.items():
-            if isinstance(prophet, fc.Profile):
-                continue  # a statistical candidate: its own predict is numpy already
-            point = _PointForecast.of(prophet, self.holiday_dates)
-            if point is not None:
-                found[service] = point
-        return found
-
-
-class _PointForecast:
-    """Prophet's ``yhat`` for one fitted model, computed with numpy from its parameters.
-
-    It mirrors ``Prophet.predict`` (``setup_dataframe``, ``predict_trend``,
-    ``fourier_series``, ``make_holiday_features``, ``predict_seasonal_components``) step by
-    step with the same operations in the same order, for what this family fits: linear
-    growth, Fourier seasonalities without conditions, one holiday name without windows, no
-    extra regressors. :meth:`of` returns None for anything else, and the caller uses Prophet.
-    """
-
-    def __init__(self, prophet: Any, holiday_days: np.ndarray) -> None:
-        self.prophet = prophet
-        self.start = pd.Timestamp(prophet.start).as_unit("ns").to_datetime64()
-        self.t_scale = float(pd.Timedelta(prophet.t_scale).as_unit("ns").value)
-        self.floor = 0.0 if prophet.scaling == "absmax" else float(prophet.y_min)
-        self.holiday_days = holiday_days
-        self.k = np.nanmean(prophet.params["k"])
-        self.m = np.nanmean(prophet.params["m"])
-        self.deltas = np.nanmean(prophet.params["delta"], axis=0)
-        # Which feature columns make up each combined term, as Prophet lays them out.
-        probe = pd.DataFrame({"ds": pd.to_datetime(["2000-01-01"]).as_unit("ns")})
-        probe["t"] = 0.0
-        features, _, component_cols, _ = prophet.make_all_seasonality_features(probe)
-        self.columns = list(features.columns)
-        self.betas = {
-            term: prophet.params["beta"] * component_cols[term].to_numpy()
-            for term in ("additive_terms", "multiplicative_terms")
-        }
-        self.additive = set(prophet.component_modes["additive"])
-
-    @classmethod
-    def of(cls, prophet: Any, holiday_dates: list[str]) -> _PointForecast | None:
-        """The point forecast of ``prophet``, or None where it uses what this does not cover."""
-        holidays = prophet.holidays
-        covered = (
-            prophet.growth == "linear"
-            and not prophet.extra_regressors
-            and prophet.country_holidays is None
-            and prophet.scaling in ("absmax", "minmax")
-            and all(p["condition_name"] is None for p in prophet.seasonalities.values())
-            and (
-                holidays is None
-                or (
-                    set(holidays.columns) == {"holiday", "ds"}
-                    and set(holidays["holiday"]) == {HOLIDAY}
-                    and prophet.train_holiday_names is not None
-                    and list(prophet.train_holiday_names) == [HOLIDAY]
-                )
-            )
-        )
-        if not covered:
-            return None
-        days = np.array(sorted(holiday_dates) if holidays is not None else [], "datetime64[D]")
-        return cls(prophet, days.astype("datetime64[ns]"))
-
-    def _features(self, ds: np.ndarray) -> np.ndarray:
-        """The seasonal feature matrix of ``ds`` (sorted, unique), Prophet's columns in order."""
-        # fourier_series: seconds since the epoch as asi8 / 10**9, in days, times 2 pi.
-        t = ds.astype("int64") / 10**9 / (24 * 60 * 60)
-        x_t = np.pi * 2 * t
-        blocks = []
-        for name, props in self.prophet.seasonalities.items():
-            order = props["fourier_order"]
-            block = np.empty((len(ds), 2 * order))
-            for i in range(order):
-                c = (i + 1) / props["period"] * x_t
-                block[:, 2 * i] = np.sin(c)
-                block[:, 2 * i + 1] = np.cos(c)
-            blocks.append((name, block))
-        # Column-major, as DataFrame.values hands it to Prophet's matmul: BLAS sums in another
-        # order for a row-major matrix, and the last bit of the forecast would differ.
-        matrix = np.empty((len(ds), len(self.columns)), order="F")
-        at = 0
-        for _name, block in blocks:
-            matrix[:, at : at + block.shape[1]] = block
-            at += block.shape[1]
-        if at < len(self.columns):  # the holiday column: 1.0 on the calendar's dates
-            days = ds.astype("datetime64[D]").astype("datetime64[ns]")
-            matrix[:, at] = np.isin(days, self.holiday_days).astype("float64")
-            at += 1
-        if at != len(self.columns):
-            raise RuntimeError(f"built {at} seasonal features for {len(self.columns)} columns")
-        return matrix
-
-    def yhat(self, ds: np.ndarray) -> np.ndarray:
-        """``Prophet.predict(ds)['yhat']`` for sorted, unique naive ``datetime64[ns]`` values."""
-        t = (ds - self.start).astype("int64") / self.t_scale
-        trend = self.prophet.piecewise_linear(
-            t, self.deltas, self.k, self.m, self.prophet.changepoints_t
-        )
-        trend = trend * float(self.prophet.y_scale) + self.floor
-        x = self._features(ds)
-        terms = {}
-        for term, beta in self.betas.items():
-            comp = np.matmul(x, beta.transpose())
-            if term in self.additive:
-                comp *= self.prophet.y_scale
-            terms[term] = np.nanmean(comp, axis=1)
-        return trend * (1 + terms["multiplicative_terms"]) + terms["additive_terms"]
-
-    def forecast(self, ts: np.ndarray) -> np.ndarray:
-        """:meth:`TrafficForecaster._forecast` of these timestamps (any order, duplicates)."""
-        unique = np.unique(ts)
-        yhat = self.yhat(unique)
-        return np.clip(yhat[np.searchsorted(unique, ts)], 0.0, None)
-
-
-def _quiet() -> None:
-    """Keep Prophet and cmdstanpy at WARNING: they log every fit and chain at INFO."""
-    # prophet.plot complains at import that plotly is missing; plots here are matplotlib's.
-    logging.getLogger("prophet.plot").setLevel(logging.CRITICAL)
-    from cmdstanpy.utils import get_logger
-
-    # cmdstanpy sets its logger to DEBUG the first time it asks for it: ask first, then lower.
-    get_logger().setLevel(logging.WARNING)
-    logging.getLogger("prophet").setLevel(logging.WARNING)
-
-
-def _naive_utc(ts: pd.Series) -> pd.Series:
-    """Timestamps without a timezone (Prophet refuses aware ones); aware ones go to UTC first."""
-    ts = pd.to_datetime(ts)
-    if isinstance(ts.dtype, pd.DatetimeTZDtype):
-        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
-    return ts.astype("datetime64[ns]")
-
-
-def _holiday_dates(frame: pd.DataFrame) -> set[str]:
-    """ISO dates that have ``is_holiday == 1`` on any row (empty without the column)."""
-    if "is_holiday" not in frame.columns or frame.empty:
-        return set()
-    flags = check_columns(frame, {"is_holiday": "int64", "ts": "timestamp"})
-    days = _naive_utc(flags.loc[flags["is_holiday"] == 1, "ts"]).dt.normalize()
-    return {d.date().isoformat() for d in days}
-
-
-def _holidays_frame(dates: set[str] | list[str]) -> pd.DataFrame | None:
-    if not dates:
-        return None
-    return pd.DataFrame({"holiday": HOLIDAY, "ds": pd.to_datetime(sorted(dates))})
-
-
-def _series(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per service, the ``ds``/``y`` frame Prophet wants, sorted by time."""
-    checked = check_columns(frame, TRAIN_COLUMNS)
-    checked["ts"] = _naive_utc(checked["ts"])
-    out: dict[str, pd.DataFrame] = {}
-    for service, rows in checked.groupby("service", sort=True):
-        df = rows.rename(columns={"ts": "ds", "requests": "y"})[["ds", "y"]]
-        out[str(service)] = df.sort_values("ds").reset_index(drop=True)
-    return out
-
-
-def _hourly(series: pd.DataFrame) -> pd.Series:
-    """``y`` on a regular hourly grid; missing hours are interpolated (for the baselines only)."""
-    s = series.set_index("ds")["y"].astype("float64")
-    s = s[~s.index.duplicated(keep="last")]
-    grid = pd.date_range(s.index.min(), s.index.max(), freq="h")
-    return s.reindex(grid).interpolate(method="time").ffill().bfill()
-
-
-def _ratio(value: float, baseline: float) -> float:
-    """``value / baseline``; 1.0 when both are 0 (a perfect naive forecast, matched)."""
-    if baseline > 0:
-        return value / baseline
-    return 1.0 if value == 0 else float("inf")
-
-
-def _metric_key(service: str) -> str:
-    # MLflow metric names allow letters, digits, _ - . / and space.
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", service)
 
 
 class TrafficForecaster(Family):
@@ -435,8 +176,16 @@ class TrafficForecaster(Family):
         return {name: prophet if name == fc.PROPHET else closed_form(name) for name in p.candidates}
 
     @staticmethod
-    def _closed_form(name: str, y: pd.Series, dates: set[str], last: dict[Any, Any]) -> fc.Profile:
-        """Fit a closed-form candidate, reusing this history's MSTL fit where there is one."""
+    def _closed_form(
+        name: str, y: pd.Series, dates: set[str], last: dict[Any, Any], parts: Sequence[str] = ()
+    ) -> fc.Profile:
+        """Fit a closed-form candidate, reusing this history's MSTL fit where there is one.
+
+        ``top_two`` is the mean of its two ``parts``, each fitted here.
+        """
+        if name == fc.TOP_TWO:
+            fitted = [TrafficForecaster._closed_form(n, y, dates, last) for n in parts]
+            return fc.Profile(fc.TOP_TWO, fitted[0].origin, parts=fitted)
         if name not in (fc.MSTL, fc.MSTL_NAIVE):
             return fc.FITTERS[name](y, dates)
         key = (fc.MSTL, y.index[0], y.index[-1])
@@ -444,18 +193,18 @@ class TrafficForecaster(Family):
             last[key] = fc.fit_mstl(y, dates)
         if name == fc.MSTL:
             return last[key]
-        parts = [last[key], fc.fit_seasonal_naive(y, dates)]
-        return fc.Profile(fc.MSTL_NAIVE, parts[0].origin, parts=parts)
+        both = [last[key], fc.fit_seasonal_naive(y, dates)]
+        return fc.Profile(fc.MSTL_NAIVE, both[0].origin, parts=both)
 
     def _choose(
         self, service: str, df: pd.DataFrame, p: TrafficForecasterParams, dates: set[str], seed: int
-    ) -> tuple[Any, list[fc.CandidateScore]]:
+    ) -> tuple[Any, list[bt.CandidateScore]]:
         """Backtest the candidates on one service, refit the best on all of it."""
         y = fc.hourly(df["ds"], df["y"])
-        folds = fc.common_folds(y, p.backtest_folds, p.backtest_horizon_hours, p.candidates)
+        folds = bt.common_folds(y, p.backtest_folds, p.backtest_horizon_hours, p.candidates)
         last: dict[Any, Any] = {}
         fitters = self._fitters(service, df, p, dates, seed, last)
-        rows = fc.score_candidates(service, y, fitters, folds)
+        rows, runs = bt.score_candidates(service, y, fitters, folds, p.expensive_folds)
         for row in rows:
             if row.status != "scored":
                 log.info(
@@ -466,13 +215,13 @@ class TrafficForecaster(Family):
                     row.reason,
                 )
         by_name = {r.candidate: r for r in rows}
-        for name in fc.ranking(rows, p.candidates):
+        for name in bt.ranking(rows, p.candidates, runs):
             try:
                 if name == fc.PROPHET:
                     warm = last.get(fc.PROPHET)
                     fitted: Any = self._fit_one(df, p, _holidays_frame(dates), seed, warm)
                 else:
-                    fitted = self._closed_form(name, y, dates, last)
+                    fitted = self._closed_form(name, y, dates, last, by_name[name].parts)
             except Exception as exc:  # the next best candidate serves instead
                 log.warning("traffic_forecaster: %s: refitting %s failed: %s", service, name, exc)
                 by_name[name].status, by_name[name].reason = "failed", f"refit: {exc}"[:300]
@@ -578,25 +327,11 @@ class TrafficForecaster(Family):
         )
 
     def summary(self, model: ForecastModel) -> TrainingSummary:
-        """The candidates' backtest: which one serves each service, and every score.
-
-        Params ``chosen.<service>``; metrics ``backtest_relative_mae`` (mean over services of
-        the chosen candidate's), ``backtest_relative_mae.<candidate>`` (mean over the services
-        it was scored on) and ``chosen_services.<candidate>``; the table ``candidates``.
-        """
-        rows = model.candidates
-        params = {f"chosen.{_metric_key(s)}": model.kind(s) for s in model.services}
-        metrics: dict[str, float] = {}
-        chosen = [r["relative_mae"] for r in rows if r["chosen"] and r["relative_mae"] is not None]
-        if chosen:
-            metrics["backtest_relative_mae"] = float(np.mean(chosen))
-        for name in fc.CANDIDATES:
-            scored = [r["relative_mae"] for r in rows if r["candidate"] == name and r["folds"]]
-            if scored:
-                metrics[f"backtest_relative_mae.{name}"] = float(np.mean(scored))
-            count = sum(1 for s in model.services if model.kind(s) == name)
-            metrics[f"chosen_services.{name}"] = float(count)
-        return TrainingSummary(params=params, metrics=metrics, tables={"candidates": rows})
+        """The candidates' backtest: :func:`~core.families.forecast_model.backtest_summary`."""
+        params, metrics = backtest_summary(model)
+        return TrainingSummary(
+            params=params, metrics=metrics, tables={"candidates": model.candidates}
+        )
 
     # --- persistence and serving --------------------------------------------------------
 
@@ -687,9 +422,9 @@ class TrafficForecaster(Family):
 
         ``Prophet.predict`` builds several DataFrames per call (about 20 ms for one hour); the
         point forecast it returns is a piecewise-linear trend times (1 + seasonal terms) plus
-        additive terms, which :class:`_PointForecast` evaluates with the fitted parameters and
-        the same float operations. A request with ``is_holiday``, or a model using what that
-        class does not cover, takes :meth:`predict`.
+        additive terms, which :class:`~core.families.prophet_point.PointForecast` evaluates
+        with the fitted parameters and the same float operations. A request with
+        ``is_holiday``, or a model using what that class does not cover, takes :meth:`predict`.
 
         Raises:
             ValueError: as :meth:`predict`.
@@ -750,7 +485,6 @@ class TrafficForecaster(Family):
                 f"matplotlib=={_matplotlib_version()}",
             ],
             {"services": model.services, "chosen": {s: model.kind(s) for s in model.services}},
-            code_modules=("core.families.forecast_candidates",),
         )
 
 

@@ -13,6 +13,7 @@ has them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -163,13 +164,35 @@ def mlflow_servers(
         yield {model: url for model, (_, url, _) in processes.items()}
     finally:
         for process, _, _ in processes.values():
-            os.killpg(process.pid, signal.SIGTERM)  # the group of the process started above
-        for process, _, _ in processes.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_group(process)
+
+
+def stop_group(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """End the process group started with ``process`` (its own session), TERM then KILL.
+
+    A server that already exited (and its group with it) is not an error here: raising
+    ProcessLookupError from the teardown would hide the failure that stopped it.
+    """
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)  # the group of the process started above
+        try:
+            process.wait(timeout=timeout)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    process.wait()
+
+
+def test_the_teardown_stops_a_server_that_already_exited() -> None:
+    exited = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    exited.wait()
+    stop_group(exited)  # the old teardown raised ProcessLookupError here
+    running = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    stop_group(running)
+    assert running.returncode == -signal.SIGTERM
 
 
 @pytest.mark.parametrize("model", MODELS)

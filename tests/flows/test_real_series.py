@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from adapters.source.schema import create_source_tables, engine_for, source_tables
 from core.families import get_family
-from core.families.forecast_candidates import CANDIDATES
+from core.families.forecast_candidates import DEFAULT_CANDIDATES
 from core.settings import load_settings
 from flows.retrain import retrain
 
@@ -35,13 +35,16 @@ SERIES = {"taylor": "taylor_hourly.csv", "m4_h410": "m4_h410_hourly.csv"}
 def real_series(name: str, end: pd.Timestamp | None = None) -> pd.DataFrame:
     """One series as ``service_traffic`` rows (no holiday flagged).
 
-    With ``end``, the series is moved by whole weeks (weekdays unchanged) to end in the week
-    of ``end``, so that series of different years share one training window.
+    With ``end``, the series is moved to end at the hour ``end`` so that both series share one
+    training window and one holdout week: Taylor (real dates) only by whole weeks, weekdays
+    unchanged; H410 exactly, since its dates are nominal (tests/data/SOURCE.md).
     """
     frame = pd.read_csv(DATA / SERIES[name], parse_dates=["ts"])
     if end is not None:
-        weeks = (end - frame["ts"].max()) // pd.Timedelta(weeks=1)
-        frame["ts"] += pd.Timedelta(weeks=weeks)
+        shift = end - frame["ts"].max()
+        if name == "taylor":
+            shift = (shift // pd.Timedelta(weeks=1)) * pd.Timedelta(weeks=1)
+        frame["ts"] += shift
     return frame.assign(service=name, is_holiday=0)[["service", "ts", "requests", "is_holiday"]]
 
 
@@ -51,7 +54,9 @@ def test_retrain_on_real_series_chooses_and_records_a_forecaster_per_service(
     import mlflow
 
     settings = load_settings()
-    end = real_series("m4_h410")["ts"].max()
+    # Both end on Taylor's last hour (Sunday 23:00): the flow's holdout, the newest 7 whole
+    # days, is then the last whole week of each, as in the README's table.
+    end = real_series("taylor")["ts"].max()
     frame = pd.concat([real_series(name, end) for name in SERIES], ignore_index=True)
     engine = engine_for(settings.source_url)
     create_source_tables(engine)
@@ -72,16 +77,17 @@ def test_retrain_on_real_series_chooses_and_records_a_forecaster_per_service(
     assert "candidates.json" in {a.path for a in client.list_artifacts(run_id)}
     for service in SERIES:
         mine = [r for r in gate["candidates"] if r["service"] == service]
-        assert {r["candidate"] for r in mine} == set(CANDIDATES)
+        assert {r["candidate"] for r in mine} == set(DEFAULT_CANDIDATES)
         (chosen,) = [r for r in mine if r["chosen"]]
         # Seasonal naive is a candidate at exactly 1.0: the winner never scores worse.
         assert chosen["status"] == "scored" and chosen["relative_mae"] <= 1.0
         assert run.data.params[f"chosen.{service}"] == chosen["candidate"]
         # Each service's own holdout score against weekly seasonal naive is on the run.
         assert run.data.metrics[f"relative_mae__{service}"] > 0
-    # The gate judged the mean over the services against its floor (beat seasonal naive).
-    verdict = outcome["status"] == "promoted"
-    assert verdict == (run.data.metrics["relative_mae"] <= 1.0 and run.data.metrics["smape"] <= 0.3)
+    # The gate judges the mean over the services on the last week (the flow's holdout) against
+    # its floor, "beat seasonal naive": the chosen forecasters pass it and are promoted.
+    assert run.data.metrics["relative_mae"] < 1.0
+    assert outcome["status"] == "promoted", outcome
 
 
 @pytest.mark.parametrize("name", list(SERIES))

@@ -8,6 +8,8 @@ that learned anything scores clearly better than chance, one that learned nothin
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from pydantic import ValidationError
 
 from adapters.registry import Registry
 from core.families import Family, get_family, json_records
+from core.settings import PROJECT_ROOT
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ["abuse_detector", "limit_optimiser", "traffic_forecaster"]
@@ -370,18 +373,22 @@ def test_traffic_forecaster_chooses_per_service_and_keeps_every_score(
         assert len(chosen) == 1
         assert chosen[0]["candidate"] == model.kind(service)
         assert chosen[0]["status"] == "scored"
-    # 288 h before the one 48 h fold: MSTL needs two weeks, so it is skipped with the reason,
-    # and the service is still served.
-    mstl = [r for r in rows if r["candidate"] == "mstl"]
-    assert all(r["status"] == "skipped" and "336 h" in r["reason"] for r in mstl)
+    # 288 h before the one 48 h fold: Holt-Winters needs two weeks, so it is skipped with the
+    # reason, and the service is still served.
+    skipped = [r for r in rows if r["candidate"] == "holt_winters"]
+    assert len(skipped) == 2
+    assert all(r["status"] == "skipped" and "336 h" in r["reason"] for r in skipped)
     scored = {r["candidate"] for r in rows if r["status"] == "scored"}
-    assert scored == {"seasonal_naive", "prophet"}
+    assert scored == {"seasonal_naive", "recent_weeks", "daily_adjusted", "top_two", "prophet"}
+    # top_two is the mean of the two best closed-form candidates, named in its row.
+    for row in (r for r in rows if r["candidate"] == "top_two"):
+        assert len(row["parts"]) == 2 and set(row["parts"]) <= scored - {"prophet", "top_two"}
     summary = case.family.summary(model)
     assert summary.params == {f"chosen.{s}": model.kind(s) for s in ("api", "auth")}
     assert summary.tables["candidates"] == rows
-    assert summary.metrics["chosen_services.seasonal_naive"] + summary.metrics[
-        "chosen_services.prophet"
-    ] == pytest.approx(2.0)
+    assert sum(
+        v for k, v in summary.metrics.items() if k.startswith("chosen_services.")
+    ) == pytest.approx(2.0)
 
 
 def test_traffic_forecaster_fails_a_service_only_when_every_candidate_fails(
@@ -536,6 +543,43 @@ def test_the_registry_logs_each_family_as_a_loadable_pyfunc(
     got = pyfunc.predict(request)
     want = case.family.predict(models[name], records)
     pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+
+
+def test_each_pyfunc_ships_every_project_module_its_family_imports(
+    cases: dict[str, Case], models: dict[str, Any], tmp_path: Path
+) -> None:
+    # `mlflow models serve` has the shipped code only, not this project: load each family's
+    # loader and module from the shipped files alone, in a fresh interpreter where the project
+    # is taken off sys.path. A module the family imports but the pyfunc does not ship fails
+    # here with ModuleNotFoundError, as it would in the served model.
+    from adapters.registry import ship_code
+
+    loaded = []
+    for name in FAMILIES:
+        case = cases[name]
+        example = pd.DataFrame(case.family.example_request(case.holdout))
+        spec = case.family.mlflow_model(models[name], example)
+        paths = ship_code(spec.code_modules, tmp_path / name)
+        module = type(case.family).__module__
+        loaded.append((paths, [spec.loader_module, module]))
+    script = (
+        "import importlib, json, sys\n"
+        "from pathlib import Path\n"
+        f"root = Path({str(PROJECT_ROOT)!r}).resolve()\n"
+        "sys.path[:] = [p for p in sys.path if Path(p or '.').resolve() != root]\n"
+        f"for paths, modules in json.loads({json.dumps(loaded)!r}):\n"
+        "    for m in [m for m in sys.modules if m == 'core' or m.startswith('core.')]:\n"
+        "        del sys.modules[m]\n"
+        "    sys.path[:0] = [str(Path(p).parent) for p in paths]\n"
+        "    for module in modules:\n"
+        "        assert Path(importlib.import_module(module).__file__).is_relative_to(\n"
+        "            Path(paths[0]).parent), module\n"
+        "    del sys.path[: len(paths)]\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_a_forecaster_logged_before_the_shared_loader_still_loads(
