@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -55,16 +55,7 @@ Candidate = Literal[
     "top_two",
     "prophet",
 ]
-CANDIDATES: tuple[Candidate, ...] = (
-    "seasonal_naive",
-    "mstl",
-    "mstl_naive",
-    "holt_winters",
-    "recent_weeks",
-    "daily_adjusted",
-    "top_two",
-    "prophet",
-)
+CANDIDATES: tuple[Candidate, ...] = get_args(Candidate)
 DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
     "seasonal_naive",
     "holt_winters",
