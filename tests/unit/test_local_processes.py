@@ -47,7 +47,11 @@ def test_a_live_child_with_its_token_is_alive(spawn: Spawn) -> None:
     proc = spawn()
     token = process_token(proc.pid)
 
-    assert token == str(psutil.Process(proc.pid).create_time())
+    assert token is not None
+    if Path("/proc/self/stat").exists():  # ticks since boot, which no clock step moves
+        assert token == _ticks(proc.pid)
+    else:
+        assert token == str(psutil.Process(proc.pid).create_time())
     assert is_alive(proc.pid, token)
     # No token (an old record, a test's orphan check): any live process with that pid counts.
     assert is_alive(proc.pid, None)
@@ -148,8 +152,31 @@ def test_a_token_recorded_before_psutil_still_matches(spawn: Spawn) -> None:
     # Earlier versions recorded /proc's start time (clock ticks since boot): processes started
     # by them must still be recognised, or `mlops endpoint stop` would leave them running.
     proc = spawn()
-    stat = Path(f"/proc/{proc.pid}/stat").read_text()
-    ticks = stat[stat.rfind(")") + 2 :].split()[19]
+    ticks = _ticks(proc.pid)
 
     assert is_alive(proc.pid, ticks)
     assert not is_alive(proc.pid, str(int(ticks) + 3600 * os.sysconf("SC_CLK_TCK")))
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_wall_clock_step_does_not_make_a_live_process_look_gone(
+    spawn: Spawn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fresh VM syncing its clock steps the wall clock by seconds; psutil's create time (boot
+    # time plus ticks) moves with it. A CI run saw every live variant reported dead after one.
+    proc = spawn()
+    token = process_token(proc.pid)
+    stepped = psutil.Process(proc.pid).create_time() + 30.0
+    monkeypatch.setattr(psutil.Process, "create_time", lambda self: stepped)
+
+    assert is_alive(proc.pid, token)
+    # A recycled pid still is not ours: its ticks differ, whatever the clock did.
+    assert not is_alive(proc.pid, str(int(token or 0) + 1))
+    # A token in create-time form (written without /proc) is matched within the window.
+    assert is_alive(proc.pid, str(stepped - 1.0))
+    assert not is_alive(proc.pid, str(stepped - 3600))
+
+
+def _ticks(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rfind(")") + 2 :].split()[19]

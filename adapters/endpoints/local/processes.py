@@ -3,8 +3,10 @@
 The router and every variant are ``python -m serving ...`` processes started here, detached
 (``start_new_session``), so they outlive the command that started them (``mlops retrain``) and
 a Ctrl-C there. Later commands find them again through the pid and *token* recorded on disk:
-the token is the process's create time (psutil), so a pid the system recycled for another
-process is never taken for ours, or signalled.
+the token is when the process started, so a pid the system recycled for another process is never
+taken for ours, or signalled. On Linux it is the start in clock ticks since boot (``/proc``),
+which no wall-clock step moves; elsewhere psutil's create time (boot time plus those ticks),
+matched within a tolerance because the boot time moves when the wall clock is stepped.
 """
 
 from __future__ import annotations
@@ -59,8 +61,10 @@ _ALLOWED_ENV = frozenset(
 )
 _ALLOWED_ENV_PREFIX = re.compile(r"^(LC_|OMP_|MKL_|OPENBLAS_|NUMEXPR_)")
 # psutil's create time is the boot time plus the start in ticks since boot, and the boot time
-# moves (by whole seconds) when the wall clock is stepped: allow that much. A recycled pid
-# starting this close to the original would need the pid space to wrap within the window.
+# moves when the wall clock is stepped (a fresh VM syncing its clock steps it by seconds: a
+# CI run once saw every live variant reported dead). Tokens in that form, written where /proc
+# is missing or by earlier versions, are matched within this window. A recycled pid starting
+# this close to the original would need the pid space to wrap within the window.
 _SAME_START_SECONDS = 2.0
 
 
@@ -68,13 +72,17 @@ _SAME_START_SECONDS = 2.0
 
 
 def process_token(pid: int) -> str | None:
-    """An id of the process ``pid`` that survives nothing but the process: its create time.
+    """An id of the process ``pid`` that survives nothing but the process: its start.
 
     Returns:
-        The token, or None when no such process runs (a zombie counts as gone).
+        The start in clock ticks since boot where ``/proc`` exists (digits), else psutil's
+        create time; None when no such process runs (a zombie counts as gone).
     """
     proc = _running(pid)
-    return None if proc is None else str(proc.create_time())
+    if proc is None:
+        return None
+    ticks = _start_ticks(pid)
+    return str(ticks) if ticks is not None else str(proc.create_time())
 
 
 def is_alive(pid: Any, token: Any) -> bool:
@@ -95,16 +103,30 @@ def _running(pid: Any, token: Any = None) -> psutil.Process | None:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
-        if token is not None and not _same_start(proc.create_time(), token):
+        if token is not None and not _same_start(proc, token):
             return None
     except psutil.Error:
         return None
     return proc
 
 
-def _same_start(created: float, token: Any) -> bool:
+def _same_start(proc: psutil.Process, token: Any) -> bool:
+    if isinstance(token, str) and token.isdigit():
+        ticks = _start_ticks(proc.pid)
+        if ticks is not None:  # both in ticks since boot: exact, whatever the wall clock did
+            return ticks == int(token)
     recorded = _token_seconds(token)
-    return recorded is not None and abs(created - recorded) < _SAME_START_SECONDS
+    return recorded is not None and abs(proc.create_time() - recorded) < _SAME_START_SECONDS
+
+
+def _start_ticks(pid: int) -> int | None:
+    """``/proc/PID/stat``'s starttime (clock ticks since boot); None without ``/proc``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        # The command name (field 2) is in parentheses and may hold spaces: split after it.
+        return int(stat[stat.rfind(")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _token_seconds(token: Any) -> float | None:
@@ -113,7 +135,7 @@ def _token_seconds(token: Any) -> float | None:
         return None
     try:
         if token.isdigit():
-            # Written before psutil was used: /proc's start time, in clock ticks since boot.
+            # Ticks since boot read where /proc is gone (never in practice): via the boot time.
             return float(psutil.boot_time()) + int(token) / os.sysconf("SC_CLK_TCK")
         return float(token)
     except (ValueError, OSError):
