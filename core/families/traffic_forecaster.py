@@ -101,6 +101,8 @@ class TrafficForecaster(Family):
         """
         from prophet import Prophet
 
+        from core.families.prophet_fit import OrjsonBackend
+
         model = Prophet(
             growth="linear",
             daily_seasonality=p.daily_order,
@@ -112,6 +114,7 @@ class TrafficForecaster(Family):
             holidays=holidays,
             uncertainty_samples=0,
         )
+        model.stan_backend = OrjsonBackend()  # the same fit, its data file written 3x faster
         # The optimiser is LBFGS from Prophet's fixed initial values (or the warm start's);
         # the seed pins the rest.
         if warm is None:
