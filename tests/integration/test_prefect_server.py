@@ -311,11 +311,12 @@ def _retrain_and_queue(server: Server, api: httpx.Client) -> None:
         assert GATE_TABLE in gate["data"], gate["data"]
         assert "-> **promote" in gate["data"]
 
-    # 4. Two retrains and a rollout at once: one runs, the others wait their turn, all finish.
+    # 4. A retrain and a rollout at once (two deployments, one shared limit): one runs, the
+    # other waits its turn, both finish. (Each run is a fresh process importing everything:
+    # about 40 s here, so two runs prove the queue as well as three would.)
     starts = [
         ("retrain/weekly", "force=true", 'models=["limit_optimiser"]', "reason=first"),
-        ("retrain/weekly", "force=true", 'models=["limit_optimiser"]', "reason=second"),
-        ("rollout/on-demand", "model=limit_optimiser", "reason=third"),
+        ("rollout/on-demand", "model=limit_optimiser", "reason=second"),
     ]
     queued = []
     for name, *params in starts:
@@ -324,12 +325,12 @@ def _retrain_and_queue(server: Server, api: httpx.Client) -> None:
         assert started.returncode == 0, started.stderr[-3000:]
         queued.append(_run_id(started.stdout))
     runs = _wait_final(api, queued, timeout=400)
-    assert [r["state"]["type"] for r in runs] == ["COMPLETED"] * 3, [r["state"] for r in runs]
+    assert [r["state"]["type"] for r in runs] == ["COMPLETED"] * 2, [r["state"] for r in runs]
     spans = sorted((r["start_time"], r["end_time"]) for r in runs)
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert end <= start, f"runs overlapped: {spans}"
     waited = [r for r in queued if "AwaitingConcurrencySlot" in _state_names(api, r)]
-    assert len(waited) >= 2, [_state_names(api, r) for r in queued]
+    assert len(waited) >= 1, [_state_names(api, r) for r in queued]
 
     # 5. A drifted week: the monitor deployment requests a retrain naming the drifted columns.
     seed_source(f"sqlite:///{server.home / 'source.db'}", append_weeks=1, drift=0.8, **SMALL_SOURCE)
