@@ -68,6 +68,6 @@ def test_the_data_file_is_removed_after_the_fit_and_after_a_failure() -> None:
     assert set(tmp.glob("prophet-*.json")) == before
 
     # cmdstanpy refuses the call after the data file is written.
-    with pytest.raises(ValueError, match="(?i)algorithm"):
+    with pytest.raises(ValueError, match=r"(?i)algorithm"):
         _fit(_series(), fast=True, algorithm="no-such-optimiser")
     assert set(tmp.glob("prophet-*.json")) == before
