@@ -20,7 +20,6 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from scipy import stats
 
 from core.sequential import compare, mixture_tau, non_inferiority_p, planned_sample_size
 
@@ -268,6 +267,8 @@ def _arm_summary(values: np.ndarray) -> dict[str, Any]:
     mean = float(np.mean(values))
     if n < 2:
         return {"n": n, "mean": mean, "ci": None}
+    from scipy import stats  # where used: core.config imports this module (see core.sequential)
+
     half = float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
     return {"n": n, "mean": mean, "ci": [mean - half, mean + half]}
 
