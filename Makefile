@@ -13,7 +13,7 @@ endef
 # The stages of `make test` run in the order listed and stop at the first failure, even under -j.
 .NOTPARALLEL:
 
-.PHONY: help install run test test-unit lint typecheck seed status mlflow-ui server deploy worker clean bench bench-serving bench-metrics
+.PHONY: help install run test test-unit lint typecheck seed status mlflow-ui server deploy worker clean bench bench-serving bench-forecast bench-metrics
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -62,13 +62,18 @@ worker: install ## A worker on the process pool (needs PREFECT_API_URL; runs inh
 	@test -n "$$PREFECT_API_URL" || { echo "set PREFECT_API_URL (for example http://127.0.0.1:4200/api)"; exit 2; }
 	$(UV) run prefect worker start --pool intelli-rate-process
 
-bench: bench-serving ## Every benchmark; figures go to BENCHMARKS.md
+bench: bench-serving bench-forecast ## Every benchmark; figures go to BENCHMARKS.md
 
 # BASELINE=<git revision> also measures that revision (a temporary worktree) for ratios, with
 # BASELINE_PYTHON=<a venv's python synced from that revision's lock> for its own libraries.
 bench-serving: install ## wrk against the local endpoint, per family, direct and via the router (~3 min)
 	PYTHONPATH=$(CURDIR) $(UV) run python bench/bench_serving.py \
 	  $(if $(BASELINE),--baseline $(BASELINE)) $(if $(BASELINE_PYTHON),--baseline-python $(BASELINE_PYTHON))
+
+bench-forecast: install ## The forecaster: one Prophet fit, training cost on 100 services, accuracy on the real series (~15 min)
+	$(UV) run python bench/prophet_fit.py
+	$(UV) run python bench/forecast_training_cost.py --services 100 --rounds 2
+	$(UV) run python bench/forecast_real_series.py
 
 bench-metrics: install ## Serving throughput with Prometheus metrics on vs off, interleaved (~2 min)
 	PYTHONPATH=$(CURDIR) $(UV) run python bench/bench_serving.py --metrics-cost 4 --seconds 5 --rows 1,100
