@@ -72,6 +72,9 @@ class ModelInventory:
     rollback_target: str | None = None
     store_versions: list[dict[str, Any]] = field(default_factory=list)
     registry_versions: list[dict[str, Any]] = field(default_factory=list)
+    # (id, challenger version) of the model's experiment while it runs: the challenger may
+    # be out of the endpoint for a moment (starting, stopping) yet still be wanted.
+    experiment: tuple[str, str] | None = None
 
 
 @dataclass
@@ -95,6 +98,8 @@ def _protected(inv: ModelInventory, keep_last: int, serving: set[str]) -> dict[s
             keep[sv] = f"MLflow alias {', '.join(sorted(rv['aliases']))}"
     for v in sorted(serving):
         keep[v] = "served by a live endpoint"
+    if inv.experiment:
+        keep[inv.experiment[1]] = f"challenger of running experiment {inv.experiment[0]}"
     if inv.rollback_target:
         keep[inv.rollback_target] = "rollback target"
     if inv.champion:

@@ -15,6 +15,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from adapters.experiments import read_experiment
 from adapters.layout import MODELS, claim_key, model_names
 from adapters.pointer import read_latest
 from adapters.prefect_api import publish_table
@@ -31,6 +32,12 @@ def _claimed_at(store: Store, model: str, version: str) -> datetime | None:
         return datetime.fromisoformat(str(claim["claimed_at"]))
     except (KeyNotFound, KeyError, ValueError):
         return None
+
+
+def _running_experiment(store: Store, model: str) -> tuple[str, str] | None:
+    """(id, challenger) of the model's experiment while it runs; None otherwise."""
+    exp = read_experiment(store, model)
+    return (exp.id, exp.challenger) if exp is not None and exp.active else None
 
 
 @task(name="take-inventory", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -61,6 +68,7 @@ def take_inventory(
             rollback_target=latest.get("previous"),
             store_versions=versions,
             registry_versions=registry.list_versions(name),
+            experiment=_running_experiment(store, name),
         )
     return Inventory(models=models, resources=resources, now=datetime.now(UTC))
 
@@ -111,6 +119,9 @@ def _apply_one(
         latest = read_latest(store, item.model) or {}
         if item.version in (latest.get("version"), latest.get("previous")):
             return "skipped: champion or rollback target now"
+        running = _running_experiment(store, item.model)
+        if running and item.version == running[1]:
+            return f"skipped: challenger of running experiment {running[0]} now"
         aliased = {
             r["tags"].get("store_version")
             for r in registry.list_versions(item.model)

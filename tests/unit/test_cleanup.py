@@ -238,3 +238,60 @@ def test_alarms_go_only_with_their_endpoint_and_after_it() -> None:
     assert alarms["ep-old-AllTraffic-5xx-rate"].action == "delete"
     kinds = [p.kind for p in plan if p.action == "delete"]
     assert kinds == ["endpoint", "alarm", "endpoint-config"]
+
+
+def test_a_running_experiments_challenger_is_kept_until_it_ends() -> None:
+    running = _inventory(experiment=("m-v2-0a1b2c3d", "v2"))
+    store = _by(
+        plan_cleanup(running, RetentionPolicy(keep_last=2), clean_store=True), "store-version"
+    )
+    assert store["m/v2"].action == "keep"
+    assert store["m/v2"].reason == "challenger of running experiment m-v2-0a1b2c3d"
+    assert (
+        _by(
+            plan_cleanup(running, RetentionPolicy(keep_last=2), clean_store=True),
+            "registry-version",
+        )["m/2"].action
+        == "keep"
+    )
+    # Without the experiment, v2 is old enough to go.
+    store = _by(
+        plan_cleanup(_inventory(), RetentionPolicy(keep_last=2), clean_store=True), "store-version"
+    )
+    assert store["m/v2"].action == "delete"
+
+
+def test_apply_rechecks_the_experiment_before_deleting_a_store_version(mlops_home: object) -> None:
+    # The plan was made before the experiment started; the delete must see it now.
+    from adapters.experiments import begin_experiment, read_experiment
+    from core.settings import load_settings
+    from tasks.cleanup import apply_plan, take_inventory
+    from tests.unit.test_experiment import MODEL, record
+
+    settings = load_settings()
+    store = store_from_settings(settings)
+    for version in ("v1", "v2"):
+        store.put_bytes(f"models/{MODEL}/{version}/manifest.json", b"{}")
+    exp = begin_experiment(store, record())  # champion v1, challenger v2
+    item = PlanItem(
+        kind="store-version",
+        name=f"{MODEL}/v2",
+        model=MODEL,
+        version="v2",
+        action="delete",
+        reason="older than the newest 1",
+    )
+    registry = Registry.from_settings(settings)
+    (done,) = apply_plan.fn(store, registry, [item], None)
+    assert done["outcome"] == f"skipped: challenger of running experiment {exp.id} now"
+    assert store.exists(f"models/{MODEL}/v2/manifest.json")
+    inventory = take_inventory.fn(store, registry, [MODEL], None, False)
+    assert inventory.models[MODEL].experiment == (exp.id, "v2")
+    # Once it has ended, nothing holds v2 back.
+    from adapters.experiments import save_experiment
+
+    save_experiment(store, exp.with_state("stopped"), expected=exp)
+    assert read_experiment(store, MODEL) is not None
+    assert take_inventory.fn(store, registry, [MODEL], None, False).models[MODEL].experiment is None
+    (done,) = apply_plan.fn(store, registry, [item], None)
+    assert done["outcome"] == "deleted"
