@@ -318,13 +318,12 @@ class _State:
         except Exception as exc:  # reported on /ping; the process stays up to say why
             self.loaded = None
             self.failure = _load_failure(exc)
-            # Its 503s are counted too, under the names it was given.
+            # Its 503s are counted too (metrics on), under the names it was given.
             given = self.settings
-            self.metrics = ServingMetrics(
-                (given and given.model_name) or "",
-                (given and given.model_version) or "",
-                given.variant_name if given else "",
-            )
+            if given is not None and given.metrics:
+                self.metrics = ServingMetrics(
+                    given.model_name or "", given.model_version or "", given.variant_name
+                )
             log.error("cannot serve: %s", self.failure)
 
 

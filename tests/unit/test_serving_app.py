@@ -542,3 +542,17 @@ def test_metrics_count_requests_rows_and_what_the_model_answered(
             assert value("mlops_output_value_count", **out, column=column) == 2 * len(values)
             total = value("mlops_output_value_sum", **out, column=column)
             assert total == pytest.approx(2 * values.sum())
+
+
+def test_a_model_that_cannot_load_counts_its_503s_only_when_metrics_are_on(
+    tiny: dict[str, TinyModel],
+) -> None:
+    model = tiny["limit_optimiser"]
+    for metrics in (True, False):
+        with serve(model, model_name="abuse_detector", metrics=metrics) as client:
+            refused = post_json(client, model.example_request)
+            samples = scrape(client)
+        assert refused.status_code == 503
+        counted = sum(v for (name, labels), v in samples.items() if name.endswith("_total"))
+        # On: the refusal is counted under the name it was given. Off: nothing is recorded.
+        assert (counted >= 1) if metrics else not samples, samples
