@@ -342,16 +342,12 @@ class S3Store:
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.kms_key_id = kms_key_id
         if client is None:
-            import boto3  # local: keep the local store free of boto3's import cost
-            from botocore.config import Config
+            from adapters.aws import aws_clients
 
-            # A session of its own: boto3's default session is not safe to share across threads.
             # The profile and region SageMaker uses too (settings), so both act as one account.
-            session = boto3.session.Session(profile_name=profile, region_name=region)
-            # boto3's standard retry mode: throttling, 500/503 and dropped connections are
-            # retried with jittered exponential backoff (the legacy default retries fewer cases).
-            config = Config(retries={"mode": "standard", "max_attempts": 6})
-            client = session.client("s3", endpoint_url=endpoint_url, config=config)
+            client = aws_clients(
+                ["s3"], profile=profile, region=region, endpoint_url=endpoint_url, max_attempts=6
+            )["s3"]
         self.client = client
 
     def _key(self, key: str) -> str:

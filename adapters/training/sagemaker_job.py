@@ -161,18 +161,17 @@ class SageMakerTrainer:
         cls, settings: Settings, platform: PlatformConfig, store: Store
     ) -> SageMakerTrainer:
         """Build the clients from settings (region, ``AWS_ENDPOINT_URL``, profile)."""
-        import boto3  # local: importing the adapter must not cost boto3's import
-        from botocore.config import Config
+        from adapters.aws import aws_clients
 
-        session = boto3.session.Session(
-            profile_name=settings.aws_profile, region_name=settings.aws_region
+        clients = aws_clients(
+            ("sagemaker", "logs"),
+            profile=settings.aws_profile,
+            region=settings.aws_region,
+            endpoint_url=settings.aws_endpoint_url,
         )
-        # boto3's standard retry mode backs off on SageMaker's throttling of Describe calls.
-        config = Config(retries={"mode": "standard", "max_attempts": 5})
-        url = settings.aws_endpoint_url
         return cls(
-            sagemaker=session.client("sagemaker", endpoint_url=url, config=config),
-            logs=session.client("logs", endpoint_url=url, config=config),
+            sagemaker=clients["sagemaker"],
+            logs=clients["logs"],
             store=store,
             image=settings.serving_image,
             role_arn=settings.sagemaker_role_arn,

@@ -29,8 +29,18 @@ ALSO_MAY_IMPORT = {"adapters.endpoints.local": {"serving.routes"}}
 """Named exceptions: the local endpoint writes the route table whose format the router owns."""
 
 CLIENTS = {
-    "boto3": ("adapters/store.py", "adapters/endpoints/sagemaker/", "adapters/training/"),
-    "botocore": ("adapters/store.py", "adapters/endpoints/sagemaker/", "adapters/training/"),
+    "boto3": (
+        "adapters/aws.py",
+        "adapters/store.py",
+        "adapters/endpoints/sagemaker/",
+        "adapters/training/",
+    ),
+    "botocore": (
+        "adapters/aws.py",
+        "adapters/store.py",
+        "adapters/endpoints/sagemaker/",
+        "adapters/training/",
+    ),
     "mlflow": ("adapters/registry.py",),
     "sqlalchemy": ("adapters/source/",),
     "subprocess": ("adapters/git.py", "adapters/endpoints/local/"),

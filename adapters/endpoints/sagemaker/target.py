@@ -126,25 +126,23 @@ class SageMakerTarget:
             platform: project tag, pricing, retention.
             **options: passed to the constructor (``poll_seconds``, ``timeout_seconds``...).
         """
-        import boto3  # local: importing the target must not cost boto3's import
-        from botocore.config import Config
+        from adapters.aws import aws_clients
 
-        session = boto3.session.Session(
-            profile_name=settings.aws_profile, region_name=settings.aws_region
+        # The read timeout leaves room for SageMaker's 60 s invocation limit.
+        clients = aws_clients(
+            ("sagemaker", "sagemaker-runtime", "iam", "cloudwatch", "sts"),
+            profile=settings.aws_profile,
+            region=settings.aws_region,
+            endpoint_url=settings.aws_endpoint_url,
+            connect_timeout=10,
+            read_timeout=70,
         )
-        # Standard retries back off on throttling, which a busy account's SageMaker API does;
-        # the read timeout leaves room for SageMaker's 60 s invocation limit.
-        config = Config(
-            retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=70
-        )
-
-        url = settings.aws_endpoint_url
         return cls(
-            sagemaker=session.client("sagemaker", endpoint_url=url, config=config),
-            runtime=session.client("sagemaker-runtime", endpoint_url=url, config=config),
-            iam=session.client("iam", endpoint_url=url, config=config),
-            cloudwatch=session.client("cloudwatch", endpoint_url=url, config=config),
-            sts=session.client("sts", endpoint_url=url, config=config),
+            sagemaker=clients["sagemaker"],
+            runtime=clients["sagemaker-runtime"],
+            iam=clients["iam"],
+            cloudwatch=clients["cloudwatch"],
+            sts=clients["sts"],
             platform=platform,
             store_uri=settings.store,
             region=settings.aws_region,
