@@ -111,12 +111,13 @@ def _headline(metrics: dict[str, float]) -> dict[str, float]:
 
 @app.command(name="prometheus-rules")
 def prometheus_rules() -> None:
-    """Print the Prometheus alert rules, thresholds from configs/platform.yaml.
+    """Print the Prometheus alert rules, thresholds from configs/ (platform and models).
 
     ``mlops prometheus-rules > deployments/prometheus/rules.yml`` after a threshold changes.
     """
     from core.alert_rules import render_rules
-    from core.config import load_platform_config
+    from core.config import load_model_configs, load_platform_config
 
     settings = prepare_environment()
-    sys.stdout.write(render_rules(load_platform_config(settings.config_dir)))
+    platform = load_platform_config(settings.config_dir)
+    sys.stdout.write(render_rules(platform, load_model_configs(settings.config_dir)))

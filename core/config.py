@@ -240,8 +240,8 @@ class AlarmConfig(Strict):
 
     With ``create`` on, every rollout puts two alarms per production variant (p99
     ``ModelLatency`` and the ``Invocation5XXErrors`` rate) and names them, with ``names``, in the
-    ``AutoRollbackConfiguration`` of every blue/green update. The local endpoint ignores this:
-    its alert rules live in ``deployments/prometheus/``.
+    ``AutoRollbackConfiguration`` of every blue/green update. On the local endpoint the same
+    thresholds make the model's Prometheus alert rules (``mlops prometheus-rules``).
     """
 
     names: list[str] = Field(

@@ -15,18 +15,27 @@ import pytest
 import yaml
 
 from core.alert_rules import render_rules
-from core.config import PlatformConfig, load_platform_config
+from core.config import ModelConfig, PlatformConfig, load_model_configs, load_platform_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deployments" / "prometheus"
 
 
 def test_the_committed_rules_are_the_rendering_of_the_configs() -> None:
-    # A threshold changed in configs/platform.yaml without re-running the command fails here.
+    # A threshold changed in configs/ without re-running the command fails here.
     committed = (PROMETHEUS / "rules.yml").read_text()
-    assert committed == render_rules(load_platform_config(ROOT / "configs")), (
+    configs = ROOT / "configs"
+    assert committed == render_rules(load_platform_config(configs), load_model_configs(configs)), (
         "run: mlops prometheus-rules > deployments/prometheus/rules.yml"
     )
+
+
+def _exprs(platform: PlatformConfig, models: list[ModelConfig]) -> dict[tuple[str, str], str]:
+    """(alert, the rule's "for") -> expr, for the rendered rules."""
+    return {
+        (r["alert"], r.get("for", "")): r["expr"]
+        for r in yaml.safe_load(render_rules(platform, models))["groups"][0]["rules"]
+    }
 
 
 def test_thresholds_come_from_the_config() -> None:
@@ -39,13 +48,36 @@ def test_thresholds_come_from_the_config() -> None:
             }
         }
     )
-    exprs = {
-        r["alert"]: r["expr"] for r in yaml.safe_load(render_rules(platform))["groups"][0]["rules"]
-    }
-    assert exprs["ModelP99LatencyHigh"].endswith("_bucket[2m]))) > 0.25")
-    assert exprs["ModelErrorRateHigh"].endswith("(rate(mlops_requests_total[2m])) > 0.01")
-    assert exprs["ChampionTooOld"] == "mlops_monitor_champion_age_days > 30"
-    assert exprs["ModelDrift"] == "mlops_monitor_drifted_features >= 3"
+    exprs = _exprs(platform, [])
+    assert exprs[("ModelP99LatencyHigh", "2m")].endswith('_bucket{model!=""}[2m]))) > 0.25')
+    assert exprs[("ModelErrorRateHigh", "2m")].endswith(
+        '(rate(mlops_requests_total{model!=""}[2m])) > 0.01'
+    )
+    assert exprs[("ChampionTooOld", "")] == "mlops_monitor_champion_age_days > 30"
+    assert exprs[("ModelDrift", "")] == "mlops_monitor_drifted_features >= 3"
+
+
+def test_each_model_alerts_on_the_thresholds_of_its_cloudwatch_alarms() -> None:
+    # The numbers in configs/models/*.yaml that roll a SageMaker update back page here too.
+    models = load_model_configs(ROOT / "configs")
+    rules = yaml.safe_load(render_rules(PlatformConfig(), models))["groups"][0]["rules"]
+    for cfg in models:
+        alarms = cfg.endpoint.deployment.alarms
+        mine = [r for r in rules if f'model="{cfg.name}"' in r["expr"]]
+        assert {r["alert"] for r in mine} == {"ModelP99LatencyHigh", "ModelErrorRateHigh"}
+        held = alarms.period_seconds * alarms.evaluation_periods
+        for rule in mine:
+            assert rule["for"] == f"{held // 60}m"
+            threshold = float(rule["expr"].rsplit(">", 1)[1])
+            expected = (
+                alarms.p99_latency_ms / 1000 if "Latency" in rule["alert"] else alarms.error_rate
+            )
+            assert threshold == pytest.approx(expected), rule
+    # Every other model gets the platform defaults; none is judged by two thresholds.
+    defaults = [r for r in rules if "model!~" in r["expr"]]
+    assert len(defaults) == 2
+    for cfg in models:
+        assert cfg.name in defaults[0]["expr"] and cfg.name in defaults[1]["expr"]
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
