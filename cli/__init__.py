@@ -1,7 +1,7 @@
 """``mlops``: a thin command line over the flows and tasks.
 
     mlops seed [--weeks N] [--append-weeks N] [--drift X] [--corrupt TABLE] [--if-empty]
-    mlops retrain [--model NAME ...] [--force] [--reason TEXT]
+    mlops retrain [--model NAME ...] [--force] [--always-run] [--reason TEXT]
     mlops status [--model NAME ...] [--json]
     mlops rollout MODEL [--version vN]
     mlops rollback MODEL [--to vN]

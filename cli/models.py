@@ -9,20 +9,45 @@ import typer
 from rich.table import Table
 
 from cli.common import ModelOpt, app, console, embedded_prefect, finish, print_serving
-from core.settings import load_settings, prepare_environment
+from core.config import ModelConfig, load_model_configs
+from core.settings import Settings, load_settings, prepare_environment
 
 
 @app.command()
 def retrain(
     model: ModelOpt = None,
     force: Annotated[bool, typer.Option(help="Retrain even without new data.")] = False,
+    always_run: Annotated[
+        bool,
+        typer.Option(
+            "--always-run",
+            help="Start a flow run even when no model has new data (it records them as skipped).",
+        ),
+    ] = False,
     reason: Annotated[str, typer.Option(help="Why this run happens (kept in lineage).")] = "manual",
 ) -> None:
-    """Run the retrain flow (export, validate, train, evaluate, gate, publish, register)."""
+    """Run the retrain flow (export, validate, train, evaluate, gate, publish, register).
+
+    Unless ``--force`` or ``--always-run``, it first asks the source whether any requested
+    model has rows past its last accepted snapshot; when none has, it says so per model and
+    exits 0 without starting Prefect, so no flow run is recorded.
+    """
     settings = prepare_environment()
+    # An unknown model or a bad config stops here, with exit code 2, whichever path follows.
+    cfgs = load_model_configs(settings.config_dir, model or None)
+    console.print(f"store: {settings.store}\nmlflow: {settings.tracking_uri}")
+    if not (force or always_run):
+        idle = _nothing_new(settings, cfgs)
+        if idle is not None:
+            _print_summary(idle)
+            console.print(
+                "no flow run started: no model has new data "
+                "(--always-run records a run anyway, --force retrains)",
+                highlight=False,
+            )
+            return
     from flows.retrain import retrain as retrain_flow
 
-    console.print(f"store: {settings.store}\nmlflow: {settings.tracking_uri}")
     with embedded_prefect():
         state = retrain_flow(models=model or None, force=force, reason=reason, return_state=True)
     summary = state.result(raise_on_failure=False)
@@ -33,6 +58,31 @@ def retrain(
     print_serving(settings)
     if state.is_failed():
         raise typer.Exit(1)
+
+
+def _nothing_new(settings: Settings, cfgs: list[ModelConfig]) -> dict[str, Any] | None:
+    """The summary a run would end with when no requested model has new rows; else ``None``.
+
+    The check is the export's own rule (:func:`tasks.watermark.has_new_rows`), one query per
+    model that stops at the first row, and it imports neither Prefect nor MLflow nor Great
+    Expectations: a run with nothing to do costs the command's imports and those queries,
+    not the ephemeral Prefect API's start. When the store or the source cannot answer (an
+    unreachable database, a missing table), the flow runs and its export reports the error,
+    with its retries, exactly as it would without this check.
+    """
+    from adapters.store import store_from_settings
+    from core.outcome import NO_NEW_DATA, ModelOutcome, headline, summary_rows
+    from tasks.watermark import has_new_rows
+
+    try:
+        store = store_from_settings(settings)
+        if any(has_new_rows(settings.source_url, store, cfg.dataset) for cfg in cfgs):
+            return None
+    except Exception:  # whatever it is, the flow meets it too and reports it as today
+        return None
+    outcomes = [ModelOutcome(cfg.name, "skipped", note=NO_NEW_DATA) for cfg in cfgs]
+    gate_metrics = {cfg.name: list(cfg.gate.metrics) for cfg in cfgs}
+    return {"headline": headline(outcomes), "rows": summary_rows(outcomes, gate_metrics)}
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

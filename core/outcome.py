@@ -7,6 +7,9 @@ from typing import Any, Literal
 
 Status = Literal["promoted", "rejected", "skipped", "failed"]
 
+NO_NEW_DATA = "no new data since the last snapshot (use --force)"
+"""The note of a model skipped for want of new rows: the flow's, and ``mlops retrain``'s own."""
+
 
 @dataclass(frozen=True)
 class ModelOutcome:

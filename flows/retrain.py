@@ -13,7 +13,7 @@ from adapters.registry import Registry
 from adapters.store import store_from_settings
 from adapters.training import open_trainer
 from core.config import load_model_configs
-from core.outcome import ModelOutcome
+from core.outcome import NO_NEW_DATA, ModelOutcome
 from core.settings import load_settings
 from flows.rollout import rollout
 from tasks.export import export_new_data
@@ -44,7 +44,7 @@ def retrain_model(model: str, force: bool = False, reason: str = "scheduled") ->
         settings.source_url, store, cfg, settings.export_chunk_rows, settings.part_rows
     )
     if snapshot is None and not force:
-        return outcome(model, "skipped", note="no new data since the last snapshot (use --force)")
+        return outcome(model, "skipped", note=NO_NEW_DATA)
     new_id = snapshot.snapshot_id if snapshot else None
     window = load_training_window(store, cfg, new_id)
     validate_data(store, cfg, window, new_id)

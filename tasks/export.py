@@ -4,7 +4,8 @@ The export streams: rows arrive in chunks from a server-side cursor, become Arro
 batches with the dataset's explicit schema, and go to a Parquet writer that rolls to a new part
 file every ``part_rows``; memory stays flat whatever the table's size. The parts then become a
 snapshot through :func:`adapters.snapshots.write_snapshot` (the snapshot's keys, manifest and
-watermark are :mod:`adapters.snapshots`').
+watermark are :mod:`adapters.snapshots`'). Which rows are new is :mod:`tasks.watermark`'s rule,
+shared with the check ``mlops retrain`` makes before it starts a flow.
 
 Plain functions first (no Prefect), then thin Prefect tasks for the flows.
 """
@@ -24,16 +25,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from adapters import layout
-from adapters.snapshots import (
-    ARROW_TYPES,
-    SnapshotInfo,
-    arrow_schema,
-    current_watermark,
-    write_snapshot,
-)
-from adapters.source import export_query, mask_url, stream_rows
+from adapters.snapshots import ARROW_TYPES, SnapshotInfo, arrow_schema, write_snapshot
+from adapters.source import mask_url, stream_rows
 from adapters.store import Store
 from core.config import DatasetConfig, ModelConfig
+from tasks.watermark import export_range
 
 log = logging.getLogger(__name__)
 
@@ -165,16 +161,15 @@ def export_snapshot(
     """
     if chunk_rows < 1 or part_rows < 1:
         raise ValueError("chunk_rows and part_rows must be >= 1")
-    watermark = current_watermark(store, dataset.name)
-    sql = export_query(dataset, incremental=watermark is not None)
-    params = {"wm": watermark} if watermark is not None else {}
+    pending = export_range(store, dataset)
+    watermark, sql = pending.watermark, pending.sql
     schema = arrow_schema(dataset)
     wm_range, event_range = _Range(), _Range()
     rows = 0
     with tempfile.TemporaryDirectory(prefix=f"export-{dataset.name}-") as tmp:
         writer = _PartWriter(Path(tmp), schema, part_rows)
         try:
-            with stream_rows(url, sql, params, chunk_rows) as chunks:
+            with stream_rows(url, sql, pending.params, chunk_rows) as chunks:
                 for chunk in chunks:
                     batch = _batch(chunk, dataset, schema)
                     writer.write(batch)

@@ -7,7 +7,7 @@
 Works on SQLite (the embedded default) and PostgreSQL (``postgresql+psycopg://...``).
 """
 
-from adapters.source.read import export_query, recent_rows, stream_rows
+from adapters.source.read import export_query, has_rows, recent_rows, stream_rows
 from adapters.source.schema import (
     create_source_tables,
     mask_url,
@@ -21,6 +21,7 @@ __all__ = [
     "corrupt_source",
     "create_source_tables",
     "export_query",
+    "has_rows",
     "last_monday",
     "mask_url",
     "recent_rows",

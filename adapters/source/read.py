@@ -14,10 +14,31 @@ from adapters.source.schema import gc_paused
 from core.config import DatasetConfig
 
 
-def export_query(dataset: DatasetConfig, incremental: bool) -> str:
-    """The SELECT run by the export: ``dataset.query`` with the watermark predicate and order."""
+def export_query(dataset: DatasetConfig, incremental: bool, *, ordered: bool = True) -> str:
+    """The SELECT run by the export: ``dataset.query`` with the watermark predicate and order.
+
+    ``ordered=False`` leaves the ORDER BY out, for :func:`has_rows`: whether any row matches
+    does not depend on the order, and a database need not sort to answer it.
+    """
     where = f" WHERE {dataset.watermark} > :wm" if incremental else ""
-    return f"{dataset.query}{where} ORDER BY {dataset.watermark}"
+    order = f" ORDER BY {dataset.watermark}" if ordered else ""
+    return f"{dataset.query}{where}{order}"
+
+
+def has_rows(url: str, sql: str, params: dict[str, Any]) -> bool:
+    """Whether ``sql`` returns at least one row; the database stops at the first one.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database cannot be reached or the query fails
+            (a missing table or column), as the export's own query would.
+    """
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            probe = sa.text(f"SELECT 1 FROM ({sql}) AS pending LIMIT 1")
+            return conn.execute(probe, params).first() is not None
+    finally:
+        engine.dispose()
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from adapters.source import corrupt_source, seed_source, source_extent, source_t
 from adapters.store import LocalStore, sha256_file
 from core.config import DatasetConfig
 from tasks.export import export_snapshot
+from tasks.watermark import has_new_rows
 
 pytestmark = pytest.mark.integration
 
@@ -88,9 +89,12 @@ def test_seed_export_append_export(pg: str, tmp_path: Path) -> None:
         same_rows(read_snapshots(store, ds, [info.snapshot_id]), source_frame(pg, ds), ds)
         record_validation(store, ds.name, info.snapshot_id, {"success": True})
         first[model] = info
+    # What `mlops retrain` asks before it starts a flow, on PostgreSQL: nothing new now.
+    assert not any(has_new_rows(pg, store, dataset(model)) for model in MODELS)
 
     extent = source_extent(pg)
     appended = seed_source(pg, today=TODAY, **SMALL)  # one more week
+    assert all(has_new_rows(pg, store, dataset(model)) for model in MODELS)
     assert source_extent(pg)["client_windows"] == extent["client_windows"] + pd.Timedelta(days=7)
     for model in MODELS:
         ds = dataset(model)
