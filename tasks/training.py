@@ -7,6 +7,7 @@ task can also be called from a notebook as ``task.fn(...)`` or directly outside 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import shutil
@@ -29,10 +30,11 @@ from adapters.registry import Registry
 from adapters.snapshots import list_snapshots, read_snapshots
 from adapters.store import Store
 from adapters.versions import verify_version
-from core.config import ModelConfig
+from core.config import ModelConfig, RunnerConfig
 from core.families import Evaluation, TrainingSummary, get_family
 from core.lineage import Lineage
 from tasks import retry_unless_tampered
+from tasks.runners import runner_map
 
 log = logging.getLogger(__name__)
 
@@ -223,9 +225,18 @@ def describe_lineage(cfg: ModelConfig, data: TrainingData, reason: str) -> Linea
 
 @task(name="train-challenger", cache_policy=NO_CACHE)
 def train_challenger(
-    registry: Registry, cfg: ModelConfig, data: TrainingData, lineage: Lineage, work_dir: Path
+    registry: Registry,
+    cfg: ModelConfig,
+    data: TrainingData,
+    lineage: Lineage,
+    work_dir: Path,
+    runner: RunnerConfig | None = None,
 ) -> Challenger:
     """Fit the family on the training window and score it on the holdout, in one MLflow run.
+
+    A family whose ``train`` takes a ``mapper`` (independent parts: a forecaster's services)
+    gets one that runs the parts on ``runner`` (:func:`tasks.runners.runner_map`); without a
+    runner, the builtin ``map``.
 
     Logs the input snapshots (``log_input``: name, store URI, sha256), params, what training
     decided (:meth:`Family.summary`: a forecaster's candidates), holdout metrics, backtest
@@ -251,7 +262,10 @@ def train_challenger(
                 "holdout_start": data.holdout_start,
             }
         )
-        model = family.train(data.train, params, cfg.seed)
+        fan_out = {}
+        if runner is not None and "mapper" in inspect.signature(family.train).parameters:
+            fan_out["mapper"] = runner_map(runner)
+        model = family.train(data.train, params, cfg.seed, **fan_out)
         summary = family.summary(model)
         registry.log_summary(summary.params, summary.metrics, summary.tables)
         evaluation = family.evaluate(model, data.holdout, data.train)
