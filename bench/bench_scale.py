@@ -246,8 +246,13 @@ def run_child(job: str, env: dict[str, str] | None = None, **kwargs: Any) -> dic
         lines = out.read().decode().strip().splitlines()
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{job} {kwargs} failed with exit code {proc.returncode}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    return {**result, "wall": wall, "rss_mb": usage.ru_maxrss / 1024}
+    result: dict[str, Any] = {
+        **json.loads(lines[-1]),
+        "wall": wall,
+        "rss_mb": usage.ru_maxrss / 1024,
+    }
+    sys.stderr.write(f"bench-scale: {job} {json.dumps(kwargs)} -> {json.dumps(result)}\n")
+    return result
 
 
 def flow_env(home: Path, url: str) -> dict[str, str]:
@@ -280,6 +285,30 @@ def measure_size(size: str, work: Path, families: list[str], forecast: bool) -> 
         out["forecast/serial"] = run_child("forecast", url=url, serial=True, workers=1)
         out["forecast/fanned"] = run_child("forecast", url=url, serial=False, workers=2)
     return out
+
+
+def sizes_from_log(path: Path) -> list[dict[str, Any]]:
+    """Rebuild the figures of a run (complete or cut short) from its ``bench-scale:`` lines."""
+    sizes: list[dict[str, Any]] = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("bench-scale: "):
+            continue
+        head, result = line.removeprefix("bench-scale: ").split(" -> ", 1)
+        job, kwargs = head.split(" ", 1)
+        args, res = json.loads(kwargs), json.loads(result)
+        if job == "seed":
+            size = next(k for k, v in SIZES.items() if v == (args["clients"], args["services"]))
+            sizes.append({"size": size, "clients": args["clients"], "services": args["services"]})
+            key = "seed"
+        elif job == "flow":
+            key = f"flow/{args['models'][0]}"
+            key = key.replace("flow/", "again/") if key in sizes[-1] else key
+        elif job == "forecast":
+            key = "forecast/serial" if args["serial"] else "forecast/fanned"
+        else:
+            key = f"{job}/{args['model']}"
+        sizes[-1][key] = res
+    return sizes
 
 
 def machine() -> dict[str, str]:
@@ -328,6 +357,8 @@ def render(meta: dict[str, str], sizes: list[dict[str, Any]]) -> str:
     for s in sizes:
         tag = f"{s['size']} ({s['clients']} clients, {s['services']} services)"
         for model in FAMILIES:
+            if f"export/{model}" not in s:  # a run cut short (--from-log)
+                continue
             rs, ex = s[f"read_sql/{model}"], s[f"export/{model}"]
             lines.append(
                 f"| {tag} | export ÷ read_sql (speed-up) | {model} "
@@ -335,7 +366,9 @@ def render(meta: dict[str, str], sizes: list[dict[str, Any]]) -> str:
                 f"| {ex['seconds']:.1f} s, {ex['rss_mb']:.0f} MB, {ex['rows']:,} rows "
                 f"| {rs['seconds']:.1f} s, {rs['rss_mb']:.0f} MB |"
             )
-            va = s[f"validate/{model}"]
+            va = s.get(f"validate/{model}")
+            if va is None:
+                continue
             lines.append(
                 f"| {tag} | validation GX ÷ pandas | {model} | {_r(va['gx'], va['plain'])} "
                 f"| {va['gx']:.2f} s (ok {va['gx_ok']}) "
@@ -343,6 +376,8 @@ def render(meta: dict[str, str], sizes: list[dict[str, Any]]) -> str:
             )
         for key in [k for k in s if k.startswith("flow/")]:
             model = key.split("/", 1)[1]
+            if f"again/{model}" not in s:
+                continue
             fl, ba, ag = s[key], s[f"bare/{model}"], s[f"again/{model}"]
             stages = ", ".join(
                 f"{name} {sec:.1f}"
@@ -363,7 +398,7 @@ def render(meta: dict[str, str], sizes: list[dict[str, Any]]) -> str:
                 f"| {tag} | no new data | {model} | | {ag['wall']:.1f} s "
                 f"({ag['status'].get(model)}) | target 5 s |"
             )
-        if "forecast/serial" in s:
+        if "forecast/serial" in s and "forecast/fanned" in s:
             se, fa = s["forecast/serial"], s["forecast/fanned"]
             lines.append(
                 f"| {tag} | forecaster serial ÷ fanned out (2 processes) | traffic_forecaster "
@@ -372,7 +407,7 @@ def render(meta: dict[str, str], sizes: list[dict[str, Any]]) -> str:
             )
     if len(sizes) > 1:
         lo, hi = sizes[-2], sizes[-1]
-        for model in FAMILIES:
+        for model in [f for f in FAMILIES if f"export/{f}" in lo and f"export/{f}" in hi]:
             a, b = lo[f"export/{model}"]["rss_mb"], hi[f"export/{model}"]["rss_mb"]
             lines.append(
                 f"| {hi['size']} ÷ {lo['size']} | export peak RSS | {model} | {_r(b, a)} "
@@ -405,10 +440,16 @@ def main() -> int:
     )
     parser.add_argument("--no-forecast", action="store_true", help="Skip serial vs fanned out.")
     parser.add_argument("--json", help="Also write every figure here.")
+    parser.add_argument(
+        "--from-log", help="Write BENCHMARKS.md from a run's stderr (its bench-scale: lines)."
+    )
     args = parser.parse_args()
     if args.child:
         result = CHILDREN[args.child](**json.loads(args.kwargs))
         sys.stdout.write(json.dumps(result, default=str) + "\n")
+        return 0
+    if args.from_log:
+        write_section(render(machine(), sizes_from_log(Path(args.from_log))))
         return 0
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     try:
