@@ -105,6 +105,11 @@ def retrain(
     settings = load_settings()
     cfgs = load_model_configs(settings.config_dir, models or None)
     runner = load_platform_config(settings.config_dir).runner
+    # Create the tracking store and each experiment here, once: the models' processes (process
+    # pool, Dask workers) would otherwise race to create MLflow's SQLite schema and fail.
+    registry = Registry.from_settings(settings)
+    for cfg in cfgs:
+        registry.ensure_experiment(cfg.name)
     outcomes: dict[str, ModelOutcome] = {}
     with task_runner(runner) as pool:
         futures = {
