@@ -38,6 +38,8 @@ FAMILIES = ("abuse_detector", "limit_optimiser", "traffic_forecaster")
 SIZES = {"1x": (200, 5), "10x": (2000, 100), "25x": (5000, 250), "50x": (10000, 500)}
 MARK_START = "<!-- bench-scale:start -->"
 MARK_END = "<!-- bench-scale:end -->"
+RUNNERS_START = "<!-- bench-runners:start -->"
+RUNNERS_END = "<!-- bench-runners:end -->"
 
 
 # --- children: each prints one JSON line ------------------------------------------------------
@@ -287,6 +289,65 @@ def measure_size(size: str, work: Path, families: list[str], forecast: bool) -> 
     return out
 
 
+def runner_configs(work: Path, kind: str) -> Path:
+    """A copy of ``configs/`` whose ``runner:`` is ``kind`` (the rest as shipped)."""
+    dest = work / f"configs-{kind}"
+    if not dest.exists():
+        shutil.copytree(ROOT / "configs", dest)
+        platform_yaml = dest / "platform.yaml"
+        text = platform_yaml.read_text()
+        if "kind: threads " not in text:
+            raise RuntimeError("configs/platform.yaml no longer says 'kind: threads'")
+        platform_yaml.write_text(text.replace("kind: threads ", f"kind: {kind} ", 1))
+    return dest
+
+
+def measure_runners(work: Path, kinds: list[str], rounds: int) -> dict[str, Any]:
+    """``make run``'s retrain (all three models, 1x, no endpoint) under each runner.
+
+    Each round runs every runner once, in turn, on a fresh home over the same source, so a
+    change in the machine's load falls on all of them alike; the figure is the median round.
+    """
+    clients, services = SIZES["1x"]
+    url = f"sqlite:///{work / 'source-runners.db'}"
+    run_child("seed", url=url, clients=clients, services=services)
+    out: dict[str, Any] = {kind: [] for kind in kinds}
+    for round_ in range(rounds):
+        for kind in kinds:
+            env = flow_env(work / f"home-runners-{kind}-{round_}", url)
+            env["MLOPS_CONFIG_DIR"] = str(runner_configs(work, kind))
+            out[kind].append(run_child("flow", env, models=list(FAMILIES)))
+    return out
+
+
+def render_runners(meta: dict[str, str], runs: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of :func:`measure_runners`."""
+    import statistics
+
+    medians = {kind: statistics.median(r["wall"] for r in rounds) for kind, rounds in runs.items()}
+    base = medians.get("threads") or min(medians.values())
+    lines = [
+        "## The retrain under each task runner (`bench_scale.py --runners`)",
+        "",
+        f"`make run`'s retrain of all three models on the 1x source (200 clients, 5 services), "
+        f"no endpoint, each run a fresh home and process; runners alternate, median of "
+        f"{len(next(iter(runs.values())))} rounds. Measured {meta['date']} on {meta['cpu']}, "
+        f"load {meta['load']}, Python {meta['python']}; {meta['versions']}.",
+        "",
+        "| runner | wall s (median) | ÷ threads | every round's wall s | peak RSS MB of the flow's process | statuses |",  # noqa: E501
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, rounds in runs.items():
+        walls = ", ".join(f"{r['wall']:.1f}" for r in rounds)
+        rss = max(r["rss_mb"] for r in rounds)
+        statuses = sorted({s for r in rounds for s in r["status"].values()})
+        lines.append(
+            f"| {kind} | {medians[kind]:.1f} | {_r(medians[kind], base)} | {walls} | "
+            f"{rss:.0f} | {', '.join(statuses)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def sizes_from_log(path: Path) -> list[dict[str, Any]]:
     """Rebuild the figures of a run (complete or cut short) from its ``bench-scale:`` lines."""
     sizes: list[dict[str, Any]] = []
@@ -416,14 +477,14 @@ def render(meta: dict[str, str], sizes: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(section: str) -> None:
+def write_section(section: str, start: str = MARK_START, end: str = MARK_END) -> None:
     """Replace this benchmark's section of BENCHMARKS.md (other sections are kept)."""
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{MARK_START}\n{section}{MARK_END}\n"
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        text = head + block + rest.split(MARK_END, 1)[1].lstrip("\n")
+    block = f"{start}\n{section}{end}\n"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1].lstrip("\n")
     else:
         text = text.rstrip("\n") + "\n\n" + block
     path.write_text(text)
@@ -441,6 +502,10 @@ def main() -> int:
     parser.add_argument("--no-forecast", action="store_true", help="Skip serial vs fanned out.")
     parser.add_argument("--json", help="Also write every figure here.")
     parser.add_argument(
+        "--runners", help="Only the retrain under these runners (threads,process,dask) at 1x."
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="Rounds of --runners.")
+    parser.add_argument(
         "--from-log", help="Write BENCHMARKS.md from a run's stderr (its bench-scale: lines)."
     )
     args = parser.parse_args()
@@ -452,6 +517,13 @@ def main() -> int:
         write_section(render(machine(), sizes_from_log(Path(args.from_log))))
         return 0
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    if args.runners:
+        try:
+            runs = measure_runners(work, args.runners.split(","), args.rounds)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        write_section(render_runners(machine(), runs), RUNNERS_START, RUNNERS_END)
+        return 0
     try:
         sizes = [
             measure_size(size, work, args.flow_models.split(","), not args.no_forecast)
