@@ -40,7 +40,7 @@ MODELS_BY_RUNNER = {
 
 
 def runner_config(kind: str, dask_address: str = "", max_workers: int = 2) -> dict[str, Any]:
-    """The ``configs/`` edits: runner ``kind``, a cheap forecaster and a cheap optimiser."""
+    """The ``configs/`` edits: the runner's kind and workers, one cheap Prophet per service."""
     return {
         "platform.yaml": {
             "kind: threads ": f"kind: {kind} ",
@@ -58,7 +58,6 @@ def runner_config(kind: str, dask_address: str = "", max_workers: int = 2) -> di
             "relative_mae: {direction: lower, floor: 1.0": "relative_mae: {direction: lower, floor: 9",  # noqa: E501
             "smape: {direction: lower, floor: 0.30": "smape: {direction: lower, floor: 2",
         },
-        "models/limit_optimiser.yaml": {"n_estimators: 200": "n_estimators: 40"},
     }
 
 
