@@ -1,9 +1,11 @@
 """A skops archive written canonically: the same fitted estimator gives the same bytes.
 
-``skops.io.dumps`` (0.16) has no reproducible mode, and its zip differs on every call in three
+``skops.io.dumps`` (0.16) has no reproducible mode, and its zip differs on every call in four
 ways that say nothing about the model: each member carries the wall-clock time it was written;
 each array is a member named ``<id(array)>.npy``, and each node of ``schema.json`` records
-``"__id__": id(obj)``, both memory addresses of the saving process. So a model's file, and the
+``"__id__": id(obj)``, both memory addresses of the saving process; and a structured array
+with padding between its fields (scikit-learn's tree nodes: 57 bytes of fields in a 64-byte
+record) is written with whatever the padding bytes held in memory. So a model's file, and the
 ``model_contents_sha256`` of every version that holds it, changed from one save to the next,
 and the same training run under two task runners published different bytes.
 
@@ -11,8 +13,9 @@ and the same training run under two task runners published different bytes.
 in the order ``schema.json`` first mentions them (skops writes the schema in the estimator's
 attribute order, so that order is the model's, not the process's), equal ids stay equal (skops
 uses them to rebuild shared objects once), and every member gets a fixed timestamp and
-permissions. Loading is skops' own ``load`` with its trusted-types audit, unchanged: the
-rewrite changes only names, never a node's type or an array's bytes.
+permissions; a structured array is written again from a zero-filled copy of its fields. Loading
+is skops' own ``load`` with its trusted-types audit, unchanged: the rewrite changes names and
+padding only, never a node's type or a field's value.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import json
 import zipfile
 from pathlib import PurePosixPath
 from typing import Any
+
+import numpy as np
 
 SCHEMA = "schema.json"
 """skops' table of contents inside the archive."""
@@ -36,6 +41,21 @@ def _member(name: str) -> zipfile.ZipInfo:
     info.create_system = 3  # Unix, whichever system wrote it
     info.external_attr = _MODE
     return info
+
+
+def _zero_padding(body: bytes) -> bytes:
+    """An ``.npy`` member again, with the padding of a structured dtype zeroed (else as is)."""
+    array = np.load(io.BytesIO(body), allow_pickle=False)
+    if array.dtype.names is None:
+        return body
+    # np.zeros is zero-filled memory, padding included; copy field by field, not the records.
+    fortran = array.flags.f_contiguous and not array.flags.c_contiguous
+    clean = np.zeros(array.shape, dtype=array.dtype, order="F" if fortran else "C")
+    for name in array.dtype.names:
+        clean[name] = array[name]
+    out = io.BytesIO()
+    np.save(out, clean, allow_pickle=False)
+    return out.getvalue()
 
 
 def _renumber(node: Any, ids: dict[int, int], files: dict[str, str]) -> None:
@@ -81,6 +101,9 @@ def canonical_skops(data: bytes) -> bytes:
         out = io.BytesIO()
         with zipfile.ZipFile(out, "w") as dst:
             for old, new in sorted(files.items(), key=lambda pair: pair[1]):
-                dst.writestr(_member(new), src.read(old))
+                body = src.read(old)
+                if new.endswith(".npy"):
+                    body = _zero_padding(body)
+                dst.writestr(_member(new), body)
             dst.writestr(_member(SCHEMA), json.dumps(schema, indent=2))
     return out.getvalue()
