@@ -264,6 +264,8 @@ def flow_env(home: Path, url: str) -> dict[str, str]:
         "MLOPS_DATABASE_URL": url,
         "MLOPS_ENDPOINT_TARGET": "none",
         "MLOPS_CONFIG_DIR": str(ROOT / "configs"),
+        # The ephemeral API's start took over Prefect's default wait on a loaded shared machine.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     }
 
 
