@@ -176,11 +176,14 @@ def child_flow(models: list[str]) -> dict[str, Any]:
     summary = state.result(raise_on_failure=False)
 
     async def stages() -> dict[str, float]:
-        async with get_client() as client:
-            runs = await client.read_task_runs(
+        runs: list[Any] = []
+        async with get_client() as client:  # the API returns at most 200 runs a page
+            while page := await client.read_task_runs(
                 task_run_filter=TaskRunFilter(start_time=TaskRunFilterStartTime(after_=started)),
-                limit=1000,
-            )
+                limit=200,
+                offset=len(runs),
+            ):
+                runs += page
         out: dict[str, float] = {}
         for run in runs:
             if run.start_time and run.end_time:
