@@ -10,10 +10,13 @@ define stage
 	@$(2) || { echo "make: stage '$(1)' failed" >&2; exit 1; }
 endef
 
+# A literal comma for $(or ...) and $(if ...) arguments.
+, := ,
+
 # The stages of `make test` run in the order listed and stop at the first failure, even under -j.
 .NOTPARALLEL:
 
-.PHONY: help install run test test-unit lint typecheck seed status mlflow-ui server deploy worker clean bench bench-serving bench-forecast bench-metrics
+.PHONY: help install run test test-unit lint typecheck seed status mlflow-ui server deploy worker clean bench bench-serving bench-forecast bench-metrics bench-scale bench-runners
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -62,7 +65,15 @@ worker: install ## A worker on the process pool (needs PREFECT_API_URL; runs inh
 	@test -n "$$PREFECT_API_URL" || { echo "set PREFECT_API_URL (for example http://127.0.0.1:4200/api)"; exit 2; }
 	$(UV) run prefect worker start --pool intelli-rate-process
 
-bench: bench-serving bench-forecast ## Every benchmark; figures go to BENCHMARKS.md
+bench: bench-serving bench-forecast bench-scale bench-runners ## Every benchmark; figures go to BENCHMARKS.md
+
+# SIZES=1x,10x,50x (default) or a subset; FLOW_MODELS=a,b to run fewer families as flow and bare.
+bench-scale: install ## The retrain against the bare script at 1x, 10x, 50x the data (~20 min idle)
+	PYTHONPATH=$(CURDIR) $(UV) run python bench/bench_scale.py --sizes $(or $(SIZES),1x$(,)10x$(,)50x) \
+	  $(if $(FLOW_MODELS),--flow-models $(FLOW_MODELS))
+
+bench-runners: install ## make run's retrain under threads, process pool and Dask, alternating (~10 min)
+	PYTHONPATH=$(CURDIR) $(UV) run python bench/bench_scale.py --runners threads,process,dask --rounds $(or $(ROUNDS),3)
 
 # BASELINE=<git revision> also measures that revision (a temporary worktree) for ratios, with
 # BASELINE_PYTHON=<a venv's python synced from that revision's lock> for its own libraries.

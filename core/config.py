@@ -466,6 +466,28 @@ class MonitorPolicy(Strict):
     )
 
 
+class RunnerConfig(Strict):
+    """Where independent work runs: the three families of a retrain, a forecaster's services.
+
+    ``threads`` and ``process`` run on the machine of the flow (Prefect's
+    ``ThreadPoolTaskRunner`` and ``ProcessPoolTaskRunner``); ``dask`` runs on a Dask cluster
+    through prefect-dask's ``DaskTaskRunner``: the scheduler at ``dask_address``, or a
+    ``LocalCluster`` of ``max_workers`` single-threaded worker processes when it is empty.
+    """
+
+    kind: Literal["threads", "process", "dask"] = Field(
+        default="threads", description="threads, process (a process pool) or dask."
+    )
+    max_workers: int = Field(
+        default=2, ge=1, le=256, description="Threads, processes or LocalCluster workers."
+    )
+    dask_address: str = Field(
+        default="",
+        pattern=r"^$|^(tcp|tls|inproc|ucx)://\S+$",
+        description="Scheduler of an existing Dask cluster; empty: a LocalCluster per run.",
+    )
+
+
 class PlatformConfig(Strict):
     """Settings shared by every model: ``configs/platform.yaml``."""
 
@@ -478,6 +500,7 @@ class PlatformConfig(Strict):
     pricing: PricingConfig = PricingConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     monitor: MonitorPolicy = MonitorPolicy()
+    runner: RunnerConfig = RunnerConfig()
 
 
 def load_platform_config(config_dir: Path) -> PlatformConfig:

@@ -1,24 +1,29 @@
 """Weekly retrain: export, validate, train, evaluate, gate, publish, register, roll out.
 
 Each model runs as its own subflow, so one model failing (bad data, a crash) or being rejected
-by its gate does not stop the others; the parent ends with one summary of all of them.
+by its gate does not stop the others; the parent ends with one summary of all of them. The
+models are independent, so each subflow is a task submitted to the task runner that
+``runner:`` in ``configs/platform.yaml`` names (threads, a process pool, or a Dask cluster):
+they run at once, and a forecaster's services fan out over the same kind of runner.
 """
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
 from adapters.registry import Registry
 from adapters.store import store_from_settings
 from adapters.training import open_trainer
-from core.config import load_model_configs
+from core.config import load_model_configs, load_platform_config
 from core.outcome import NO_NEW_DATA, ModelOutcome
 from core.settings import load_settings
 from flows.rollout import rollout
 from tasks.export import export_new_data
 from tasks.promotion import decide_promotion, publish_model, register_model
 from tasks.report import outcome, outcome_of, summarise_run
+from tasks.runners import settle, task_runner
 from tasks.training import (
     describe_lineage,
     load_training_window,
@@ -31,9 +36,14 @@ from tasks.validate import validate_data
 
 @flow(name="retrain-model", flow_run_name="retrain-{model}")
 def retrain_model(model: str, force: bool = False, reason: str = "scheduled") -> ModelOutcome:
-    """Run the whole path for one model; return its outcome."""
+    """Run the whole path for one model; return its outcome.
+
+    The family's independent parts (a forecaster's services) run on the ``runner:`` of
+    ``platform.yaml``, the same kind of runner the parent runs the models on.
+    """
     settings = load_settings()
     (cfg,) = load_model_configs(settings.config_dir, [model])
+    runner = load_platform_config(settings.config_dir).runner
     store, registry, work = (
         store_from_settings(settings),
         Registry.from_settings(settings),
@@ -52,7 +62,7 @@ def retrain_model(model: str, force: bool = False, reason: str = "scheduled") ->
 
     lineage = describe_lineage(cfg, data, reason)
     trainer = open_trainer(settings, cfg, store)  # None: train in this process
-    challenger = train_challenger(registry, cfg, data, lineage, work, trainer)
+    challenger = train_challenger(registry, cfg, data, lineage, work, trainer, runner)
     champion = score_champion(store, cfg, data, work)
     decision = decide_promotion(registry, cfg, challenger, champion)
     if not decision.promote:
@@ -68,6 +78,21 @@ def retrain_model(model: str, force: bool = False, reason: str = "scheduled") ->
     return outcome(model, "promoted", note, challenger, champion, decision, published, registered)
 
 
+@task(name="run-model", task_run_name="run-{model}", cache_policy=NO_CACHE)
+def run_model(model: str, force: bool, reason: str) -> ModelOutcome:
+    """One model's subflow as a task, so the parent's task runner can run the models at once."""
+    return outcome_of(model, retrain_model(model, force, reason, return_state=True))
+
+
+def outcome_of_task(model: str, state: State) -> ModelOutcome:
+    """The outcome a model's task returned; a task that crashed (a lost worker) is ``failed``."""
+    if state.is_completed():
+        result = state.result()
+        if isinstance(result, ModelOutcome):
+            return result
+    return outcome_of(model, state)
+
+
 @flow(name="retrain")
 def retrain(
     models: list[str] | None = None, force: bool = False, reason: str = "scheduled"
@@ -81,11 +106,22 @@ def retrain(
     """
     settings = load_settings()
     cfgs = load_model_configs(settings.config_dir, models or None)
-    states = {
-        cfg.name: retrain_model(cfg.name, force=force, reason=reason, return_state=True)
-        for cfg in cfgs
-    }
-    summary = summarise_run(cfgs, [outcome_of(name, state) for name, state in states.items()])
+    runner = load_platform_config(settings.config_dir).runner
+    # Create the tracking store and each experiment here, once: the models' processes (process
+    # pool, Dask workers) would otherwise race to create MLflow's SQLite schema and fail.
+    registry = Registry.from_settings(settings)
+    for cfg in cfgs:
+        registry.ensure_experiment(cfg.name)
+    outcomes: dict[str, ModelOutcome] = {}
+    with task_runner(runner) as pool:
+        futures = {
+            pool.submit(run_model, {"model": cfg.name, "force": force, "reason": reason}): cfg.name
+            for cfg in cfgs
+        }
+        for future in settle(list(futures)):
+            name = futures[future]
+            outcomes[name] = outcome_of_task(name, future.state)
+    summary = summarise_run(cfgs, [outcomes[cfg.name] for cfg in cfgs])
     failed = [o for o in summary["models"] if o["status"] == "failed"]
     if failed:
         # The state message is what notifications carry: name the model and the reason.

@@ -7,6 +7,7 @@ task can also be called from a notebook as ``task.fn(...)`` or directly outside 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import shutil
@@ -30,10 +31,11 @@ from adapters.snapshots import list_snapshots, read_snapshots
 from adapters.store import Store
 from adapters.training.sagemaker_job import SageMakerTrainer, TrainingJobFailed
 from adapters.versions import verify_version
-from core.config import ModelConfig
+from core.config import ModelConfig, RunnerConfig
 from core.families import Evaluation, Family, TrainingSummary, get_family
 from core.lineage import Lineage
 from tasks import retry_unless_tampered
+from tasks.runners import runner_map
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +231,13 @@ def fit(
     params: Any,
     trainer: SageMakerTrainer | None,
     work_dir: Path,
+    runner: RunnerConfig | None = None,
 ) -> tuple[Any, Path | None, str | None]:
     """Train where ``cfg.training.target`` says: in this process, or as a training job.
+
+    In this process, a family whose ``train`` takes a ``mapper`` (independent parts: a
+    forecaster's services) gets one that runs the parts on ``runner``
+    (:func:`tasks.runners.runner_map`); without a runner, the builtin ``map``.
 
     Returns:
         ``(model, model files, job name)``: files and job name only from a training job,
@@ -240,7 +247,10 @@ def fit(
         ValueError: the target is ``sagemaker`` and no trainer was given.
     """
     if cfg.training.target == "local":
-        return family.train(data.train, params, cfg.seed), None, None
+        fan_out = {}
+        if runner is not None and "mapper" in inspect.signature(family.train).parameters:
+            fan_out["mapper"] = runner_map(runner)
+        return family.train(data.train, params, cfg.seed, **fan_out), None, None
     if trainer is None:
         raise ValueError(
             f"{cfg.name}: training.target is {cfg.training.target} but no trainer was given "
@@ -278,6 +288,7 @@ def train_challenger(
     lineage: Lineage,
     work_dir: Path,
     trainer: SageMakerTrainer | None = None,
+    runner: RunnerConfig | None = None,
 ) -> Challenger:
     """Fit the family on the training window and score it on the holdout, in one MLflow run.
 
@@ -285,7 +296,8 @@ def train_challenger(
     decided (:meth:`Family.summary`: a forecaster's candidates), holdout metrics, backtest
     metrics, plots and the model; the model's files go to a new scratch directory under
     ``work_dir``. With ``training.target: sagemaker`` the fit runs as a SageMaker training job
-    (``trainer``, see :func:`fit`); everything after it is the same.
+    (``trainer``, see :func:`fit`); everything after it is the same. In this process a
+    forecaster's services fan out over ``runner`` (see :func:`fit`).
     """
     family = get_family(cfg.family)
     params = family.Params.model_validate(cfg.params)
@@ -306,7 +318,7 @@ def train_challenger(
                 "holdout_start": data.holdout_start,
             }
         )
-        model, trained_dir, job = fit(family, cfg, data, params, trainer, work_dir)
+        model, trained_dir, job = fit(family, cfg, data, params, trainer, work_dir, runner)
         if job:
             registry.set_tag("training.job", job)
         summary = family.summary(model)

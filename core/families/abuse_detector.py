@@ -34,6 +34,7 @@ from core.families import (
     pyfunc_model,
 )
 from core.families import metrics as m
+from core.families.skops_archive import canonical_skops
 
 FEATURES: dict[str, str] = {
     "requests": "int64",
@@ -297,11 +298,16 @@ class AbuseDetector(Family):
         return Evaluation(metrics=metrics, figures={"score_distribution.png": figure})
 
     def save(self, model: AbuseModel, directory: Path) -> None:
-        """Write ``model.skops`` (no pickle) and ``family.json``."""
+        """Write ``model.skops`` (no pickle) and ``family.json``.
+
+        The skops archive is written canonically (:func:`canonical_skops`): the same fitted
+        estimator gives the same bytes, so a version's contents hash depends on the model, not
+        on when or in which process it was saved.
+        """
         import sklearn
         import skops.io
 
-        skops.io.dump(model.estimator, directory / MODEL_FILE)
+        (directory / MODEL_FILE).write_bytes(canonical_skops(skops.io.dumps(model.estimator)))
         index = {
             "family": self.name,
             "format": "skops",

@@ -21,9 +21,10 @@ in-sample MAE on the history, ``baseline_smape`` its own sMAPE on the holdout.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -61,6 +62,9 @@ from core.families.forecast_model import (
     _series,
     backtest_summary,
 )
+
+Mapper = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
+"""The builtin ``map``'s shape: how :meth:`TrafficForecaster.train` runs its services."""
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +127,15 @@ class TrafficForecaster(Family):
         init |= {name: warm.params[name][0] for name in ("delta", "beta")}
         return model.fit(df, seed=seed, init=init)
 
-    def train(self, frame: pd.DataFrame, params: Any, seed: int) -> ForecastModel:
+    def train(
+        self, frame: pd.DataFrame, params: Any, seed: int, mapper: Mapper = map
+    ) -> ForecastModel:
         """Choose and fit one forecaster per service on the training window.
+
+        The services are independent: ``mapper`` (the builtin ``map`` by default; the training
+        task passes one that fans out over the configured Prefect task runner) applies
+        :meth:`_fit_service` to each ``(service, rows)``; results come back in the same order,
+        so the model is the same whichever runner fitted it.
 
         Raises:
             ValueError: bad columns, a service with fewer than two days of hours, or a service
@@ -136,16 +147,31 @@ class TrafficForecaster(Family):
         if not series:
             raise ValueError("traffic_forecaster: no training rows")
         dates = _holiday_dates(frame)
-        models: dict[str, Any] = {}
-        table: list[dict[str, Any]] = []
         for service, df in series.items():
             if len(df) < 48:
                 raise ValueError(
                     f"traffic_forecaster: service {service!r} has {len(df)} hours; need >= 48"
                 )
-            models[service], rows = self._choose(service, df, p, dates, seed)
-            table += [r.to_dict() for r in rows]
+        fit = functools.partial(self._fit_service, p=p, dates=dates, seed=seed)
+        models: dict[str, Any] = {}
+        table: list[dict[str, Any]] = []
+        for service, (fitted, rows) in zip(series, mapper(fit, series.items()), strict=True):
+            models[service] = fitted
+            table += rows
         return ForecastModel(models, sorted(dates), p.model_dump(mode="json"), table)
+
+    def _fit_service(
+        self,
+        item: tuple[str, pd.DataFrame],
+        p: TrafficForecasterParams,
+        dates: set[str],
+        seed: int,
+    ) -> tuple[Any, list[dict[str, Any]]]:
+        """One service's chosen, fitted forecaster and its candidates' rows (picklable)."""
+        _quiet()
+        service, df = item
+        fitted, rows = self._choose(service, df, p, dates, seed)
+        return fitted, [r.to_dict() for r in rows]
 
     def _fitters(
         self,

@@ -7,9 +7,13 @@ that learned anything scores clearly better than chance, one that learned nothin
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import subprocess
 import sys
+import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -446,6 +450,66 @@ def test_save_load_round_trip_predicts_the_same(
     assert scored == case.family.evaluate(models[name], case.holdout, case.train).metrics
     # Every metric a gate may name (checked at config load) is one evaluate reports.
     assert case.family.gate_metrics <= set(scored)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_saving_the_same_model_twice_writes_the_same_bytes(
+    name: str,
+    cases: dict[str, Case],
+    models: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A version's contents hash must depend on the model alone: the same fitted model saved
+    # by another process (other memory addresses: a deep copy) a day later (the clock moved)
+    # gives the same files, so every task runner publishes the same bytes.
+    case = cases[name]
+    (first := tmp_path / "first").mkdir()
+    case.family.save(models[name], first)
+    later = time.time() + 86_400
+    monkeypatch.setattr(time, "time", lambda: later)
+    (second := tmp_path / "second").mkdir()
+    case.family.save(copy.deepcopy(models[name]), second)
+    files = sorted(p.name for p in first.iterdir())
+    assert files == sorted(p.name for p in second.iterdir())
+    for file in files:
+        assert (first / file).read_bytes() == (second / file).read_bytes(), file
+    # What was written canonically still loads and predicts the same.
+    pd.testing.assert_frame_equal(
+        case.family.predict(case.family.load(second), case.holdout),
+        case.family.predict(models[name], case.holdout),
+    )
+
+
+def test_abuse_detector_file_passes_the_same_trusted_types_audit(
+    cases: dict[str, Case], models: dict[str, Any], tmp_path: Path
+) -> None:
+    import skops.io
+    from skops.io.exceptions import UntrustedTypesFoundException
+
+    from core.families.abuse_detector import MODEL_FILE, TRUSTED_TYPES
+
+    # The rewrite renames members and ids only: skops' audit finds exactly the types the
+    # loader trusts, and a file whose trust list is not given is still refused.
+    cases["abuse_detector"].family.save(models["abuse_detector"], tmp_path)
+    assert skops.io.get_untrusted_types(file=tmp_path / MODEL_FILE) == TRUSTED_TYPES
+    with pytest.raises(UntrustedTypesFoundException):
+        skops.io.load(tmp_path / MODEL_FILE)
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [({"model.json": b"{}"}, "no schema.json"), ({"schema.json": b"{}", "x.npy": b""}, "x.npy")],
+)
+def test_a_foreign_archive_is_refused_by_name(members: dict[str, bytes], message: str) -> None:
+    from core.families.skops_archive import canonical_skops
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for member, body in members.items():
+            archive.writestr(member, body)
+    with pytest.raises(ValueError, match=message):
+        canonical_skops(buffer.getvalue())
 
 
 @pytest.mark.parametrize("name", FAMILIES)

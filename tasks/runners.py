@@ -1,0 +1,126 @@
+"""Where independent work runs: Prefect's task runners, chosen by ``runner:`` in platform.yaml.
+
+Two fan-outs use them: the retrain's three families (:func:`task_runner`, in the flow) and a
+forecaster's per-service fits (:func:`runner_map`, a ``map`` the training task hands to the
+family). Both go through Prefect's own runners, so every unit of work is a task run in the UI
+with Prefect's retries and context, and the same code runs on threads, a process pool or a
+Dask cluster (prefect-dask).
+
+Prefect issue #15442: Dask keeps a finished task's result on the worker that ran it while a
+future refers to it, and recomputes the task when that worker dies. :func:`settle` takes each
+result as it arrives and releases the Dask future at once, so a worker lost later in the run
+cannot make a finished family train (or publish) again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+
+from core.config import RunnerConfig
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+Mapper = Callable[[Callable[[T], R], Iterable[T]], Iterable[R]]
+"""What the builtin ``map`` is: apply a function to each item, results in the items' order."""
+
+
+def task_runner(cfg: RunnerConfig) -> TaskRunner[Any]:
+    """A fresh, unstarted Prefect task runner for ``cfg`` (use it as a context manager)."""
+    if cfg.kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=cfg.max_workers)
+    if cfg.kind == "process":
+        return ProcessPoolTaskRunner(max_workers=cfg.max_workers)
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.dask_address:
+        return DaskTaskRunner(address=cfg.dask_address)
+    # One thread per worker process: the model code holds the GIL, so threads would not add
+    # cores; processes also let a lost worker be replaced by the nanny.
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": cfg.max_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        }
+    )
+
+
+def release(future: PrefectFuture[Any]) -> None:
+    """Drop a finished Dask future's hold on its result (no-op for other runners' futures)."""
+    wrapped = getattr(future, "wrapped_future", None)
+    if wrapped is not None and hasattr(wrapped, "release"):
+        wrapped.release()
+
+
+def settle(futures: list[PrefectFuture[Any]]) -> Iterator[PrefectFuture[Any]]:
+    """Yield each future once it is final, releasing its Dask result first (issue #15442).
+
+    The caller reads ``future.state``: the final state stays on the Prefect future after the
+    Dask future is released.
+    """
+    for future in as_completed(futures):
+        future.wait()
+        release(future)
+        yield future
+
+
+@task(name="fan-out-part", cache_policy=NO_CACHE)
+def _apply(fn: Callable[[Any], Any], item: Any) -> Any:
+    return fn(item)
+
+
+@contextmanager
+def _nested_runner(cfg: RunnerConfig) -> Iterator[TaskRunner[Any]]:
+    """A runner for work submitted from inside a task: on a Dask worker, the same cluster."""
+    if cfg.kind != "dask":
+        with task_runner(cfg) as runner:
+            yield runner
+        return
+    import distributed
+    from prefect_dask import DaskTaskRunner
+
+    try:
+        worker = distributed.get_worker()
+    except ValueError:  # not on a Dask worker (a notebook, a test): a cluster of its own
+        with task_runner(cfg) as runner:
+            yield runner
+        return
+    with DaskTaskRunner(address=worker.scheduler.address) as runner:
+        # Give this worker's thread back to the cluster while the parts run (Dask's own
+        # "tasks launching tasks" rule): otherwise a busy cluster waits on itself.
+        distributed.secede()
+        try:
+            yield runner
+        finally:
+            distributed.rejoin()
+
+
+def runner_map(cfg: RunnerConfig) -> Mapper[Any, Any]:
+    """A ``map`` that runs each call as a Prefect task on the configured runner.
+
+    Results come back in the items' order; the first part that failed raises its error after
+    every part has finished (nothing is left running). One item, or one worker, runs inline.
+    """
+
+    def mapper(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        todo = list(items)
+        if len(todo) < 2 or cfg.max_workers < 2:
+            return [fn(item) for item in todo]
+        with _nested_runner(cfg) as runner:
+            futures = [runner.submit(_apply, {"fn": fn, "item": item}) for item in todo]
+            for _ in settle(futures):
+                pass
+            return [future.result() for future in futures]
+
+    return mapper
