@@ -15,6 +15,7 @@ cannot make a finished family train (or publish) again.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from core.config import RunnerConfig
+from core.settings import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +36,24 @@ Mapper = Callable[[Callable[[T], R], Iterable[T]], Iterable[R]]
 """What the builtin ``map`` is: apply a function to each item, results in the items' order."""
 
 
+def _project_first() -> None:
+    """Put the project's root first on ``sys.path``, for the processes a runner starts.
+
+    Pool processes and LocalCluster workers start with this process's ``sys.path``.
+    ``mlflow.pyfunc.load_model`` prepends a loaded model's code directory (a partial copy of
+    ``core/`` holding only what the model imports) and never removes it, so after a notebook or
+    a test loaded a champion, a child would import that ``core`` and miss ``core.config``.
+    """
+    root = str(PROJECT_ROOT)
+    if sys.path[:1] != [root]:
+        sys.path[:] = [root, *(p for p in sys.path if p != root)]
+
+
 def task_runner(cfg: RunnerConfig) -> TaskRunner[Any]:
     """A fresh, unstarted Prefect task runner for ``cfg`` (use it as a context manager)."""
     if cfg.kind == "threads":
         return ThreadPoolTaskRunner(max_workers=cfg.max_workers)
+    _project_first()
     if cfg.kind == "process":
         return ProcessPoolTaskRunner(max_workers=cfg.max_workers)
     from prefect_dask import DaskTaskRunner

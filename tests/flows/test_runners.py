@@ -116,6 +116,12 @@ def test_retrain_under_runner(
 ) -> None:
     models = MODELS_BY_RUNNER[kind]
     settings = start_home(monkeypatch, tmp_path, runner_config(kind))
+    # What mlflow.pyfunc.load_model leaves behind (a notebook that loaded the champion, or an
+    # earlier test): the model's code directory, a partial copy of core/, first on sys.path.
+    shipped = tmp_path / "mlflow-model-code"
+    (shipped / "core").mkdir(parents=True)
+    (shipped / "core" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(shipped))
     state = retrain(models=models, reason=f"runner {kind}", return_state=True)
     by_runner[kind] = record_promoted(state, settings, models)
 
