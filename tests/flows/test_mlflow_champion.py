@@ -56,6 +56,15 @@ class Champions:
     work: Path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_sys_path() -> Iterator[None]:
+    """``mlflow.pyfunc.load_model`` prepends each model's code directory to ``sys.path`` for
+    good; put it back after this module, so later tests' child processes import the project."""
+    saved = list(sys.path)
+    yield
+    sys.path[:] = saved
+
+
 @pytest.fixture(scope="module")
 def champions(tmp_path_factory: pytest.TempPathFactory, prefect_api: None) -> Iterator[Champions]:
     """v1 of every model, promoted: serving on the local endpoint and aliased ``champion``."""
