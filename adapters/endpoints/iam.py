@@ -1,7 +1,8 @@
 """The SageMaker execution role: least-privilege policy documents as data, and an idempotent ensure.
 
 SageMaker assumes this role to pull the serving image, read the model from the store, write
-captured requests back to the store, and send logs and metrics to CloudWatch. The documents are
+captured requests back to the store, run the project's training jobs (read a job's channel, write
+its model) and send logs and metrics to CloudWatch. The documents are
 built by pure functions (tested without AWS); :func:`ensure_role` creates the role or brings an
 existing one up to date, so running it on every deploy is safe.
 
@@ -15,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.layout import MODELS
+from adapters.layout import MODELS, TRAINING_JOBS
 
 POLICY_VERSION = "2012-10-17"
 ROLE_SUFFIX = "sagemaker-execution"
@@ -122,6 +123,7 @@ def permission_policy(
     bucket_arn = f"arn:aws:s3:::{store.bucket}"
     models = store.key(MODELS)
     capture = store.key("datacapture")
+    jobs = store.key(TRAINING_JOBS)
     statements: list[dict[str, Any]] = [
         {
             # model.tar.gz (or the unpacked S3Prefix) of every published version; nothing else.
@@ -146,6 +148,28 @@ def permission_policy(
             "Resource": [f"{bucket_arn}/{capture}/*"],
         },
         {
+            # A training job (adapters.training) reads its channel and writes model.tar.gz
+            # under its own training-jobs/{job}/ prefix; nothing else of the store.
+            "Sid": "ReadTrainingChannels",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject"],
+            "Resource": [f"{bucket_arn}/{jobs}/*/input/*"],
+        },
+        {
+            # File mode lists the channel's S3Prefix before downloading it.
+            "Sid": "ListTrainingChannels",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": [bucket_arn],
+            "Condition": {"StringLike": {"s3:prefix": [f"{jobs}/*/input/*"]}},
+        },
+        {
+            "Sid": "WriteTrainingOutput",
+            "Effect": "Allow",
+            "Action": ["s3:PutObject"],
+            "Resource": [f"{bucket_arn}/{jobs}/*/output/*"],
+        },
+        {
             "Sid": "ContainerLogs",
             "Effect": "Allow",
             "Action": [
@@ -154,7 +178,10 @@ def permission_policy(
                 "logs:PutLogEvents",
                 "logs:DescribeLogStreams",
             ],
-            "Resource": [f"arn:aws:logs:{region}:*:log-group:/aws/sagemaker/Endpoints/*"],
+            "Resource": [
+                f"arn:aws:logs:{region}:*:log-group:/aws/sagemaker/Endpoints/*",
+                f"arn:aws:logs:{region}:*:log-group:/aws/sagemaker/TrainingJobs*",
+            ],
         },
         {
             # PutMetricData has no resource-level permissions; the namespace condition narrows it.
@@ -198,6 +225,41 @@ def permission_policy(
             key["Condition"] = {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}}
         statements.append(key)
     return {"Version": POLICY_VERSION, "Statement": statements}
+
+
+def project_role(
+    iam: Any,
+    sts: Any,
+    project_tag: str,
+    store_uri: str,
+    *,
+    region: str,
+    serving_image: str | None,
+    kms_key_id: str | None = None,
+) -> str:
+    """The project's execution role, created or brought up to date; its ARN.
+
+    One role serves the endpoints and the training jobs (:func:`permission_policy`); only
+    SageMaker acting for this account may assume it (the confused deputy).
+
+    Raises:
+        RoleError: the store is not on S3, the image is not in ECR, or STS or IAM refused.
+    """
+    permissions = permission_policy(
+        store_uri, region=region, serving_image=serving_image, kms_key_id=kms_key_id
+    )
+    if sts is None:
+        raise RoleError(
+            "no STS client: the role's trust policy needs this account's id "
+            "(aws:SourceAccount); build the client with from_settings"
+        )
+    return ensure_role(
+        iam,
+        role_name(project_tag),
+        trust_policy(caller_account(sts)),
+        permissions,
+        {"project": project_tag},
+    )
 
 
 def caller_account(sts: Any) -> str:

@@ -164,17 +164,31 @@ class SageMakerTrainer:
         from adapters.aws import aws_clients
 
         clients = aws_clients(
-            ("sagemaker", "logs"),
+            ("sagemaker", "logs", "iam", "sts"),
             profile=settings.aws_profile,
             region=settings.aws_region,
             endpoint_url=settings.aws_endpoint_url,
         )
+        role_arn = settings.sagemaker_role_arn
+        if not role_arn and settings.serving_image and settings.store.startswith("s3://"):
+            from adapters.endpoints.iam import project_role
+
+            # The endpoints' role: its policy covers the training-jobs/ prefix too.
+            role_arn = project_role(
+                clients["iam"],
+                clients["sts"],
+                platform.project_tag,
+                settings.store.rstrip("/"),
+                region=settings.aws_region,
+                serving_image=settings.serving_image,
+                kms_key_id=settings.kms_key_id,
+            )
         return cls(
             sagemaker=clients["sagemaker"],
             logs=clients["logs"],
             store=store,
             image=settings.serving_image,
-            role_arn=settings.sagemaker_role_arn,
+            role_arn=role_arn,
             project_tag=platform.project_tag,
             poll_seconds=max(settings.sagemaker_poll_seconds, 0.05),
         )
@@ -246,11 +260,15 @@ class SageMakerTrainer:
         described = self._wait(name, cfg.training.max_runtime_seconds)
         lines = self.job_logs(name)
         status = str(described.get("TrainingJobStatus"))
-        if status != "Completed":
-            raise TrainingJobFailed(name, status, str(described.get("FailureReason") or ""), lines)
-        artifacts = str(described["ModelArtifacts"]["S3ModelArtifacts"])
-        tarball = self.store.get_file(self._store_key(artifacts), scratch / MODEL_TARBALL)
-        model_dir = extract_tarball(tarball, scratch / "model")
+        try:
+            if status != "Completed":
+                reason = str(described.get("FailureReason") or "")
+                raise TrainingJobFailed(name, status, reason, lines)
+            artifacts = str(described["ModelArtifacts"]["S3ModelArtifacts"])
+            tarball = self.store.get_file(self._store_key(artifacts), scratch / MODEL_TARBALL)
+            model_dir = extract_tarball(tarball, scratch / "model")
+        finally:
+            self._forget(name)
         return TrainingJobResult(
             job_name=name,
             model_dir=model_dir,
@@ -262,16 +280,40 @@ class SageMakerTrainer:
     def _pick_name(self, base: str) -> tuple[str, dict[str, Any] | None]:
         """The job to follow or start: ``base``, or ``base-2``... after failed attempts.
 
-        The same inputs give the same ``base``: a job of that name still running or completed
-        is followed (a retried task starts no second job). SageMaker never reuses a name, so a
-        job that failed or stopped is retried under the next free suffix.
+        The same inputs give the same ``base``: a job of that name still running, or completed
+        with its model still in the store, is followed (a retried task starts no second job).
+        SageMaker never reuses a name, so a job that failed or stopped, or whose model was
+        already taken and cleaned up (:meth:`_forget`), is followed by the next free suffix.
         """
         for attempt in range(1, MAX_ATTEMPTS + 1):
             name = base if attempt == 1 else f"{base}-{attempt}"
             described = self._describe(name)
-            if described is None or described.get("TrainingJobStatus") not in ENDED_BADLY:
+            if described is None or self._followable(described):
                 return name, described
         raise TrainingJobError(f"{base}: {MAX_ATTEMPTS} attempts failed; see their FailureReason")
+
+    def _followable(self, described: dict[str, Any]) -> bool:
+        """Whether an existing job can still give a model: running, or completed and kept."""
+        status = described.get("TrainingJobStatus")
+        if status in ENDED_BADLY:
+            return False
+        if status != "Completed":
+            return True
+        artifacts = str(described.get("ModelArtifacts", {}).get("S3ModelArtifacts", ""))
+        return self.store.exists(self._store_key(artifacts))
+
+    def _forget(self, name: str) -> None:
+        """Delete the job's ``training-jobs/{job}/`` prefix once the job has ended.
+
+        The channel is a copy of the training window (its snapshot stays under ``snapshots/``)
+        and the model comes back into the flow, which publishes it as a version; SageMaker's
+        record of the job (status, reason, metrics, logs) stays. A prefix left by a flow that
+        died mid-job is for the bucket's lifecycle rule (docs/sagemaker.md).
+        """
+        keys = self.store.list(f"{TRAINING_JOBS}/{name}")
+        for key in keys:
+            self.store.delete(key)
+        log.info("%s: deleted its %d files under %s/", name, len(keys), TRAINING_JOBS)
 
     def _store_key(self, uri: str) -> str:
         root = self.store.url(TRAINING_JOBS) + "/"

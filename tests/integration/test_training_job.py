@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from adapters.endpoints.iam import role_name
 from adapters.layout import version_manifest_key
 from adapters.package import write_contents
 from adapters.pointer import read_latest
@@ -131,6 +132,7 @@ def test_a_training_job_fails_the_model_then_trains_it_like_in_process(
     assert f"SageMaker training job {first} Failed: CapacityError" in failed.note
     assert f"job {first}: CapacityError" in failed.note  # its CloudWatch log, read back
     assert list_versions(store, MODEL) == [] and read_latest(store, MODEL) is None
+    assert store.list("training-jobs") == []  # the failed job's channel is not left behind
     assert first.startswith(f"{tag}-limit-optimiser-")
     assert request["algorithm_specification"]["TrainingImage"] == IMAGE
     assert request["role_arn"] == ROLE
@@ -139,10 +141,22 @@ def test_a_training_job_fails_the_model_then_trains_it_like_in_process(
     assert json.loads(request["hyper_parameters"]["params"]) == cfg.params
 
     # 2. The same data again: a new job name (SageMaker never reuses one); the entry point runs
-    #    on the channel, and its model goes through the gate and publish as v1.
+    #    on the channel, and its model goes through the gate and publish as v1. No role is
+    #    configured this time: the job runs as the project's own role, which may train.
+    monkeypatch.delenv("MLOPS_SAGEMAKER_ROLE_ARN")
     done = outcome_of(MODEL, retrain_model(MODEL, force=True, return_state=True))
     assert done.status == "promoted", done.note
     assert [name for name, _ in sim.created] == [first, f"{first}-2"]
+    role = boto_client("iam", moto_server).get_role(RoleName=role_name(tag))["Role"]
+    assert sim.created[1][1]["role_arn"] == role["Arn"]
+    policy = boto_client("iam", moto_server).get_role_policy(
+        RoleName=role_name(tag), PolicyName="serving"
+    )["PolicyDocument"]
+    sids = {s["Sid"]: s["Resource"] for s in policy["Statement"]}
+    assert sids["ReadTrainingChannels"] == [f"arn:aws:s3:::{bucket}/store/training-jobs/*/input/*"]
+    assert sids["WriteTrainingOutput"] == [f"arn:aws:s3:::{bucket}/store/training-jobs/*/output/*"]
+    # The model came back and was published: the job's channel and output are gone.
+    assert store.list("training-jobs") == []
     manifest = json.loads(store.get_bytes(version_manifest_key(MODEL, "v1")))
     published_sha = manifest["lineage"]["model_contents_sha256"]
     tracking = Registry.from_settings(settings).tracking_uri

@@ -57,15 +57,56 @@ def test_job_names_keep_sagemakers_rules() -> None:
 def test_the_trainer_refuses_a_setup_sagemaker_cannot_run(
     tmp_path: Path, image: str | None, role: str | None, store: str, missing: str
 ) -> None:
-    class S3Like(LocalStore):
-        def url(self, key: str) -> str:
-            return f"s3://bucket/store/{key}"
-
     chosen = LocalStore(tmp_path) if store == "local" else S3Like(tmp_path)
     with pytest.raises(TrainingJobError, match=missing):
         SageMakerTrainer(
             sagemaker=None, logs=None, store=chosen, image=image, role_arn=role, project_tag="t"
         )
+
+
+class S3Like(LocalStore):
+    """A local directory that names its keys as an S3 store would (the trainer needs s3://)."""
+
+    def url(self, key: str) -> str:
+        return f"s3://bucket/store/{key}"
+
+
+def test_a_retry_follows_a_kept_job_and_passes_one_whose_model_was_taken(tmp_path: Path) -> None:
+    """A completed job whose files were cleaned up gives no model: the next name is tried."""
+    store = S3Like(tmp_path)
+    output = "training-jobs/{}/output/{}/output/model.tar.gz"
+    jobs = {
+        "base": {"TrainingJobStatus": "Failed"},
+        "base-2": {
+            "TrainingJobStatus": "Completed",
+            "ModelArtifacts": {"S3ModelArtifacts": store.url(output.format("base-2", "base-2"))},
+        },
+    }
+
+    class Described:
+        def describe_training_job(self, TrainingJobName: str) -> dict[str, Any]:
+            if TrainingJobName not in jobs:
+                raise _not_found(TrainingJobName)
+            return jobs[TrainingJobName]
+
+    trainer = SageMakerTrainer(
+        sagemaker=Described(), logs=None, store=store, image="img", role_arn="arn", project_tag="t"
+    )
+    # base-2's model is gone (taken and cleaned up): a third job, under base-3.
+    assert trainer._pick_name("base") == ("base-3", None)
+    # With its model still in the store, base-2 is followed (a retried task starts no job).
+    store.put_bytes(output.format("base-2", "base-2"), b"model")
+    assert trainer._pick_name("base") == ("base-2", jobs["base-2"])
+    # Still running: followed.
+    jobs["base-2"] = {"TrainingJobStatus": "InProgress"}
+    assert trainer._pick_name("base") == ("base-2", jobs["base-2"])
+
+
+def _not_found(name: str) -> Exception:
+    from botocore.exceptions import ClientError
+
+    error = {"Error": {"Code": "ValidationException", "Message": "Requested resource not found."}}
+    return ClientError(error, "DescribeTrainingJob")  # type: ignore[arg-type]
 
 
 def test_a_sagemaker_target_without_a_trainer_is_an_error_not_a_local_fit() -> None:

@@ -11,21 +11,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from adapters.endpoints.iam import (
-    RoleError,
-    caller_account,
-    ensure_role,
-    permission_policy,
-    role_name,
-    trust_policy,
-)
+from adapters.endpoints.iam import RoleError, project_role
 from adapters.endpoints.sagemaker.alarms import EndpointAlarms
 from adapters.endpoints.sagemaker.api import SageMakerApi, invoke
 from adapters.endpoints.sagemaker.deploy import Rollout, check_deployable
 from adapters.endpoints.sagemaker.health import read_health
 from adapters.endpoints.sagemaker.inventory import Inventory
 from adapters.endpoints.sagemaker.names import (
-    TAG_PROJECT,
     VARIANT,
     Definition,
     Names,
@@ -178,27 +170,16 @@ class SageMakerTarget:
 
     def _role(self) -> str:
         """The execution role: the one given, else the project's, created or brought up to date."""
-        if self.role_arn:
-            return self.role_arn
-        permissions = permission_policy(
-            self.store_uri,
-            region=self.region,
-            serving_image=self.serving_image,
-            kms_key_id=self.kms_key_id,
-        )
-        if self.sts is None:
-            raise RoleError(
-                "no STS client: the role's trust policy needs this account's id "
-                "(aws:SourceAccount); build the target with sts= or from_settings"
+        if not self.role_arn:
+            self.role_arn = project_role(
+                self.iam,
+                self.sts,
+                self.platform.project_tag,
+                self.store_uri,
+                region=self.region,
+                serving_image=self.serving_image,
+                kms_key_id=self.kms_key_id,
             )
-        self.role_arn = ensure_role(
-            self.iam,
-            role_name(self.platform.project_tag),
-            # Only SageMaker acting for this account may assume it (the confused deputy).
-            trust_policy(caller_account(self.sts)),
-            permissions,
-            {TAG_PROJECT: self.platform.project_tag},
-        )
         return self.role_arn
 
     # --- the EndpointTarget protocol ------------------------------------------------------------
