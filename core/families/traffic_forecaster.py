@@ -69,6 +69,10 @@ Mapper = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 log = logging.getLogger(__name__)
 
 
+VARYING = frozenset({"fit_seconds"})
+"""Fields of a candidates row that differ between two fits of the same model: not saved."""
+
+
 class TrafficForecaster(Family):
     """Prophet per service, scored against the seasonal-naive forecast."""
 
@@ -385,7 +389,11 @@ class TrafficForecaster(Family):
             "format": FORMAT,
             "services": files,
             "kinds": {service: model.kind(service) for service in model.services},
-            "candidates": model.candidates,
+            # Without the fit times (MLflow's candidates table keeps them): the same model
+            # saves to the same bytes, whichever runner and however loaded the machine.
+            "candidates": [
+                {k: v for k, v in row.items() if k not in VARYING} for row in model.candidates
+            ],
             "holiday_dates": model.holiday_dates,
             "params": model.params,
             "inputs": INPUTS,

@@ -23,13 +23,19 @@ from typing import Any
 
 import pytest
 
+from adapters.package import write_contents
 from adapters.pointer import promotion_history, read_latest
 from adapters.registry import experiment_name
 from adapters.source import seed_source
 from adapters.store import store_from_settings
 from adapters.versions import list_versions, read_version_manifest
-from core.settings import Settings, load_settings
+from core.config import RunnerConfig, load_model_configs
+from core.families import get_family
+from core.families.traffic_forecaster import TrafficForecaster
+from core.settings import PROJECT_ROOT, Settings, load_settings
+from core.synth import generate
 from flows.retrain import retrain
+from tasks.runners import runner_map
 from tests.fixtures.home import SMALL_SOURCE, isolated_env, project_configs
 
 FAMILIES = ["abuse_detector", "limit_optimiser", "traffic_forecaster"]
@@ -283,3 +289,34 @@ def test_every_runner_publishes_the_same_bytes(by_runner: dict[str, Any], model:
     (first, reference), *others = runs.items()
     for kind, found in others:
         assert found == reference, f"{model}: {kind} published other bytes than {first}"
+
+
+# --- the forecaster's services fanned out on a process pool and on Dask ----------------------
+
+
+@pytest.mark.parametrize("kind", ["process", "dask"])
+def test_the_forecasters_services_fan_out_to_the_same_model(kind: str, tmp_path: Path) -> None:
+    """The per-service fits, run as Prefect tasks in other processes, give the serial model.
+
+    The retrain runs above leave this fan-out out (the process run drops the forecaster, the
+    Dask run has one worker); here it runs on two workers, with closed-form candidates so the
+    parts cost little beyond the workers' start.
+    """
+    (cfg,) = load_model_configs(PROJECT_ROOT / "configs", ["traffic_forecaster"])
+    family = get_family(cfg.family)
+    assert isinstance(family, TrafficForecaster)
+    params = family.Params.model_validate(
+        {**cfg.params, "candidates": ["seasonal_naive", "recent_weeks"], "backtest_folds": 1}
+    )
+    frame = generate("service_traffic", datetime(2026, 1, 5), 21, n_services=3, seed=3)
+    serial = family.train(frame, params, cfg.seed)
+    fanned = family.train(
+        frame, params, cfg.seed, mapper=runner_map(RunnerConfig(kind=kind, max_workers=2))
+    )
+    digests = []
+    for name, model in (("serial", serial), (kind, fanned)):
+        (tmp_path / name).mkdir()
+        family.save(model, tmp_path / name)
+        digests.append(write_contents(tmp_path / name, cfg.name, cfg.family))
+    assert digests[0] == digests[1]
+    assert sorted(fanned.models) == sorted(serial.models) and len(fanned.models) == 3
