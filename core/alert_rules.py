@@ -36,6 +36,25 @@ def _num(value: float) -> str:
     return f"{value:.10g}"
 
 
+_RE2_META = frozenset(r"\.+*?()|[]{}^$")
+"""RE2's metacharacters, the set Go's ``regexp.QuoteMeta`` escapes (Prometheus compiles label
+matchers with Go's ``regexp``). Not Python's ``re.escape``, whose rules are Python's."""
+
+
+def _string(value: str) -> str:
+    r"""``value`` as a PromQL double-quoted string literal (Go's escapes: ``\\`` and ``\"``)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _literal_regex(names: list[str]) -> str:
+    """An RE2 regex matching exactly the ``names`` (Prometheus anchors it), as a PromQL string.
+
+    Each name's metacharacters are escaped, so ``a.b`` matches ``a.b`` and not ``axb``.
+    """
+    quoted = ["".join("\\" + c if c in _RE2_META else c for c in name) for name in names]
+    return _string("|".join(quoted))
+
+
 def _duration(seconds: int) -> str:
     """A Prometheus duration: ``3m`` for whole minutes, else ``90s``."""
     return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
@@ -87,7 +106,7 @@ def _serving_rules(
 def _model_rules(name: str, alarms: AlarmConfig) -> list:
     """One configured model's latency and error alerts, as its CloudWatch alarms judge them."""
     return _serving_rules(
-        f'model="{name}"',
+        f"model={_string(name)}",
         alarms.p99_latency_ms / 1000,
         alarms.error_rate,
         _duration(alarms.period_seconds),
@@ -108,7 +127,8 @@ def rules(platform: PlatformConfig, models: list[ModelConfig] | None = None) -> 
     slow = f"{alerts.for_minutes}m"
     quiet = f"{alerts.no_traffic_minutes}m"
     configured = sorted(models or [], key=lambda m: m.name)
-    others = 'model!~"' + "|".join(m.name for m in configured) + '"' if configured else 'model!=""'
+    names = [m.name for m in configured]
+    others = f"model!~{_literal_regex(names)}" if configured else 'model!=""'
     serving = [r for m in configured for r in _model_rules(m.name, m.endpoint.deployment.alarms)]
     serving += _serving_rules(
         others, alerts.p99_latency_seconds, alerts.error_rate, slow, slow, "platform"

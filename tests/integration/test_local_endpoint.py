@@ -294,6 +294,10 @@ def scalar(url: str, promql: str) -> float | None:
 def test_a_real_prometheus_scrapes_the_endpoint_and_counts_every_request(
     endpoint: Endpoint, tmp_path: Path
 ) -> None:
+    # The tests above leave v2 serving; run alone, this test starts the router and v2 itself.
+    serving = endpoint.target.describe(MODEL)
+    if serving is None or serving.version != "v2":
+        endpoint.target.deploy(endpoint.v2, lambda _m: None)
     with prometheus_server(endpoint.port, tmp_path) as prom:
         # The router's static target and the serving variant found through the router's
         # service discovery are both up.
@@ -304,14 +308,18 @@ def test_a_real_prometheus_scrapes_the_endpoint_and_counts_every_request(
             "targets never came up",
         )
         served = f'model="{MODEL}"'
-        router = f"sum(mlops_router_requests_total{{{served}}})"
-        serving = f"sum(mlops_requests_total{{{served}}})"
+        totals = (
+            f"sum(mlops_router_requests_total{{{served}}})",
+            f"sum(mlops_requests_total{{{served}}})",
+            # Every answered request is one latency observation too.
+            f"sum(mlops_request_duration_seconds_count{{{served}}})",
+        )
 
-        def settled() -> tuple[float, float] | None:
-            # Earlier tests sent requests too: read both totals twice, a scrape apart, equal.
-            first = (scalar(prom, router) or 0.0, scalar(prom, serving) or 0.0)
+        def settled() -> tuple[float, ...] | None:
+            # Earlier tests sent requests too: read the totals twice, a scrape apart, equal.
+            first = tuple(scalar(prom, q) or 0.0 for q in totals)
             time.sleep(2.5)
-            again = (scalar(prom, router) or 0.0, scalar(prom, serving) or 0.0)
+            again = tuple(scalar(prom, q) or 0.0 for q in totals)
             return first if first == again else None
 
         before = wait_for(settled, 30, "totals never settled")
@@ -323,7 +331,7 @@ def test_a_real_prometheus_scrapes_the_endpoint_and_counts_every_request(
                     json={"instances": endpoint.tiny.example_request},
                 )
                 assert answer.status_code == 200, answer.text
-        expected = (before[0] + n, before[1] + n)
+        expected = tuple(total + n for total in before)
         wait_for(lambda: settled() == expected, 30, f"Prometheus never counted {n} more")
         # Latency as Prometheus computes it from the histogram buckets.
         p99 = scalar(

@@ -19,6 +19,7 @@ from adapters.endpoints.sagemaker.names import endpoint_name
 from core.endpoint import RolloutFailed, TrafficPlan
 from tests.fixtures.moto import boto_client
 from tests.integration import test_sagemaker_target
+from tests.integration.test_sagemaker_alarms import project_alarms, tags_of
 from tests.integration.test_sagemaker_target import (
     Log,
     make_target,
@@ -75,6 +76,14 @@ def test_ab_runs_two_weighted_variants_with_capture_and_stop_returns_to_one(
     # The challenger's model is in use while it serves: cleanup keeps it.
     challenger_model = next(m for m in project_models(env) if m not in models)
     assert all(r.in_use for r in target.resources() if r.name == challenger_model)
+    # Its variant is watched like the champion's: p99 latency and 5xx rate, tagged with it.
+    alarms = project_alarms(env)
+    assert set(alarms) == {f"{name}-{v}-{k}" for v in ("AllTraffic", "Challenger")
+                           for k in ("p99-latency", "5xx-rate")}  # fmt: skip
+    watched = alarms[f"{name}-Challenger-p99-latency"]
+    assert {"Name": "VariantName", "Value": "Challenger"} in watched["Dimensions"]
+    tags = tags_of(env, watched["AlarmArn"])
+    assert (tags["variant"], tags["version"], tags["project"]) == ("Challenger", "v2", env["tag"])
 
     # A caller can name the challenger (InvokeEndpoint's TargetVariant).
     runtime = boto_client("sagemaker-runtime", env["settings"].aws_endpoint_url)
@@ -102,8 +111,10 @@ def test_ab_runs_two_weighted_variants_with_capture_and_stop_returns_to_one(
     after = target.traffic(MODEL)
     assert after is not None and after["mode"] is None
     assert [(v["name"], v["version"]) for v in after["variants"]] == [("AllTraffic", "v1")]
-    # The experiment's config and the challenger's model are gone.
+    # The experiment's config, the challenger's model and its alarms are gone.
     assert (project_configs(env), project_models(env)) == (configs, models)
+    assert set(project_alarms(env)) == {f"{name}-AllTraffic-p99-latency",
+                                        f"{name}-AllTraffic-5xx-rate"}  # fmt: skip
 
 
 def test_shadow_is_a_shadow_production_variant_sampling_its_share(env: dict[str, Any]) -> None:
@@ -122,11 +133,13 @@ def test_shadow_is_a_shadow_production_variant_sampling_its_share(env: dict[str,
     assert traffic is not None and traffic["mode"] == "shadow"
     assert traffic["shadow"] == {"name": "Shadow", "version": "v2", "percent": 20.0}
     assert [v["version"] for v in traffic["variants"]] == ["v1"]
+    assert f"{name}-Shadow-5xx-rate" in project_alarms(env)
 
     target.stop_experiment(MODEL, Log())
     after = target.traffic(MODEL)
     assert after is not None and after["shadow"] is None
     assert (project_configs(env), project_models(env)) == (configs, models)
+    assert not [a for a in project_alarms(env) if "-Shadow-" in a]
 
 
 def test_a_start_sagemaker_rolls_back_leaves_the_champion_and_nothing_behind(
@@ -144,5 +157,6 @@ def test_a_start_sagemaker_rolls_back_leaves_the_champion_and_nothing_behind(
     desc = sm(env).describe_endpoint(EndpointName=name)
     assert (desc["EndpointStatus"], desc["EndpointConfigName"]) == ("InService", before)
     assert (project_configs(env), project_models(env)) == (configs, models)
+    assert not [a for a in project_alarms(env) if "-Challenger-" in a]
     traffic = target.traffic(MODEL)
     assert traffic is not None and traffic["experiment_id"] is None

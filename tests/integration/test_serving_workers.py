@@ -60,6 +60,19 @@ def _metrics_count_every_worker(
         time.sleep(0.5)
     counted_by = {p.name.split("_")[-1] for p in shared.glob("counter_*.db")}
     assert len(counted_by) == 2, f"requests reached one worker only: {sorted(counted_by)}"
+    # The rest is summed (or, for the info and load gauges, one value kept) across workers too:
+    # one row per request in the output summary, the model served once, its load time.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False, timeout=5).text
+    values = {
+        (s.name, s.labels.get("column", "")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert values[("mlops_output_value_count", "recommended_limit")] == done + 40
+    assert values[("mlops_model_info", "")] == 1
+    assert values[("mlops_model_load_seconds", "")] > 0
 
 
 def test_two_workers_answer_sequential_keep_alive_requests_in_a_few_ms(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ the series that should fire it, after its ``for:``, and on no other.
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -78,6 +80,31 @@ def test_each_model_alerts_on_the_thresholds_of_its_cloudwatch_alarms() -> None:
     assert len(defaults) == 2
     for cfg in models:
         assert cfg.name in defaults[0]["expr"] and cfg.name in defaults[1]["expr"]
+
+
+def test_model_names_are_matched_literally_not_as_regexes(tmp_path: Path) -> None:
+    # Prometheus reads `model!~"..."` as an RE2 regex: unescaped, a configured "a.b" would also
+    # leave an unconfigured "axb" out of the default rules, and "e(f" would break the file.
+    base = load_model_configs(ROOT / "configs")[0]
+
+    def render(*names: str) -> str:
+        return render_rules(PlatformConfig(), [base.model_copy(update={"name": n}) for n in names])
+
+    rules = yaml.safe_load(render("a.b", "c_d"))["groups"][0]["rules"]
+    (default,) = [r for r in rules if r["alert"] == "ModelErrorRateHigh" and "!~" in r["expr"]]
+    quoted = re.search(r'model!~("(?:[^"\\]|\\.)*")', default["expr"])
+    assert quoted is not None, default["expr"]
+    # A PromQL string unquotes as JSON does here; Python's re and RE2 agree on escaped
+    # metacharacters, and Prometheus anchors the regex at both ends (fullmatch).
+    others = re.compile(json.loads(quoted.group(1)))
+    assert others.fullmatch("a.b") and others.fullmatch("c_d")
+    assert not others.fullmatch("axb") and not others.fullmatch("limit_optimiser")
+    # Each name's own rules select it by equality; promtool (RE2 itself) accepts names that
+    # would break an unescaped regex or string.
+    assert {r["labels"]["thresholds"] for r in rules if 'model="a.b"' in r["expr"]} == {"a.b"}
+    (tmp_path / "rules.yml").write_text(render("e(f", 'g"h'))
+    done = _promtool("check", "rules", str(tmp_path / "rules.yml"))
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:

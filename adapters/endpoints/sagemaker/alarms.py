@@ -175,6 +175,11 @@ class EndpointAlarms:
         """Names of the project's alarms that watch ``endpoint``."""
         return [a.name for a in self.listed() if a.endpoint == endpoint]
 
+    def existing(self, names: list[str]) -> list[str]:
+        """Which of ``names`` exist (one call for up to 100 names, no tags read)."""
+        found = self.cw.describe_alarms(AlarmNames=names[:100], AlarmTypes=["MetricAlarm"])
+        return [a["AlarmName"] for a in found.get("MetricAlarms", [])]
+
     def delete(self, names: list[str]) -> None:
         """Delete the named alarms.
 

@@ -13,6 +13,13 @@ SageMaker's own mechanisms, so the console, CloudWatch and Data Capture show the
   writes ``{destination}/{endpoint}/{variant}/yyyy/mm/dd/hh/*.jsonl``, the layout the local
   router writes too.
 
+The challenger's variant gets the same two CloudWatch alarms as every production variant
+(:mod:`.alarms`: p99 latency, 5xx rate, thresholds from the challenger's config), put before
+the update and deleted when the experiment stops or fails. They can roll nothing back: the
+experiment's update adds a variant, and SageMaker's deployment guardrails need the new config
+to keep the old one's variant names, so they are there to be seen (console, ``mlops status``
+reads the same metrics) while the experiment's own statistics decide.
+
 The endpoint moves to the experiment's config with ``UpdateEndpoint`` (SageMaker keeps the
 champion serving until the new fleet is healthy, and rolls back by itself when it is not). The
 config is tagged with the experiment's id and mode and the config it replaced, so
@@ -27,6 +34,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from adapters.endpoints.plan import check_plan
+from adapters.endpoints.sagemaker.alarms import KINDS, EndpointAlarms, alarm_name, alarm_requests
 from adapters.endpoints.sagemaker.api import (
     SageMakerApi,
     StillSettling,
@@ -67,6 +75,7 @@ class SageMakerExperiments:
         self.api: SageMakerApi = target._api()
         self.sm = target.sm
         self.tag = target.platform.project_tag
+        self.alarms = EndpointAlarms(target.cloudwatch, self.tag)
 
     def _timeout(self, fallback: float) -> float:
         return fallback if self.target.timeout_seconds is None else self.target.timeout_seconds
@@ -127,6 +136,10 @@ class SageMakerExperiments:
                 created.append(("model", definition.names.model))
             if self._create(lambda: self.sm.create_endpoint_config(**request)):
                 created.append(("endpoint-config", request["EndpointConfigName"]))
+            second = CHALLENGER if plan.mode == "ab" else SHADOW
+            thresholds = plan.challenger.endpoint.deployment.alarms
+            puts = alarm_requests(name, [second], thresholds, definition.tags)
+            created += [("alarm", alarm) for alarm in self.alarms.put(puts)]
             self.sm.update_endpoint(
                 EndpointName=name, EndpointConfigName=request["EndpointConfigName"]
             )
@@ -233,7 +246,8 @@ class SageMakerExperiments:
         live = self.api.live(name_prefix(self.tag))
         left = []
         for kind, resource in reversed(created):
-            in_use = live.configs if kind == "endpoint-config" else live.models
+            # The challenger's alarms watch a variant the champion's config does not have.
+            in_use = {"endpoint-config": live.configs, "model": live.models}.get(kind, set())
             if resource in in_use:
                 left.append(resource)
                 continue
@@ -245,6 +259,8 @@ class SageMakerExperiments:
         try:
             if kind == "endpoint-config":
                 self.sm.delete_endpoint_config(EndpointConfigName=resource)
+            elif kind == "alarm":
+                self.alarms.delete([resource])
             else:
                 self.sm.delete_model(ModelName=resource)
             progress(f"deleted {kind} {resource}")
@@ -312,6 +328,10 @@ class SageMakerExperiments:
         ]:
             if resource not in (live.configs if kind == "endpoint-config" else live.models):
                 self._delete(kind, resource, progress)
+        # The second variant's alarms: named after this endpoint, so the project's.
+        gone = [alarm_name(name, v, k) for v in (CHALLENGER, SHADOW) for k in KINDS]
+        for alarm in self.alarms.existing(gone):
+            self._delete("alarm", alarm, progress)
         progress(f"{model}: experiment {tags[TAG_EXPERIMENT]} stopped; {previous} serves 100 %")
 
     def _previous_config(
