@@ -128,13 +128,24 @@ def child_validate(model: str, store_dir: str) -> dict[str, Any]:
     cfg, store = _cfg(model), LocalStore(store_dir)
     ids = [m["snapshot_id"] for m in list_snapshots(store, cfg.dataset.name)]
     frame = read_snapshots(store, cfg.dataset, ids)
+    # The first call pays GX's import and its ephemeral context (once per flow process); the
+    # second is what each further validation costs.
     t0 = time.perf_counter()
     report = validate_frame(frame, cfg, ids[-1])
     gx = time.perf_counter() - t0
     t0 = time.perf_counter()
+    validate_frame(frame, cfg, ids[-1])
+    gx_warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
     failed = plain_checks(frame, cfg)
     plain = time.perf_counter() - t0
-    return {"gx": gx, "plain": plain, "gx_ok": report.success, "plain_ok": not failed}
+    return {
+        "gx": gx,
+        "gx_warm": gx_warm,
+        "plain": plain,
+        "gx_ok": report.success,
+        "plain_ok": not failed,
+    }
 
 
 def child_bare(url: str, model: str) -> dict[str, Any]:
@@ -440,6 +451,12 @@ def render(meta: dict[str, str], sizes: list[dict[str, Any]]) -> str:
                 f"| {va['gx']:.2f} s (ok {va['gx_ok']}) "
                 f"| {va['plain']:.3f} s (ok {va['plain_ok']}) |"
             )
+            if "gx_warm" in va:
+                lines.append(
+                    f"| {tag} | validation GX ÷ pandas, GX loaded | {model} "
+                    f"| {_r(va['gx_warm'], va['plain'])} | {va['gx_warm']:.2f} s "
+                    f"| {va['plain']:.3f} s |"
+                )
         for key in [k for k in s if k.startswith("flow/")]:
             model = key.split("/", 1)[1]
             if f"again/{model}" not in s:
