@@ -23,42 +23,23 @@ from adapters.pointer import move_latest
 from adapters.source.read import label_rows
 from adapters.store import LocalStore
 from adapters.versions import publish_version
-from core.config import load_model_configs
 from core.experiment import (
     Experiment,
     ExperimentError,
     ExperimentPolicy,
     decide,
-    new_experiment,
     observe,
 )
-from core.families import get_family
-from core.settings import PROJECT_ROOT
 from tasks.experiment import (
     experiment_status,
     look_markdown,
     start_experiment,
     stop_experiment,
 )
+from tests.fixtures.experiments import CFG, FAMILY, MODEL, record
 
-MODEL = "limit_optimiser"
 START = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
-CFG = {c.name: c for c in load_model_configs(PROJECT_ROOT / "configs")}[MODEL]
-FAMILY = get_family(CFG.family)
 KEYS = {k: CFG.dataset.columns[k] for k in CFG.dataset.key_columns}
-
-
-def record(mode: str = "ab", **kw: Any) -> Experiment:
-    return new_experiment(
-        model=MODEL,
-        family_metrics=FAMILY.experiment_metrics,
-        policy=CFG.experiment,
-        champion="v1",
-        challenger="v2",
-        started_at="2026-12-02T03:00:00.000Z",
-        mode=mode,
-        **kw,
-    )
 
 
 # --- the record -------------------------------------------------------------------------------
