@@ -299,6 +299,24 @@ class SageMakerExperiments:
         if desc["EndpointStatus"] != "InService" or desc["EndpointConfigName"] != previous:
             why = desc.get("FailureReason") or "no reason given"
             raise RolloutFailed("stop", f"{name} did not return to {previous}: {why}")
+        self.discard(config, progress)
+        progress(f"{model}: experiment {tags[TAG_EXPERIMENT]} stopped; {previous} serves 100 %")
+
+    def running_config(self, model: str) -> dict[str, Any] | None:
+        """The experiment config the model's endpoint is on; None when no experiment runs."""
+        desc = self.api.describe_endpoint(endpoint_name(self.tag, model))
+        config = self.api.describe_config(desc["EndpointConfigName"]) if desc else None
+        if not config or not self.api.list_tags(config["EndpointConfigArn"]).get(TAG_EXPERIMENT):
+            return None
+        return config
+
+    def discard(self, config: dict[str, Any], progress: Progress) -> None:
+        """Delete an experiment's config and its challenger's model, unless an endpoint uses them.
+
+        After :meth:`stop`, and after a deploy that moved the endpoint off the experiment (a
+        promotion rolls the challenger out as the champion): nothing would use the config again,
+        and the champion's own model stays (its one-variant config is the rollback target).
+        """
         challengers = [
             v["ModelName"]
             for v in [
@@ -312,7 +330,6 @@ class SageMakerExperiments:
         ]:
             if resource not in (live.configs if kind == "endpoint-config" else live.models):
                 self._delete(kind, resource, progress)
-        progress(f"{model}: experiment {tags[TAG_EXPERIMENT]} stopped; {previous} serves 100 %")
 
     def _previous_config(
         self, model: str, config: dict[str, Any], tags: dict[str, str], progress: Progress
