@@ -302,13 +302,14 @@ class SageMakerExperiments:
         self.discard(config, progress)
         progress(f"{model}: experiment {tags[TAG_EXPERIMENT]} stopped; {previous} serves 100 %")
 
-    def running_config(self, model: str) -> dict[str, Any] | None:
-        """The experiment config the model's endpoint is on; None when no experiment runs."""
-        desc = self.api.describe_endpoint(endpoint_name(self.tag, model))
-        config = self.api.describe_config(desc["EndpointConfigName"]) if desc else None
-        if not config or not self.api.list_tags(config["EndpointConfigArn"]).get(TAG_EXPERIMENT):
-            return None
-        return config
+    def discard_if_experiment(self, config_name: str, progress: Progress) -> None:
+        """:meth:`discard` the config ``config_name`` if it is an experiment's (else nothing).
+
+        A deploy calls it with the config the endpoint left: a promotion during an experiment.
+        """
+        config = self.api.describe_config(config_name)
+        if config and self.api.list_tags(config["EndpointConfigArn"]).get(TAG_EXPERIMENT):
+            self.discard(config, progress)
 
     def discard(self, config: dict[str, Any], progress: Progress) -> None:
         """Delete an experiment's config and its challenger's model, unless an endpoint uses them.

@@ -251,11 +251,9 @@ class SageMakerTarget:
             timeout=endpoint.timeout_seconds if timeout is None else timeout,
             alarms=EndpointAlarms(self.cloudwatch, self.platform.project_tag),
         )
-        experiments = SageMakerExperiments(self)
-        replaced = experiments.running_config(target.model)
         serving = rollout.run()
-        if replaced is not None:
-            experiments.discard(replaced, progress)
+        if rollout.replaced:
+            SageMakerExperiments(self).discard_if_experiment(rollout.replaced, progress)
         return serving
 
     def health(self, model: str) -> Health | None:
