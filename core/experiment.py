@@ -102,6 +102,8 @@ class Experiment:
             ``stopped``; ``failed`` when the endpoint refused it.
         planned_n: per-arm sample size planned at the first look with data; None before.
         tau: the mSPRT mixture's sd, frozen with the plan.
+        effect: the minimum detectable effect in the metric's units, frozen with the plan
+            (futility is judged against it, not against ``tau``, which may be larger).
         looks: one summary per evaluation, oldest first.
         decision: the final verdict (``promote``/``stop``), reason and time; None while it runs.
     """
@@ -126,6 +128,7 @@ class Experiment:
     state: str = "starting"
     planned_n: int | None = None
     tau: float | None = None
+    effect: float | None = None
     looks: list[dict[str, Any]] = field(default_factory=list)
     decision: dict[str, Any] | None = None
 
@@ -320,7 +323,8 @@ def _freeze_plan(exp: Experiment, a: np.ndarray, b: np.ndarray) -> Experiment:
     n = planned_sample_size(
         effect, sd, exp.alpha, exp.power, paired=exp.paired, share_percent=exp.share_percent
     )
-    return replace(exp, tau=mixture_tau(exp.mde, float(np.mean(a)), sd), planned_n=n)
+    tau = mixture_tau(exp.mde, float(np.mean(a)), sd)
+    return replace(exp, tau=tau, planned_n=n, effect=effect)
 
 
 def decide(exp: Experiment, obs: Observations, now: datetime) -> tuple[Experiment, dict[str, Any]]:
@@ -348,7 +352,7 @@ def decide(exp: Experiment, obs: Observations, now: datetime) -> tuple[Experimen
     days /= 86400.0
     n = min(len(a), len(b))
     max_n = exp.max_samples or (2 * exp.planned_n if exp.planned_n else None)
-    verdict, reason = _verdict(exp, look_, guards, days, n, max_n)
+    verdict, reason = verdict_of(exp, look_, guards, days, n, max_n)
     record = {
         "at": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "days": round(days, 3),
@@ -369,7 +373,7 @@ def decide(exp: Experiment, obs: Observations, now: datetime) -> tuple[Experimen
     return replace(exp, looks=[*exp.looks, record]), record
 
 
-def _verdict(
+def verdict_of(
     exp: Experiment,
     look: Any,
     guards: list[dict[str, Any]],
@@ -377,7 +381,22 @@ def _verdict(
     n: int,
     max_n: int | None,
 ) -> tuple[str, str]:
-    """The rule of :func:`decide`, in order: breach, minimums, significance, futility, maximum."""
+    """The rule of :func:`decide`, in order: breach, minimums, significance, futility, maximum.
+
+    Separate from :func:`decide` so that the simulation in ``tests/unit/test_sequential.py``
+    applies this very rule to thousands of simulated looks.
+
+    Args:
+        exp: the experiment, its plan frozen (``tau``, ``effect``, ``planned_n``).
+        look: this look's :class:`core.sequential.Comparison` of the success metric, or None.
+        guards: the guardrails' looks (:func:`_guardrail`).
+        days: days since the start.
+        n: labelled samples per arm (the smaller arm).
+        max_n: labelled samples per arm at which it ends undecided.
+
+    Returns:
+        ``(verdict, reason)``: ``continue``, ``promote`` or ``stop``, and why.
+    """
     breached = [g["metric"] for g in guards if g["breached"]]
     if breached:
         return "stop", f"guardrail breached: {', '.join(breached)} worse than its margin"
@@ -397,8 +416,13 @@ def _verdict(
         if at_max:
             return "stop", f"better on {exp.metric} but not shown non-inferior on {weak}"
         return "continue", f"better on {exp.metric}; waiting for {weak} to show non-inferior"
+    # Futility: even the best improvement the always-valid interval allows is smaller than the
+    # MDE. Judged against the MDE itself, not tau: tau may be several MDEs (mixture_tau's
+    # floor), and "rules out tau" stopped half of the true-MDE improvements (simulated, 0/1
+    # losses at 20 %: power 0.51 instead of 0.94).
+    effect = exp.effect if exp.effect is not None else exp.mde * abs(look.mean_champion)
     best = max(better_sign * look.ci[0], better_sign * look.ci[1])
-    if exp.tau is not None and best < exp.tau:
+    if best < effect:
         return "stop", f"futility: an improvement of the MDE on {exp.metric} is ruled out"
     if at_max:
         return "stop", f"maximum reached undecided (p={look.p_value:.4f})"

@@ -59,6 +59,7 @@ from serving.codec import (
     request_format,
     response_format,
 )
+from serving.experiment_routing import MODEL_LATENCY_HEADER
 from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from serving.metrics import FLUSH_SECONDS, ServingMetrics, mark_dead_workers, multiprocess_dir
 
@@ -456,8 +457,12 @@ async def _invocations(state: _State, request: RawRequest) -> Response:
         if metrics is not None:
             metrics.request(500, time.perf_counter() - start)
         raise
+    took = time.perf_counter() - start
     if metrics is not None:
-        metrics.request(response.status_code, time.perf_counter() - start, response.rows)
+        metrics.request(response.status_code, took, response.rows)
+    # The model's own time, for the router's experiment capture: a shadow copy waits in the
+    # mirror's queue, so the router's clock would compare the two paths, not the two models.
+    response.headers[MODEL_LATENCY_HEADER] = f"{took * 1000.0:.3f}"
     return response
 
 

@@ -37,6 +37,8 @@ CALLER_KEY_HEADER = "x-caller-key"
 TARGET_VARIANT_HEADER = "x-amzn-sagemaker-target-variant"
 INVOKED_VARIANT_HEADER = "X-Amzn-Invoked-Production-Variant"
 INFERENCE_ID_HEADER = "X-Inference-Id"
+MODEL_LATENCY_HEADER = "X-Model-Latency-Ms"
+"""The serving app's own time for a request; the capture's ``latency_ms`` for both arms."""
 ARMS = ("champion", "challenger", "shadow")
 
 
@@ -218,6 +220,18 @@ def split(
 def mirrored(shadow: ShadowRoute | None, rng: random.Random | None = None) -> bool:
     """Whether this request is copied to the shadow (``percent`` of them are)."""
     return shadow is not None and (rng or random).random() * 100.0 < shadow.percent
+
+
+def model_latency_ms(headers: Any, fallback: float) -> float:
+    """The answering variant's own latency from its headers; ``fallback`` when it sent none.
+
+    A shadow copy is timed after a wait in the mirror's queue and the caller's answer is not,
+    so the router's clock would compare the two paths; the app's header compares the models.
+    """
+    try:
+        return float(headers.get(MODEL_LATENCY_HEADER, fallback))
+    except (TypeError, ValueError):
+        return fallback
 
 
 def unknown_variant(model: str, wanted: str, names: Sequence[str]) -> str:

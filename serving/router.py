@@ -55,6 +55,7 @@ from serving.experiment_routing import (
     TARGET_VARIANT_HEADER,
     ExperimentRoute,
     mirrored,
+    model_latency_ms,
     split,
     unknown_variant,
 )
@@ -76,7 +77,13 @@ SHADOW_TIMEOUT = 2.0
 _FORWARD_REQUEST = ("content-type", "accept")
 _INFERENCE_ID_REQUEST = "x-amzn-sagemaker-inference-id"
 """InvokeEndpoint's ``InferenceId``: a caller's own id for the request, kept for the join."""
-_FORWARD_RESPONSE = ("content-type", "x-model-name", "x-model-version", "x-model-family")
+_FORWARD_RESPONSE = (
+    "content-type",
+    "x-model-name",
+    "x-model-version",
+    "x-model-family",
+    "x-model-latency-ms",
+)
 
 
 def choose(
@@ -231,8 +238,9 @@ class Forwarder:
                 answer.headers[INFERENCE_ID_HEADER] = inference_id
                 if experiment is not NO_EXPERIMENT:
                     waited = (time.perf_counter() - started) * 1000.0
+                    latency = model_latency_ms(answer.headers, waited)
                     self._after(
-                        model, experiment, choice, body, headers, answer, inference_id, waited
+                        model, experiment, choice, body, headers, answer, inference_id, latency
                     )
                 return answer, choice.name
             last = answer

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from serving.capture import Captured, CaptureWriter
+from serving.experiment_routing import model_latency_ms
 
 if TYPE_CHECKING:
     import aiohttp
@@ -127,10 +128,12 @@ class ShadowMirror:
                 content = await answer.read()
                 status = answer.status
                 content_type = answer.headers.get("content-type", "application/json")
+                took = model_latency_ms(answer.headers, (time.perf_counter() - started) * 1000.0)
         except TimeoutError:  # aiohttp's timeouts are TimeoutError subclasses
             self.stats["timed_out"] += 1
             content, status = b'{"error": "shadow timed out"}', 504
             content_type = "application/json"
+            took = (time.perf_counter() - started) * 1000.0
         if 200 <= status < 300:
             self.stats["answered"] += 1
         elif status != 504:
@@ -150,7 +153,7 @@ class ShadowMirror:
                     response=content,
                     response_type=content_type,
                     at=time.time(),
-                    latency_ms=(time.perf_counter() - started) * 1000.0,
+                    latency_ms=took,
                     status=status,
                 )
             )

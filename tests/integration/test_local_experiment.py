@@ -208,6 +208,63 @@ class _Slow(BaseHTTPRequestHandler):
         """Quiet."""
 
 
+class _Answer(BaseHTTPRequestHandler):
+    """A variant that answers one prediction per request."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = b'{"predictions": [{"recommended_limit": 1.0}]}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+def test_the_router_captures_to_an_s3_store_with_the_deployers_aws_settings(
+    s3_store_uri: str, tmp_path: Path
+) -> None:
+    # The store on S3 (moto server over HTTP): the router process writes the capture there
+    # itself, so it needs the AWS credentials, endpoint and region the deploying command has.
+    # The serving processes still get none (tests/unit/test_local_processes.py).
+    from adapters.store import store_from_uri
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
+    upstream.daemon_threads = True
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    target = LocalTarget(
+        home=tmp_path / "home", store_uri=s3_store_uri, port=free_port(), stop_seconds=5,
+        aws_endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+    )  # fmt: skip
+    variant = {"name": "champ", "version": "v1", "port": upstream.server_address[1], "weight": 1}
+    route = {
+        "experiment": {"id": "exp-s3", "arms": {"champ": "champion"}},
+        "capture": {"uri": target.capture_prefix("m"), "endpoint": "m"},
+    }
+    store = store_from_uri(s3_store_uri)
+    try:
+        target.router.ensure(lambda _m: None)
+        target.router.write("m", [variant], route)
+        with httpx.Client(trust_env=False, timeout=10) as client:
+            answer = client.post(f"{target.url}/endpoints/m/invocations", json={"instances": [{}]})
+        assert answer.status_code == 200
+        deadline = time.monotonic() + 10  # the capture flushes every second
+        while not (keys := store.list("capture/m/")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stats = httpx.get(f"{target.url}/endpoints/m", trust_env=False).json()["capture_stats"]
+    finally:
+        target.router.stop()
+        upstream.shutdown()
+    assert stats["failed_writes"] == 0 and len(keys) == 1, (stats, keys)
+    (line,) = store.get_bytes(keys[0]).decode().splitlines()
+    record = json.loads(line)
+    assert record["eventMetadata"]["inferenceId"] == answer.headers["X-Inference-Id"]
+    assert attributes(record)["experiment_id"] == "exp-s3"
+
+
 def test_a_failing_or_slow_shadow_costs_the_caller_nothing(endpoint: Endpoint) -> None:
     target = endpoint.target
     target.start_experiment(plan(endpoint, "shadow", 50, "exp-shadow"), lambda _m: None)

@@ -245,6 +245,10 @@ def test_deployments_on_a_real_server(server: Server) -> None:
     assert rollout["global_concurrency_limit"]["id"] == weekly["global_concurrency_limit"]["id"]
     for name in ("cleanup/weekly-dry-run", "monitor/daily"):
         assert api.get(f"/deployments/name/{name}").status_code == 200, name
+    # The daily look at running experiments; a promotion writes, so it shares the limit.
+    evaluate = api.get("/deployments/name/experiment/evaluate").json()
+    assert [s["schedule"]["cron"] for s in evaluate["schedules"]] == ["0 7 * * *"]
+    assert evaluate["global_concurrency_limit"]["id"] == weekly["global_concurrency_limit"]["id"]
     # What a person types to see them (the CLI's list calls need a compatible server).
     listed = server.run(str(BIN / "prefect"), "deployment", "ls", timeout=60)
     assert listed.returncode == 0, listed.stdout[-2000:] + listed.stderr[-2000:]

@@ -160,3 +160,27 @@ def test_a_start_sagemaker_rolls_back_leaves_the_champion_and_nothing_behind(
     assert not [a for a in project_alarms(env) if "-Challenger-" in a]
     traffic = target.traffic(MODEL)
     assert traffic is not None and traffic["experiment_id"] is None
+
+
+def test_a_promotion_during_an_experiment_ends_it_and_leaves_no_experiment_config(
+    env: dict[str, Any],
+) -> None:
+    # The evaluate flow promotes by rolling the challenger out, then stops the experiment.
+    target, plan, _ = started(env)
+    v1_configs, v1_models = project_configs(env), project_models(env)
+    target.start_experiment(plan, Log())
+    v2 = version(env, 2)
+    names = target.names_for(v2)
+
+    target.deploy(v2, Log())
+    target.stop_experiment(MODEL, Log())  # a no-op now: the endpoint left the experiment
+
+    traffic = target.traffic(MODEL)
+    assert traffic is not None and traffic["experiment_id"] is None
+    assert [v["version"] for v in traffic["variants"]] == ["v2"]
+    # What is left: v1's config and model (the rollback target) and v2's; not the
+    # experiment's two-variant config, which nothing would use again.
+    assert sorted(project_configs(env)) == sorted([*v1_configs, names.config])
+    assert sorted(project_models(env)) == sorted([*v1_models, names.model])
+    # Nor the alarms on the challenger's variant, which watch nothing now.
+    assert not [a for a in project_alarms(env) if "-Challenger-" in a]

@@ -266,7 +266,7 @@ def test_apply_rechecks_the_experiment_before_deleting_a_store_version(mlops_hom
     from adapters.experiments import begin_experiment, read_experiment
     from core.settings import load_settings
     from tasks.cleanup import apply_plan, take_inventory
-    from tests.unit.test_experiment import MODEL, record
+    from tests.fixtures.experiments import MODEL, record
 
     settings = load_settings()
     store = store_from_settings(settings)

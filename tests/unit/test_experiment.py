@@ -23,42 +23,23 @@ from adapters.pointer import move_latest
 from adapters.source.read import label_rows
 from adapters.store import LocalStore
 from adapters.versions import publish_version
-from core.config import load_model_configs
 from core.experiment import (
     Experiment,
     ExperimentError,
     ExperimentPolicy,
     decide,
-    new_experiment,
     observe,
 )
-from core.families import get_family
-from core.settings import PROJECT_ROOT
 from tasks.experiment import (
     experiment_status,
     look_markdown,
     start_experiment,
     stop_experiment,
 )
+from tests.fixtures.experiments import CFG, FAMILY, MODEL, record
 
-MODEL = "limit_optimiser"
 START = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
-CFG = {c.name: c for c in load_model_configs(PROJECT_ROOT / "configs")}[MODEL]
-FAMILY = get_family(CFG.family)
 KEYS = {k: CFG.dataset.columns[k] for k in CFG.dataset.key_columns}
-
-
-def record(mode: str = "ab", **kw: Any) -> Experiment:
-    return new_experiment(
-        model=MODEL,
-        family_metrics=FAMILY.experiment_metrics,
-        policy=CFG.experiment,
-        champion="v1",
-        challenger="v2",
-        started_at="2026-12-02T03:00:00.000Z",
-        mode=mode,
-        **kw,
-    )
 
 
 # --- the record -------------------------------------------------------------------------------
@@ -301,3 +282,30 @@ def test_a_start_killed_before_the_endpoint_changed_shows_in_status_and_stop_fin
     assert ended is not None and ended.state == "stopped" and not ended.active
     assert experiment_status(store, target, MODEL)["note"] == ""
     assert stop_experiment.fn(store, target, MODEL, "again") == ended  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("state", "split", "note"),
+    [
+        ("starting", True, "interrupted while starting: the endpoint splits traffic"),
+        ("stopping", True, "interrupted while stopping: the endpoint still splits traffic"),
+        ("stopping", False, "interrupted while stopping: the endpoint serves one version"),
+        ("running", False, "recorded as running, but the endpoint does not split traffic"),
+        ("stopped", True, "the endpoint splits traffic but no experiment is active"),
+    ],
+)
+def test_status_says_where_a_crash_left_the_record_and_the_endpoint(
+    published: tuple[LocalStore, LocalTarget], state: str, split: bool, note: str
+) -> None:
+    # A process killed between the record and the endpoint leaves them disagreeing; status
+    # compares the two (the route table here is the router's, written as a start writes it).
+    store, target = published
+    exp = begin_experiment(store, record())
+    if state != "starting":
+        save_experiment(store, exp.with_state(state), expected=exp)
+    variants = [{"name": "champ", "version": "v1", "port": 1, "weight": 90.0}]
+    arms = {"id": exp.id, "mode": "ab", "arms": {"champ": "champion"}}
+    target.router.write(MODEL, variants, {"experiment": arms} if split else {})
+    report = experiment_status(store, target, MODEL)
+    assert report["note"].startswith(note), report["note"]
+    assert (report["traffic"]["experiment_id"] == exp.id) is split

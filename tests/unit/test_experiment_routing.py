@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -238,3 +239,64 @@ def test_a_captured_latency_and_server_error_reach_the_experiments_reader(tmp_pa
     (failed,) = parse_line(line(503, b'{"error": "down"}', 3.0), "exp-1") or []
     assert (ok["latency_ms"], ok["error"]) == (12.5, 0)
     assert (failed["latency_ms"], failed["error"]) == (3.0, 1)
+
+
+def test_both_arms_capture_the_models_own_latency_not_the_routers_wait(tmp_path: Path) -> None:
+    """A shadow copy waits in the mirror's queue and the caller's answer does not: timed by the
+    router, the latency guardrail would compare the two paths, not the two models. Each arm's
+    capture records the time the serving app reports for itself (``X-Model-Latency-Ms``)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from fastapi.testclient import TestClient
+
+    from adapters.capture import parse_line
+    from serving.router import create_router
+    from serving.routes import write_state
+
+    class Variant(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            time.sleep(0.05)  # the trip around the model: 50 ms the model did not spend
+            body = b'{"predictions": [{"y": 1.0}]}'
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.send_header("x-model-latency-ms", "7.500")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet."""
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Variant)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    port = upstream.server_address[1]
+    state, capture = tmp_path / "routes.json", tmp_path / "capture"
+    route = {
+        "variants": [{"name": "champ", "version": "v1", "port": port, "weight": 1}],
+        "experiment": {"id": "exp-1", "arms": {"champ": "champion"}},
+        "shadow": {"name": "shade", "version": "v2", "port": port, "percent": 100},
+        "capture": {"uri": str(capture), "endpoint": "m"},
+    }
+    write_state(state, {"generation": 1, "models": {"m": route}})
+    try:
+        with TestClient(create_router(state)) as client:
+            answer = client.post("/endpoints/m/invocations", json={"instances": [{"x": 1}]})
+            deadline = time.monotonic() + 5
+            while client.get("/endpoints/m").json()["mirror_stats"]["answered"] < 1:
+                assert time.monotonic() < deadline, "the shadow copy was never answered"
+                time.sleep(0.05)
+    finally:  # leaving the client flushed the capture
+        upstream.shutdown()
+    assert answer.status_code == 200
+    rows = [
+        row
+        for path in capture.rglob("*.jsonl")
+        for line in path.read_text().splitlines()
+        for row in parse_line(line, "exp-1") or []
+    ]
+    assert sorted((r["arm"], r["latency_ms"]) for r in rows) == [
+        ("champion", 7.5),
+        ("shadow", 7.5),
+    ]

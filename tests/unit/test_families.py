@@ -672,3 +672,44 @@ def test_a_forecaster_logged_before_the_shared_loader_still_loads(
         uri = Registry(mlflow.get_tracking_uri()).log_model(old)
     got = mlflow.pyfunc.load_model(uri).predict(example)
     pd.testing.assert_frame_equal(got, case.family.predict(model, example))
+
+
+@pytest.mark.parametrize(
+    ("family", "answers", "labels", "expected"),
+    [
+        # A wrong flag either way is misclassified; only a flag on an innocent client is a
+        # false alarm.
+        (
+            "abuse_detector",
+            {"is_abuse": [1, 0, 1, 0]},
+            [1, 1, 0, 0],
+            {"misclassified": [0, 1, 1, 0], "false_alarm": [0, 0, 1, 0]},
+        ),
+        # Regressors: absolute error, and relative to max(|label|, 1) so a zero label is finite.
+        (
+            "limit_optimiser",
+            {"recommended_limit": [110.0, 90.0, 3.0]},
+            [100.0, 100.0, 0.0],
+            {"abs_error": [10.0, 10.0, 3.0], "abs_pct_error": [0.1, 0.1, 3.0]},
+        ),
+        (
+            "traffic_forecaster",
+            {"forecast": [50.0, 200.0]},
+            [40.0, 250.0],
+            {"abs_error": [10.0, 50.0], "abs_pct_error": [0.25, 0.2]},
+        ),
+    ],
+)
+def test_each_family_scores_one_experiment_loss_per_answered_request(
+    family: str, answers: dict[str, list[float]], labels: list[float], expected: dict[str, list]
+) -> None:
+    impl = get_family(family)
+    frame = pd.DataFrame(answers, index=[7 + i for i in range(len(labels))])
+    losses = impl.request_losses(frame, pd.Series(labels, index=frame.index))
+    # One column per experiment metric, one row per request, aligned with the answers.
+    assert list(losses.columns) == list(impl.experiment_metrics)
+    assert list(losses.index) == list(frame.index)
+    for metric, values in expected.items():
+        assert losses[metric].tolist() == pytest.approx(values), metric
+    with pytest.raises(ValueError, match="column"):
+        impl.request_losses(frame.rename(columns=lambda c: "other"), pd.Series(labels))

@@ -98,6 +98,8 @@ def test_json_instances_and_bare_list_answer_what_the_family_predicts(
     body = wrapped.json()
     assert (body["model"], body["version"]) == (family, "v1")
     assert wrapped.headers["x-model-version"] == "v1"
+    # The model's own time, which the router's experiment capture records for either arm.
+    assert float(wrapped.headers["x-model-latency-ms"]) > 0
     assert len(body["predictions"]) == len(records)
     got = pd.DataFrame(body["predictions"])
     assert list(got.columns) == list(expected.columns)

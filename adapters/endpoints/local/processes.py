@@ -60,6 +60,28 @@ _ALLOWED_ENV = frozenset(
     }
 )
 _ALLOWED_ENV_PREFIX = re.compile(r"^(LC_|OMP_|MKL_|OPENBLAS_|NUMEXPR_)")
+# The one exception is the router on an S3 store: it writes the experiment capture there
+# itself, so it gets what boto3's default credential chain reads (keys, profile files, the
+# container and web-identity providers) and the pipeline's endpoint, profile and region.
+_AWS_ENV = frozenset(
+    {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CA_BUNDLE",
+        "AWS_EC2_METADATA_DISABLED",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_ROLE_SESSION_NAME",
+        "AWS_STS_REGIONAL_ENDPOINTS",
+    }
+)
 # psutil's create time is the boot time plus the start in ticks since boot, and the boot time
 # moves when the wall clock is stepped (a fresh VM syncing its clock steps it by seconds: a
 # CI run once saw every live variant reported dead). Tokens in that form, written where /proc
@@ -255,6 +277,30 @@ class ServingProcesses:
             with contextlib.suppress(Exception):
                 child.wait(timeout=5)
         return stopped
+
+
+def aws_env(*, endpoint_url: str | None, profile: str | None, region: str | None) -> dict[str, str]:
+    """This process's AWS credential settings, for the one child that writes to S3.
+
+    Only the local router gets them, and only when the store is on S3 (its capture writes
+    there). Keys in the environment are passed as they are: a long-running router should get
+    refreshing credentials (a profile, an instance or container role), not a session token
+    that expires under it.
+
+    Args:
+        endpoint_url: the pipeline's AWS endpoint (moto server in tests), if any.
+        profile: the pipeline's AWS profile, if any.
+        region: the pipeline's region.
+    """
+    env = {k: v for k, v in os.environ.items() if k in _AWS_ENV}
+    for name, value in (
+        ("AWS_ENDPOINT_URL", endpoint_url),
+        ("AWS_PROFILE", profile),
+        ("AWS_DEFAULT_REGION", region),
+    ):
+        if value:
+            env[name] = value
+    return env
 
 
 def _serving_env(extra: dict[str, str]) -> dict[str, str]:

@@ -58,6 +58,8 @@ class RouterControl:
         port: the router's port.
         processes: starts and stops the router process.
         start_seconds: longest wait for the router to start.
+        env: variables for the router process beyond the serving allowlist (the AWS settings
+            its capture needs when the store is on S3).
     """
 
     def __init__(
@@ -67,8 +69,10 @@ class RouterControl:
         port: int,
         processes: ServingProcesses,
         start_seconds: float,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.root = root
+        self.env = dict(env or {})
         self.host = host
         self.port = port
         self.processes = processes
@@ -259,6 +263,7 @@ class RouterControl:
             ],
             self.log_file,
             self.root,
+            self.env,
         )
         token = process_token(proc.pid)
         info = {

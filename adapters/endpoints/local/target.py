@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.endpoints.local.processes import (
     ServingProcesses,
+    aws_env,
     http_client,
     http_get,
     is_alive,
@@ -59,6 +60,8 @@ class LocalTarget:
         port: the router's port.
         kms_key_id: the store's KMS key (S3 only).
         aws_endpoint_url: S3 endpoint (moto server in tests).
+        aws_profile: AWS profile of the store (S3 only).
+        aws_region: AWS region of the store (S3 only).
         python: interpreter that runs the router and the variants.
         ping_timeout: longest wait for a new variant's ``/ping``; default each model's
             ``endpoint.timeout_seconds``.
@@ -78,6 +81,8 @@ class LocalTarget:
         port: int = 8080,
         kms_key_id: str | None = None,
         aws_endpoint_url: str | None = None,
+        aws_profile: str | None = None,
+        aws_region: str | None = None,
         python: str = sys.executable,
         ping_timeout: float | None = None,
         drain_seconds: float = 30.0,
@@ -91,7 +96,15 @@ class LocalTarget:
         self.ping_timeout = ping_timeout
         self.drain_seconds = drain_seconds
         self.processes = ServingProcesses(python, stop_seconds)
-        self.router = RouterControl(self.root, host, port, self.processes, router_seconds)
+        # The router writes the experiment capture to the store: on S3 it needs AWS access.
+        router_env = (
+            aws_env(endpoint_url=aws_endpoint_url, profile=aws_profile, region=aws_region)
+            if store_uri.startswith("s3://")
+            else {}
+        )
+        self.router = RouterControl(
+            self.root, host, port, self.processes, router_seconds, router_env
+        )
         self.variants = Variants(self.root / VARIANTS, self.processes)
         self.last_timings: dict[str, float] = {}
         """Seconds each step of the last deploy took (``fetch``, ``start``, ``switch``...)."""
@@ -115,6 +128,8 @@ class LocalTarget:
             port=settings.endpoint_port,
             kms_key_id=settings.kms_key_id,
             aws_endpoint_url=settings.aws_endpoint_url,
+            aws_profile=settings.aws_profile,
+            aws_region=settings.aws_region,
             **options,
         )
 

@@ -145,6 +145,8 @@ class Rollout:
         self.project_tag = project_tag
         self.progress = progress
         self.timeout = timeout
+        self.replaced: str | None = None
+        """The config the endpoint was on before this deploy (once :meth:`run` has looked)."""
 
     def run(self) -> Serving:
         """Create or update the endpoint to serve ``target``; wait until it does.
@@ -156,6 +158,7 @@ class Rollout:
         """
         names = self.names
         before = self._settled_endpoint()
+        self.replaced = before.get("EndpointConfigName") if before else None
         self._put_alarms(new_endpoint=before is None)
         if before is not None and self._serves(before):
             self.progress(f"{names.endpoint} already serves {self.target.version} ({names.config})")

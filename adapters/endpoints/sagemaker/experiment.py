@@ -315,6 +315,28 @@ class SageMakerExperiments:
         if desc["EndpointStatus"] != "InService" or desc["EndpointConfigName"] != previous:
             why = desc.get("FailureReason") or "no reason given"
             raise RolloutFailed("stop", f"{name} did not return to {previous}: {why}")
+        self.discard(name, config, progress)
+        progress(f"{model}: experiment {tags[TAG_EXPERIMENT]} stopped; {previous} serves 100 %")
+
+    def discard_if_experiment(self, endpoint: str, config_name: str, progress: Progress) -> None:
+        """:meth:`discard` the config ``config_name`` if it is an experiment's (else nothing).
+
+        A deploy calls it with the config the endpoint left: a promotion during an experiment.
+        """
+        config = self.api.describe_config(config_name)
+        if config and self.api.list_tags(config["EndpointConfigArn"]).get(TAG_EXPERIMENT):
+            self.discard(endpoint, config, progress)
+
+    def discard(self, endpoint: str, config: dict[str, Any], progress: Progress) -> None:
+        """Delete an experiment's config, challenger model and second variant's alarms.
+
+        The config and model only when no endpoint uses them; the alarms are those on the
+        challenger's or shadow's variant of ``endpoint``.
+
+        After :meth:`stop`, and after a deploy that moved the endpoint off the experiment (a
+        promotion rolls the challenger out as the champion): nothing would use the config again,
+        and the champion's own model stays (its one-variant config is the rollback target).
+        """
         challengers = [
             v["ModelName"]
             for v in [
@@ -329,10 +351,9 @@ class SageMakerExperiments:
             if resource not in (live.configs if kind == "endpoint-config" else live.models):
                 self._delete(kind, resource, progress)
         # The second variant's alarms: named after this endpoint, so the project's.
-        gone = [alarm_name(name, v, k) for v in (CHALLENGER, SHADOW) for k in KINDS]
+        gone = [alarm_name(endpoint, v, k) for v in (CHALLENGER, SHADOW) for k in KINDS]
         for alarm in self.alarms.existing(gone):
             self._delete("alarm", alarm, progress)
-        progress(f"{model}: experiment {tags[TAG_EXPERIMENT]} stopped; {previous} serves 100 %")
 
     def _previous_config(
         self, model: str, config: dict[str, Any], tags: dict[str, str], progress: Progress

@@ -202,11 +202,16 @@ class SageMakerTarget:
     def deploy(self, target: VersionToServe, progress: Progress) -> Serving:
         """Create or update the model's endpoint to serve ``target``; wait until it does.
 
+        A deploy during an experiment (the promotion of its challenger, or any rollout) ends
+        it: the endpoint moves to the one-variant config, and the experiment's config goes.
+
         Raises:
             RolloutFailed: the endpoint does not serve ``target``. It serves what it served
                 before (a new endpoint is deleted), and the config and model made for this
                 attempt are deleted unless an endpoint still references them.
         """
+        from adapters.endpoints.sagemaker.experiment import SageMakerExperiments
+
         endpoint = target.endpoint
         progress(
             f"{target.model} {target.version} on SageMaker: "
@@ -227,7 +232,12 @@ class SageMakerTarget:
             timeout=endpoint.timeout_seconds if timeout is None else timeout,
             alarms=EndpointAlarms(self.cloudwatch, self.platform.project_tag),
         )
-        return rollout.run()
+        serving = rollout.run()
+        if rollout.replaced:
+            SageMakerExperiments(self).discard_if_experiment(
+                endpoint_name(self.platform.project_tag, target.model), rollout.replaced, progress
+            )
+        return serving
 
     def health(self, model: str) -> Health | None:
         """Request rate, 5xx share and p99 latency of the model's endpoint, from CloudWatch.
