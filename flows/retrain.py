@@ -23,7 +23,7 @@ from flows.rollout import rollout
 from tasks.export import export_new_data
 from tasks.promotion import decide_promotion, publish_model, register_model
 from tasks.report import outcome, outcome_of, summarise_run
-from tasks.runners import settle, task_runner
+from tasks.runners import running, settle
 from tasks.training import (
     describe_lineage,
     load_training_window,
@@ -113,7 +113,7 @@ def retrain(
     for cfg in cfgs:
         registry.ensure_experiment(cfg.name)
     outcomes: dict[str, ModelOutcome] = {}
-    with task_runner(runner) as pool:
+    with running(runner) as pool:
         futures = {
             pool.submit(run_model, {"model": cfg.name, "force": force, "reason": reason}): cfg.name
             for cfg in cfgs

@@ -15,6 +15,7 @@ cannot make a finished family train (or publish) again.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -72,6 +73,47 @@ def task_runner(cfg: RunnerConfig) -> TaskRunner[Any]:
     )
 
 
+@contextmanager
+def _children_use_this_api() -> Iterator[None]:
+    """While a runner starts processes, point them at this process's Prefect API.
+
+    With no ``PREFECT_API_URL`` (the embedded default), the flow's API is a temporary server
+    this process started. A pool process or LocalCluster worker does not know it: each started
+    a temporary server of its own (15-30 s here, per process) and recorded its task runs there,
+    where nobody saw them. The URL is exported for the runner's life only, since the temporary
+    server stops with the flow's process.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url)
+    saved = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = saved
+
+
+@contextmanager
+def running(cfg: RunnerConfig) -> Iterator[TaskRunner[Any]]:
+    """:func:`task_runner` for ``cfg``, started; its processes reach this process's API."""
+    if cfg.kind == "threads":
+        with task_runner(cfg) as runner:
+            yield runner
+        return
+    with _children_use_this_api(), task_runner(cfg) as runner:
+        yield runner
+
+
 def release(future: PrefectFuture[Any]) -> None:
     """Drop a finished Dask future's hold on its result (no-op for other runners' futures)."""
     wrapped = getattr(future, "wrapped_future", None)
@@ -100,7 +142,7 @@ def _apply(fn: Callable[[Any], Any], item: Any) -> Any:
 def _nested_runner(cfg: RunnerConfig) -> Iterator[TaskRunner[Any]]:
     """A runner for work submitted from inside a task: on a Dask worker, the same cluster."""
     if cfg.kind != "dask":
-        with task_runner(cfg) as runner:
+        with running(cfg) as runner:
             yield runner
         return
     import distributed
@@ -109,7 +151,7 @@ def _nested_runner(cfg: RunnerConfig) -> Iterator[TaskRunner[Any]]:
     try:
         worker = distributed.get_worker()
     except ValueError:  # not on a Dask worker (a notebook, a test): a cluster of its own
-        with task_runner(cfg) as runner:
+        with running(cfg) as runner:
             yield runner
         return
     with DaskTaskRunner(address=worker.scheduler.address) as runner:
@@ -122,21 +164,46 @@ def _nested_runner(cfg: RunnerConfig) -> Iterator[TaskRunner[Any]]:
             distributed.rejoin()
 
 
-def runner_map(cfg: RunnerConfig) -> Mapper[Any, Any]:
-    """A ``map`` that runs each call as a Prefect task on the configured runner.
+PARTS_PER_WORKER = 4
+"""Tasks per worker that a fan-out is cut into. Each task costs a Prefect task run (state
+changes through the API) and, off the flow's process, the pickling of its items and results:
+about 0.25 s a task on a process pool here. So 100 services run as 8 tasks, not 100; four per
+worker still even out parts of unequal cost."""
 
-    Results come back in the items' order; the first part that failed raises its error after
-    every part has finished (nothing is left running). One item, or one worker, runs inline.
+
+class _Batch:
+    """Apply ``fn`` to each item of one batch (a picklable callable, for any runner)."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, items: list[Any]) -> list[Any]:
+        return [self.fn(item) for item in items]
+
+
+def runner_map(cfg: RunnerConfig) -> Mapper[Any, Any]:
+    """A ``map`` that runs the calls as Prefect tasks on the configured runner.
+
+    The items are dealt round-robin into at most ``max_workers *`` :data:`PARTS_PER_WORKER`
+    batches, one task each. Results come back in the items' order; the first part that failed
+    raises its error after every part has finished (nothing is left running). One item, or one
+    worker, runs inline.
     """
 
     def mapper(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         todo = list(items)
         if len(todo) < 2 or cfg.max_workers < 2:
             return [fn(item) for item in todo]
+        n = min(len(todo), cfg.max_workers * PARTS_PER_WORKER)
+        batches = [todo[i::n] for i in range(n)]
         with _nested_runner(cfg) as runner:
-            futures = [runner.submit(_apply, {"fn": fn, "item": item}) for item in todo]
+            futures = [runner.submit(_apply, {"fn": _Batch(fn), "item": b}) for b in batches]
             for _ in settle(futures):
                 pass
-            return [future.result() for future in futures]
+            done = [future.result() for future in futures]
+        results: list[Any] = [None] * len(todo)
+        for i, batch in enumerate(done):
+            results[i::n] = batch
+        return results
 
     return mapper

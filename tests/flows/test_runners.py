@@ -294,14 +294,15 @@ def test_every_runner_publishes_the_same_bytes(by_runner: dict[str, Any], model:
 # --- the forecaster's services fanned out on a process pool and on Dask ----------------------
 
 
-@pytest.mark.parametrize("kind", ["process", "dask"])
-def test_the_forecasters_services_fan_out_to_the_same_model(kind: str, tmp_path: Path) -> None:
-    """The per-service fits, run as Prefect tasks in other processes, give the serial model.
+def test_the_forecasters_services_fan_out_on_dask_to_the_same_model(tmp_path: Path) -> None:
+    """The per-service fits, run as Prefect tasks on a LocalCluster, give the serial model.
 
     The retrain runs above leave this fan-out out (the process run drops the forecaster, the
     Dask run has one worker); here it runs on two workers, with closed-form candidates so the
-    parts cost little beyond the workers' start.
+    parts cost little beyond the workers' start. The process pool's fan-out is checked in
+    ``tests/unit/test_runners.py``, in a flow run as ``make run`` runs it.
     """
+    kind = "dask"
     (cfg,) = load_model_configs(PROJECT_ROOT / "configs", ["traffic_forecaster"])
     family = get_family(cfg.family)
     assert isinstance(family, TrafficForecaster)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +50,30 @@ def test_one_worker_or_one_item_maps_inline_in_order() -> None:
     # No runner (and no Prefect API) is needed when there is nothing to run at once.
     assert runner_map(RunnerConfig(max_workers=1))(str.upper, ["b", "a", "c"]) == ["B", "A", "C"]
     assert runner_map(RunnerConfig(max_workers=2))(str.upper, ["x"]) == ["X"]
+
+
+def test_a_process_pool_reports_to_the_flows_api_and_fans_the_forecaster_out_exactly(
+    tmp_path: Path,
+) -> None:
+    """``make run``'s case: no PREFECT_API_URL, so the flow's API is a temporary server.
+
+    Each pool process used to start a temporary server of its own (15-30 s each) and record
+    its task runs there, unseen; now every part reports to the flow's server, the only one
+    started. The forecaster's services fanned out save to the serial model's bytes.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLOPS_"))}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "MLOPS_HOME": str(tmp_path / "home")}
+    child = subprocess.run(
+        [sys.executable, "-m", "tests.fixtures.fanout", "process"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    found = json.loads(child.stdout.strip().splitlines()[-1])
+    assert found["part_apis"] == [found["flow_api"]], found
+    assert child.stderr.count("Starting temporary server") == 1, child.stderr[-3000:]
+    assert found["fanned"] == found["serial"]
