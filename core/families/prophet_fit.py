@@ -1,4 +1,6 @@
-"""Prophet's cmdstanpy backend with its data file written by orjson.
+"""One Prophet fit for the forecaster, on cmdstanpy's backend with its data file written by orjson.
+
+:func:`fit_prophet` builds and fits one service's Prophet, warm-started from an earlier fit.
 
 A Prophet fit on eight weeks of hours with Fourier orders of 20 spends about two thirds of its
 time writing the data file CmdStan reads: ``Prophet`` turns every array into Python lists and
@@ -25,6 +27,43 @@ from prophet.models import CmdStanPyBackend
 
 # The arrays of Prophet's Stan data; the rest are scalars or short lists.
 _ARRAYS = ("y", "t", "cap", "t_change", "s_a", "s_m")
+
+
+def fit_prophet(df: Any, p: Any, holidays: Any = None, seed: int = 0, warm: Any = None) -> Any:
+    """One Prophet on ``df`` (``ds``, ``y``), warm-started from ``warm`` when given.
+
+    Args:
+        df: one service's hours.
+        p: the forecaster's params (Fourier orders, seasonality mode, prior scales).
+        holidays: Prophet's holidays frame, or None.
+        seed: the optimiser's seed.
+        warm: the previous fit of this service, or None.
+
+    The backtest fits each service's Prophet once per fold and once more on the whole window,
+    each on a little more data than the last: starting from the previous fit's parameters
+    (Prophet's documented warm start) the optimiser has less ground to cover.
+    """
+    from prophet import Prophet
+
+    model = Prophet(
+        growth="linear",
+        daily_seasonality=p.daily_order,
+        weekly_seasonality=p.weekly_order,
+        yearly_seasonality=False,
+        seasonality_mode=p.seasonality_mode,
+        changepoint_prior_scale=p.changepoint_prior_scale,
+        holidays_prior_scale=p.holidays_prior_scale,
+        holidays=holidays,
+        uncertainty_samples=0,
+    )
+    model.stan_backend = OrjsonBackend()  # the same fit, its data file written 3x faster
+    # The optimiser is LBFGS from Prophet's fixed initial values (or the warm start's);
+    # the seed pins the rest.
+    if warm is None:
+        return model.fit(df, seed=seed)
+    init = {name: warm.params[name][0] for name in ("k", "m", "sigma_obs")}
+    init |= {name: warm.params[name][0] for name in ("delta", "beta")}
+    return model.fit(df, seed=seed, init=init)
 
 
 class OrjsonBackend(CmdStanPyBackend):

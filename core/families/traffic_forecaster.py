@@ -69,10 +69,6 @@ Mapper = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 log = logging.getLogger(__name__)
 
 
-VARYING = frozenset({"fit_seconds"})
-"""Fields of a candidates row that differ between two fits of the same model: not saved."""
-
-
 class TrafficForecaster(Family):
     """Prophet per service, scored against the seasonal-naive forecast."""
 
@@ -92,44 +88,6 @@ class TrafficForecaster(Family):
     Params = TrafficForecasterParams
 
     # --- training -----------------------------------------------------------------------
-
-    def _fit_one(
-        self,
-        df: pd.DataFrame,
-        p: TrafficForecasterParams,
-        holidays: pd.DataFrame | None,
-        seed: int,
-        warm: Any = None,
-    ) -> Any:
-        """One Prophet; ``warm`` (a fitted Prophet of the same shape) starts the optimiser.
-
-        The backtest fits each service's Prophet once per fold and once more on the whole
-        window, each on a little more data than the last: starting from the previous fit's
-        parameters (Prophet's documented warm start) the optimiser has less ground to cover.
-        """
-        from prophet import Prophet
-
-        from core.families.prophet_fit import OrjsonBackend
-
-        model = Prophet(
-            growth="linear",
-            daily_seasonality=p.daily_order,
-            weekly_seasonality=p.weekly_order,
-            yearly_seasonality=False,
-            seasonality_mode=p.seasonality_mode,
-            changepoint_prior_scale=p.changepoint_prior_scale,
-            holidays_prior_scale=p.holidays_prior_scale,
-            holidays=holidays,
-            uncertainty_samples=0,
-        )
-        model.stan_backend = OrjsonBackend()  # the same fit, its data file written 3x faster
-        # The optimiser is LBFGS from Prophet's fixed initial values (or the warm start's);
-        # the seed pins the rest.
-        if warm is None:
-            return model.fit(df, seed=seed)
-        init = {name: warm.params[name][0] for name in ("k", "m", "sigma_obs")}
-        init |= {name: warm.params[name][0] for name in ("delta", "beta")}
-        return model.fit(df, seed=seed, init=init)
 
     def train(
         self, frame: pd.DataFrame, params: Any, seed: int, mapper: Mapper = map
@@ -191,11 +149,12 @@ class TrafficForecaster(Family):
         ``last`` keeps the latest Prophet fit (the next one's warm start) and each fold's
         MSTL fit, which ``mstl_naive`` reuses instead of decomposing the same history again.
         """
+        from core.families.prophet_fit import fit_prophet
 
         def prophet(train: pd.Series, hours: pd.DatetimeIndex) -> np.ndarray:
             seen = {d for d in dates if d <= train.index[-1].date().isoformat()}
             rows = df[df["ds"] <= train.index[-1]]
-            fitted = self._fit_one(rows, p, _holidays_frame(seen), seed, last.get(fc.PROPHET))
+            fitted = fit_prophet(rows, p, _holidays_frame(seen), seed, last.get(fc.PROPHET))
             last[fc.PROPHET] = fitted
             one = ForecastModel({service: fitted}, sorted(seen))
             return self._forecast(one, service, pd.Series(hours), dates)
@@ -233,6 +192,8 @@ class TrafficForecaster(Family):
         self, service: str, df: pd.DataFrame, p: TrafficForecasterParams, dates: set[str], seed: int
     ) -> tuple[Any, list[bt.CandidateScore]]:
         """Backtest the candidates on one service, refit the best on all of it."""
+        from core.families.prophet_fit import fit_prophet
+
         y = fc.hourly(df["ds"], df["y"])
         folds = bt.common_folds(y, p.backtest_folds, p.backtest_horizon_hours, p.candidates)
         last: dict[Any, Any] = {}
@@ -252,7 +213,7 @@ class TrafficForecaster(Family):
             try:
                 if name == fc.PROPHET:
                     warm = last.get(fc.PROPHET)
-                    fitted: Any = self._fit_one(df, p, _holidays_frame(dates), seed, warm)
+                    fitted: Any = fit_prophet(df, p, _holidays_frame(dates), seed, warm)
                 else:
                     fitted = self._closed_form(name, y, dates, last, by_name[name].parts)
             except Exception as exc:  # the next best candidate serves instead
@@ -392,7 +353,7 @@ class TrafficForecaster(Family):
             # Without the fit times (MLflow's candidates table keeps them): the same model
             # saves to the same bytes, whichever runner and however loaded the machine.
             "candidates": [
-                {k: v for k, v in row.items() if k not in VARYING} for row in model.candidates
+                {k: v for k, v in row.items() if k != "fit_seconds"} for row in model.candidates
             ],
             "holiday_dates": model.holiday_dates,
             "params": model.params,
@@ -507,6 +468,7 @@ class TrafficForecaster(Family):
         It takes ``service`` and ``ts`` and answers ``forecast``, as the endpoint does; the
         model directory is the JSON that :meth:`save` writes (no pickle).
         """
+        import matplotlib
         import sklearn
         import statsmodels
         from prophet import __version__ as prophet_version
@@ -519,16 +481,10 @@ class TrafficForecaster(Family):
                 f"prophet=={prophet_version}",
                 f"statsmodels=={statsmodels.__version__}",
                 f"scikit-learn=={sklearn.__version__}",
-                f"matplotlib=={_matplotlib_version()}",
+                f"matplotlib=={matplotlib.__version__}",
             ],
             {"services": model.services, "chosen": {s: model.kind(s) for s in model.services}},
         )
-
-
-def _matplotlib_version() -> str:
-    import matplotlib
-
-    return str(matplotlib.__version__)
 
 
 def _load_pyfunc(data_path: str) -> Any:
