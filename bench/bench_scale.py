@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from measured_on import measured_on
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("abuse_detector", "limit_optimiser", "traffic_forecaster")
@@ -396,17 +397,8 @@ def machine() -> dict[str, str]:
     import sklearn
     import xgboost
 
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": f"{cpu}, {os.cpu_count()} cores",
-        "load": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
-        "python": platform.python_version(),
+        **measured_on(),
         "versions": f"prefect {prefect.__version__}, pandas {pandas.__version__}, "
         f"scikit-learn {sklearn.__version__}, xgboost {xgboost.__version__}, "
         f"prophet {prophet.__version__}",

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -31,9 +30,11 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from measured_on import measured_on
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("abuse_detector", "limit_optimiser", "traffic_forecaster")
@@ -385,12 +386,6 @@ def machine() -> dict[str, str]:
     import uvicorn
     import xgboost
 
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[
         0
     ]
@@ -401,9 +396,7 @@ def machine() -> dict[str, str]:
     except ImportError:
         loop = "absent"
     return {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": f"{cpu}, {os.cpu_count()} cores",
-        "python": platform.python_version(),
+        **measured_on(),
         "uvicorn": uvicorn.__version__,
         "uvloop": loop,
         "xgboost": xgboost.__version__,
