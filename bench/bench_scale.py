@@ -279,6 +279,9 @@ def flow_env(home: Path, url: str) -> dict[str, str]:
         "MLOPS_DATABASE_URL": url,
         "MLOPS_ENDPOINT_TARGET": "none",
         "MLOPS_CONFIG_DIR": str(ROOT / "configs"),
+        # One Prefect database for the bench's flow runs alone: the stages read back from it
+        # must not include task runs of anything else running on the machine.
+        "PREFECT_HOME": str(home.parent / "prefect"),
         # The ephemeral API's start took over Prefect's default wait on a loaded shared machine.
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     }
