@@ -61,8 +61,15 @@ def test_a_process_pool_reports_to_the_flows_api_and_fans_the_forecaster_out_exa
     its task runs there, unseen; now every part reports to the flow's server, the only one
     started. The forecaster's services fanned out save to the serial model's bytes.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLOPS_"))}
-    env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "MLOPS_HOME": str(tmp_path / "home")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLOPS_HOME")}
+    env |= {
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "MLOPS_HOME": str(tmp_path / "home"),
+        # A new database written by nothing but the flow's own server (telemetry wrote to it
+        # too and met "database is locked" on a loaded machine); a slow start is no failure.
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    }
     child = subprocess.run(
         [sys.executable, "-m", "tests.fixtures.fanout", "process"],
         cwd=PROJECT_ROOT,
