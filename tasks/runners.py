@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from prefect import task
@@ -54,7 +54,6 @@ def task_runner(cfg: RunnerConfig) -> TaskRunner[Any]:
     """A fresh, unstarted Prefect task runner for ``cfg`` (use it as a context manager)."""
     if cfg.kind == "threads":
         return ThreadPoolTaskRunner(max_workers=cfg.max_workers)
-    _project_first()
     if cfg.kind == "process":
         return ProcessPoolTaskRunner(max_workers=cfg.max_workers)
     from prefect_dask import DaskTaskRunner
@@ -74,17 +73,19 @@ def task_runner(cfg: RunnerConfig) -> TaskRunner[Any]:
 
 
 @contextmanager
-def _children_use_this_api() -> Iterator[None]:
-    """While a runner starts processes, point them at this process's Prefect API.
+def _children_ready() -> Iterator[None]:
+    """While a runner starts processes, give them this process's project and Prefect API.
 
-    With no ``PREFECT_API_URL`` (the embedded default), the flow's API is a temporary server
-    this process started. A pool process or LocalCluster worker does not know it: each started
-    a temporary server of its own (15-30 s here, per process) and recorded its task runs there,
+    The project first on ``sys.path`` (:func:`_project_first`). And with no
+    ``PREFECT_API_URL`` (the embedded default), the flow's API is a temporary server this
+    process started: a pool process or LocalCluster worker does not know it, so each started a
+    temporary server of its own (15-30 s here, per process) and recorded its task runs there,
     where nobody saw them. The URL is exported for the runner's life only, since the temporary
     server stops with the flow's process.
     """
     from prefect.settings import PREFECT_API_URL
 
+    _project_first()
     if PREFECT_API_URL.value():
         yield
         return
@@ -105,12 +106,8 @@ def _children_use_this_api() -> Iterator[None]:
 
 @contextmanager
 def running(cfg: RunnerConfig) -> Iterator[TaskRunner[Any]]:
-    """:func:`task_runner` for ``cfg``, started; its processes reach this process's API."""
-    if cfg.kind == "threads":
-        with task_runner(cfg) as runner:
-            yield runner
-        return
-    with _children_use_this_api(), task_runner(cfg) as runner:
+    """:func:`task_runner` for ``cfg``, started; processes it starts are ready for the work."""
+    with nullcontext() if cfg.kind == "threads" else _children_ready(), task_runner(cfg) as runner:
         yield runner
 
 
