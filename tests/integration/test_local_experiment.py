@@ -96,6 +96,18 @@ def captured(prefix: str, expected: int) -> list[dict[str, Any]]:
         time.sleep(0.2)
 
 
+def plausible(n: int, share: float) -> tuple[float, float]:
+    """The counts ``n`` random draws at ``share`` land in, but once in a million runs.
+
+    The router draws unseeded, as in production, so a 99 % interval here would fail one CI run
+    in a hundred; this one still fails on any wrong weight (50/50 gives 150 of 300, 0/100
+    none). The seeded 20,000-draw test of the 99 % interval is in
+    ``tests/unit/test_experiment_routing.py``.
+    """
+    low, high = binom.interval(1 - 1e-6, n, share)
+    return float(low), float(high)
+
+
 def attributes(record: dict[str, Any]) -> dict[str, str]:
     raw = record["eventMetadata"]["customAttributes"]
     return dict(pair.split("=", 1) for pair in raw.split(";"))
@@ -123,9 +135,9 @@ def test_ab_splits_sticks_targets_and_captures_both_arms(endpoint: Endpoint) -> 
         unknown = send(client, endpoint, 1, **{"X-Amzn-SageMaker-Target-Variant": "nope"})[0]
 
     assert {r.status_code for r in answers} == {200}
-    # The split: 300 requests at 90/10 inside the 99 % binomial interval.
+    # The split: 300 requests at 90/10 land where a 10 % share can put them.
     counts = Counter(r.headers[VARIANT] for r in answers)
-    low, high = binom.interval(0.99, 300, 0.10)
+    low, high = plausible(300, 0.10)
     assert low <= counts[names["challenger"]] <= high, counts
     # Each answer comes from the variant the header names.
     version_of = {names["champion"]: "v1", names["challenger"]: "v2"}
@@ -297,8 +309,9 @@ def test_a_failing_or_slow_shadow_costs_the_caller_nothing(endpoint: Endpoint) -
         assert all(r.json() == expected for r in answers), name
         assert {r.headers[VARIANT] for r in answers} == {route["variants"][0]["name"]}
     # The shadow was really tried: refused copies failed, slow ones are still out or dropped.
-    assert stats["failed"] >= 10, stats
-    assert stats["sent"] - stats["answered"] - stats["failed"] >= 8, stats
+    floor = plausible(40, 0.5)[0]
+    assert stats["failed"] >= floor, stats
+    assert stats["sent"] - stats["answered"] - stats["failed"] >= floor, stats
 
     # The real shadow's answers were captured beside the champion's, joined by inference id.
     time.sleep(1.5)  # the capture flushes every second
@@ -308,8 +321,8 @@ def test_a_failing_or_slow_shadow_costs_the_caller_nothing(endpoint: Endpoint) -
         if attributes(r)["experiment_id"] == "exp-shadow"
     ]
     arms = Counter(attributes(r)["arm"] for r in records)
-    # Every caller's answer; the real shadow's share of the first 40 (50 %, 99 % interval).
-    low, high = binom.interval(0.99, 40, 0.5)
+    # Every caller's answer; the real shadow's share of the first 40 (50 %).
+    low, high = plausible(40, 0.5)
     assert arms["champion"] == 120 and low <= arms["shadow"] <= high, arms
     champion_ids = {
         r["eventMetadata"]["inferenceId"] for r in records if attributes(r)["arm"] == "champion"
