@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli import prefect_api
 from cli.common import console, embedded_prefect, finish
 from core.settings import prepare_environment
 
@@ -33,6 +34,8 @@ def start(
     """Serve CHALLENGER beside the champion (shadow copy or A/B split) and capture both arms."""
     prepare_environment()
     from core.experiment import ExperimentError
+
+    prefect_api.start()  # the embedded API starts while the flows import
     from flows.experiment import start as start_flow
 
     overrides = {
@@ -65,6 +68,7 @@ def stop(
 ) -> None:
     """End MODEL's experiment: the champion answers every request again."""
     prepare_environment()
+    prefect_api.start()  # the embedded API starts while the flows import
     from flows.experiment import stop as stop_flow
 
     with embedded_prefect():

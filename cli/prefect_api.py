@@ -1,0 +1,142 @@
+"""The embedded Prefect API, started before a command imports its flows.
+
+Without ``PREFECT_API_URL``, Prefect starts a temporary API server on a flow's first client
+call (``prefect.server.api.server.SubprocessASGIServer``). By then the command has imported the
+flows (about 5 s here), and to launch the server the client imports Prefect's server package
+too; the server process then imports that package again (about 9 s) and starts. Each waits for
+the other. A command here launches the same server command first, imports its flows while the
+server starts, and waits only for what is left: a trivial flow run took 14-19 s this way against
+21-27 s (see BENCHMARKS.md). Prefect's class cannot be used for this, as importing it is the
+cost being hidden; what is kept from it is the command, its environment and its health check.
+
+One server serves every flow a process runs, and stops when the process exits, like Prefect's.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+# What Prefect's SubprocessASGIServer sets for its server process (prefect 3.8).
+SERVER_ENV = {
+    "PREFECT_UI_ENABLED": "0",
+    "PREFECT__SERVER_EPHEMERAL": "1",
+    "PREFECT__SERVER_FINAL": "1",
+}
+# Prefect's own default for this setting; core.settings raises it to 90 s for the CLI.
+DEFAULT_STARTUP_TIMEOUT = 20.0
+
+
+class PrefectAPIError(RuntimeError):
+    """The embedded Prefect API did not start."""
+
+
+class EmbeddedAPI:
+    """One temporary Prefect API server process on a free loopback port."""
+
+    def __init__(self) -> None:
+        spec = importlib.util.find_spec("prefect")  # finds the package without importing it
+        if spec is None or not spec.submodule_search_locations:
+            raise PrefectAPIError("prefect is not installed")
+        app_dir = Path(next(iter(spec.submodule_search_locations))).parent
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "uvicorn",
+                "--app-dir", str(app_dir),
+                "--factory", "prefect.server.api.server:create_app",
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--log-level", "error", "--lifespan", "on",
+            ],
+            env={**env, **SERVER_ENV},
+        )  # fmt: skip
+        self._ready = False
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Return once the server answers ``/health``.
+
+        Raises:
+            PrefectAPIError: the server exited, or did not answer within ``timeout`` seconds
+                (``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` by default).
+        """
+        if self._ready:
+            return
+        if timeout is None:
+            setting = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
+            timeout = float(setting) if setting else DEFAULT_STARTUP_TIMEOUT
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise PrefectAPIError(
+                    f"the embedded Prefect API exited with code {code} before it answered "
+                    "(its error is printed above)"
+                )
+            try:
+                with opener.open(f"{self.url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        self._ready = True
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise PrefectAPIError(
+                    f"the embedded Prefect API did not answer within {timeout:.0f} s; raise "
+                    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or run a server "
+                    "(`make server`) and set PREFECT_API_URL"
+                )
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Stop the server (idempotent)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+_API: EmbeddedAPI | None = None
+_DECLINED = False
+
+
+def start() -> EmbeddedAPI | None:
+    """Start this process's embedded API now, without waiting; ``None`` under a real server.
+
+    Call it before importing flows, so the server starts while they import. Idempotent: one
+    server per process, stopped when the process exits.
+    """
+    global _API
+    if _DECLINED:
+        return None
+    if _API is not None and _API.process.poll() is None:
+        return _API
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured and (_API is None or configured != _API.url):
+        return None
+    _API = EmbeddedAPI()
+    atexit.register(_API.stop)
+    return _API
+
+
+def decline() -> None:
+    """Stop the embedded API for good: Prefect's settings name a server (a profile, a file)."""
+    global _DECLINED
+    _DECLINED = True
+    if _API is not None:
+        _API.stop()
