@@ -16,7 +16,7 @@ endef
 # The stages of `make test` run in the order listed and stop at the first failure, even under -j.
 .NOTPARALLEL:
 
-.PHONY: help install run test test-unit lint typecheck seed status mlflow-ui server deploy worker clean bench bench-serving bench-forecast bench-metrics bench-scale bench-runners
+.PHONY: help install run test test-unit lint typecheck seed status mlflow-ui server deploy worker clean bench bench-serving bench-forecast bench-metrics bench-scale bench-scale-50x bench-all bench-runners
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -65,12 +65,17 @@ worker: install ## A worker on the process pool (needs PREFECT_API_URL; runs inh
 	@test -n "$$PREFECT_API_URL" || { echo "set PREFECT_API_URL (for example http://127.0.0.1:4200/api)"; exit 2; }
 	$(UV) run prefect worker start --pool intelli-rate-process
 
-bench: bench-serving bench-forecast bench-scale bench-runners ## Every benchmark; figures go to BENCHMARKS.md
+bench: bench-serving bench-scale ## The serving and scale benchmarks (1x, 10x); figures go to BENCHMARKS.md (~25 min)
 
-# SIZES=1x,10x,50x (default) or a subset; FLOW_MODELS=a,b to run fewer families as flow and bare.
-bench-scale: install ## The retrain against the bare script at 1x, 10x, 50x the data (~20 min idle)
-	PYTHONPATH=$(CURDIR) $(UV) run python bench/bench_scale.py --sizes $(or $(SIZES),1x$(,)10x$(,)50x) \
+bench-all: bench bench-scale-50x bench-forecast bench-runners ## Every benchmark, the 50x run too (~2.5 h)
+
+# SIZES=1x,10x (default) or others; FLOW_MODELS=a,b to run fewer families as flow and bare.
+bench-scale: install ## The retrain against the bare script at 1x and 10x the data (~20 min idle)
+	PYTHONPATH=$(CURDIR) $(UV) run python bench/bench_scale.py --sizes $(or $(SIZES),1x$(,)10x) \
 	  $(if $(FLOW_MODELS),--flow-models $(FLOW_MODELS))
+
+bench-scale-50x: install ## The same at 50x (15M rows; export memory against 10x) (~75 min, 14 GB)
+	PYTHONPATH=$(CURDIR) $(UV) run python bench/bench_scale.py --sizes 10x$(,)50x --export-only 10x
 
 bench-runners: install ## make run's retrain under threads, process pool and Dask, alternating (~10 min)
 	PYTHONPATH=$(CURDIR) $(UV) run python bench/bench_scale.py --runners threads,process,dask --rounds $(or $(ROUNDS),3)

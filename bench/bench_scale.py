@@ -9,9 +9,12 @@ its peak RSS is its own (``os.wait4`` returns the child's ``ru_maxrss``):
 * validation (the model's GX suite) against the same checks written in plain pandas;
 * the bare script per family: ``read_sql``, the same split, the family's own ``train`` and
   ``evaluate`` (the same model code), no Prefect, MLflow, validation or store: the floor;
-* the full flow (``retrain``, embedded defaults, no endpoint) per family, per stage (the
-  Prefect task runs' own start and end times) and in total, wall clock from process start;
-* the same flow again with no new data;
+* the full flow (``retrain``, embedded defaults, no endpoint, started as ``mlops retrain``
+  starts it) per family, per stage (the Prefect task runs' own start and end times) and in
+  total, wall clock from process start, in a home whose Prefect and MLflow databases exist
+  (every weekly run after a home's first finds them; the migrations cost 10-20 s once);
+* with no new data, ``mlops retrain`` as a user runs it, and ``--always-run`` (a flow run
+  that finds nothing: the flow's fixed cost);
 * the forecaster on the 10x (and 50x) services, serially and fanned out over a process pool.
 
 It writes ``BENCHMARKS.md`` between its markers: ratios first (the machine is shared), then
@@ -38,8 +41,16 @@ from measured_on import measured_on
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("abuse_detector", "limit_optimiser", "traffic_forecaster")
 SIZES = {"1x": (200, 5), "10x": (2000, 100), "25x": (5000, 250), "50x": (10000, 500)}
-MARK_START = "<!-- bench-scale:start -->"
-MARK_END = "<!-- bench-scale:end -->"
+# `make bench` (1x and 10x) and the long 50x run write sections of their own.
+DEFAULT_SIZES = "1x,10x"
+
+
+def scale_marks(sizes: str) -> tuple[str, str]:
+    """The BENCHMARKS.md markers of the section a run over ``sizes`` writes."""
+    name = "bench-scale" if sizes == DEFAULT_SIZES else f"bench-scale-{sizes.replace(',', '-')}"
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
 RUNNERS_START = "<!-- bench-runners:start -->"
 RUNNERS_END = "<!-- bench-runners:end -->"
 
@@ -176,17 +187,17 @@ def child_bare(url: str, model: str) -> dict[str, Any]:
 
 
 def child_flow(models: list[str]) -> dict[str, Any]:
-    """The retrain flow in this process; seconds per stage from its task runs."""
+    """The retrain flow in this process, as the command runs it; seconds per stage."""
     import asyncio
 
+    from cli import prefect_api
+
+    prefect_api.start()  # as `mlops retrain` does: the API starts while the flow imports
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStartTime
 
+    from cli.common import embedded_prefect
     from flows.retrain import retrain
-
-    started = datetime.now(UTC)
-    state = retrain(models=models, reason="bench", return_state=True)
-    summary = state.result(raise_on_failure=False)
 
     async def stages() -> dict[str, float]:
         runs: list[Any] = []
@@ -204,10 +215,32 @@ def child_flow(models: list[str]) -> dict[str, Any]:
                 out[name] = out.get(name, 0.0) + (run.end_time - run.start_time).total_seconds()
         return out
 
-    return {
-        "status": {o["model"]: o["status"] for o in summary["models"]},
-        "stages": asyncio.run(stages()),
-    }
+    with embedded_prefect():  # the stages are read before the API stops with the process
+        started = datetime.now(UTC)
+        state = retrain(models=models, reason="bench", return_state=True)
+        summary = state.result(raise_on_failure=False)
+        by_task = asyncio.run(stages())
+    return {"status": {o["model"]: o["status"] for o in summary["models"]}, "stages": by_task}
+
+
+def child_warm() -> dict[str, Any]:
+    """Make a flow home as a week after its first finds it: Prefect's and MLflow's databases.
+
+    The first run in a home migrates both (10-20 s here); every later weekly run finds them.
+    """
+    import asyncio
+
+    import mlflow
+
+    from core.settings import prepare_environment
+
+    settings = prepare_environment()
+    t0 = time.perf_counter()
+    from prefect.server.database import provide_database_interface
+
+    asyncio.run(provide_database_interface().create_db())
+    mlflow.MlflowClient(settings.tracking_uri).search_experiments()
+    return {"seconds": time.perf_counter() - t0}
 
 
 def child_forecast(url: str, serial: bool, workers: int) -> dict[str, Any]:
@@ -242,6 +275,7 @@ CHILDREN = {
     "validate": child_validate,
     "bare": child_bare,
     "flow": child_flow,
+    "warm": child_warm,
     "forecast": child_forecast,
 }
 
@@ -249,9 +283,8 @@ CHILDREN = {
 # --- the parent -------------------------------------------------------------------------------
 
 
-def run_child(job: str, env: dict[str, str] | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Run one child; its result plus ``wall`` seconds and ``rss_mb`` (its own peak RSS)."""
-    cmd = [sys.executable, __file__, "--child", job, "--kwargs", json.dumps(kwargs)]
+def timed(label: str, cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``cmd`` (its last stdout line is JSON, or it is the CLI); ``wall`` s, ``rss_mb``."""
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(
@@ -263,14 +296,28 @@ def run_child(job: str, env: dict[str, str] | None = None, **kwargs: Any) -> dic
         out.seek(0)
         lines = out.read().decode().strip().splitlines()
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{job} {kwargs} failed with exit code {proc.returncode}")
-    result: dict[str, Any] = {
-        **json.loads(lines[-1]),
-        "wall": wall,
-        "rss_mb": usage.ru_maxrss / 1024,
-    }
-    sys.stderr.write(f"bench-scale: {job} {json.dumps(kwargs)} -> {json.dumps(result)}\n")
+        raise RuntimeError(f"{label} failed with exit code {proc.returncode}")
+    if lines[-1].startswith("{"):
+        last = json.loads(lines[-1])
+    else:  # the CLI: its headline ("1 model(s): ...", "no flow run started: ...")
+        said = [line.strip() for line in lines if re.search(r"model\(s\):|no flow run", line)]
+        last = {"said": said[-1] if said else lines[-1].strip()}
+    result: dict[str, Any] = {**last, "wall": wall, "rss_mb": usage.ru_maxrss / 1024}
+    sys.stderr.write(f"bench-scale: {label} -> {json.dumps(result)}\n")
     return result
+
+
+def run_child(job: str, env: dict[str, str] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Run one child; its result plus ``wall`` seconds and ``rss_mb`` (its own peak RSS)."""
+    cmd = [sys.executable, __file__, "--child", job, "--kwargs", json.dumps(kwargs)]
+    return timed(f"{job} {json.dumps(kwargs)}", cmd, env)
+
+
+def run_cli(env: dict[str, str], *args: str) -> dict[str, Any]:
+    """``mlops ARGS`` as a user runs it (the command installed beside this Python)."""
+    return timed(
+        f"cli {json.dumps(list(args))}", [str(Path(sys.executable).parent / "mlops"), *args], env
+    )
 
 
 def flow_env(home: Path, url: str) -> dict[str, str]:
@@ -288,8 +335,10 @@ def flow_env(home: Path, url: str) -> dict[str, str]:
     }
 
 
-def measure_size(size: str, work: Path, families: list[str], forecast: bool) -> dict[str, Any]:
-    """Every figure at one size."""
+def measure_size(
+    size: str, work: Path, families: list[str], forecast: bool, full: bool = True
+) -> dict[str, Any]:
+    """Every figure at one size (``full=False``: the export, ``read_sql`` and validation only)."""
     clients, services = SIZES[size]
     url = f"sqlite:///{work / f'source-{size}.db'}"
     out: dict[str, Any] = {"size": size, "clients": clients, "services": services}
@@ -299,11 +348,20 @@ def measure_size(size: str, work: Path, families: list[str], forecast: bool) -> 
         out[f"read_sql/{model}"] = run_child("read_sql", url=url, model=model)
         out[f"export/{model}"] = run_child("export", url=url, model=model, store_dir=str(store))
         out[f"validate/{model}"] = run_child("validate", model=model, store_dir=str(store))
+    if not full:
+        return out
+    home = work
     for model in families:
         out[f"bare/{model}"] = run_child("bare", url=url, model=model)
         home = work / f"home-{size}-{model}"
+        out[f"warm/{model}"] = run_child("warm", flow_env(home, url))
         out[f"flow/{model}"] = run_child("flow", flow_env(home, url), models=[model])
-        out[f"again/{model}"] = run_child("flow", flow_env(home, url), models=[model])
+    if families:
+        # Nothing new since the last flow: the command's answer, then a flow run forced anyway
+        # (its fixed cost: imports, the embedded Prefect API, the per-model checks).
+        last = ["-m", families[-1]]
+        out["cli/idle"] = run_cli(flow_env(home, url), "retrain", *last)
+        out["cli/always"] = run_cli(flow_env(home, url), "retrain", "--always-run", *last)
     if forecast and services >= 100:
         out["forecast/serial"] = run_child("forecast", url=url, serial=True, workers=1)
         out["forecast/fanned"] = run_child("forecast", url=url, serial=False, workers=2)
@@ -384,7 +442,10 @@ def sizes_from_log(path: Path) -> list[dict[str, Any]]:
             key = "seed"
         elif job == "flow":
             key = f"flow/{args['models'][0]}"
-            key = key.replace("flow/", "again/") if key in sizes[-1] else key
+        elif job == "warm":
+            continue
+        elif job == "cli":
+            key = "cli/always" if "--always-run" in args else "cli/idle"
         elif job == "forecast":
             key = "forecast/serial" if args["serial"] else "forecast/fanned"
         else:
@@ -427,16 +488,19 @@ def _r(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "n/a"
 
 
-def render(meta: dict[str, str], sizes: list[dict[str, Any]]) -> str:
-    """The BENCHMARKS.md section."""
+def render(meta: dict[str, str], sizes: list[dict[str, Any]], command: str) -> str:
+    """The BENCHMARKS.md section of a run of ``command``."""
+    names = ", ".join(s["size"] for s in sizes)
     lines = [
-        f"## Scale: the retrain against the bare script ({meta['date']})",
+        f"## Scale: the retrain against the bare script, {names} ({meta['date']})",
         "",
-        f"`make bench` (`bench/bench_scale.py`). {meta['cpu']}; load average at the end "
+        f"`{command}` (`bench/bench_scale.py`). {meta['cpu']}; load average at the end "
         f"{meta['load']} (other jobs shared the cores); Python {meta['python']}; "
         f"{meta['versions']}.",
         "Each figure is its own child process; RSS is that process's peak. Flow = `retrain` on "
-        "the embedded defaults (no endpoint), wall clock from process start to exit.",
+        "the embedded defaults (no endpoint), as `mlops retrain` runs it, wall clock from "
+        "process start to exit, in a home whose Prefect and MLflow databases exist (a weekly "
+        "run after the home's first).",
         "",
         "| size | part | model | ratio | measured | against |",
         "|---|---|---|---|---|---|",
@@ -469,9 +533,9 @@ def render(meta: dict[str, str], sizes: list[dict[str, Any]]) -> str:
                 )
         for key in [k for k in s if k.startswith("flow/")]:
             model = key.split("/", 1)[1]
-            if f"again/{model}" not in s:
+            if f"bare/{model}" not in s:
                 continue
-            fl, ba, ag = s[key], s[f"bare/{model}"], s[f"again/{model}"]
+            fl, ba = s[key], s[f"bare/{model}"]
             stages = ", ".join(
                 f"{name} {sec:.1f}" for name, sec in _stages(fl["stages"], model) if sec >= 0.1
             )
@@ -485,9 +549,12 @@ def render(meta: dict[str, str], sizes: list[dict[str, Any]]) -> str:
                 f"| {tag} | flow ÷ bare (peak RSS) | {model} | {_r(fl['rss_mb'], ba['rss_mb'])} "
                 f"| {fl['rss_mb']:.0f} MB | {ba['rss_mb']:.0f} MB |"
             )
+        if "cli/idle" in s and "cli/always" in s:
+            idle, always = s["cli/idle"], s["cli/always"]
             lines.append(
-                f"| {tag} | no new data, the flow itself | {model} | | {ag['wall']:.1f} s "
-                f"({ag['status'].get(model)}) | `mlops retrain` asks the source first: 3-4 s |"
+                f"| {tag} | no new data: `mlops retrain` | | | {idle['wall']:.1f} s, "
+                f"{idle['rss_mb']:.0f} MB | `--always-run` (a flow run that finds nothing): "
+                f"{always['wall']:.1f} s, {always['rss_mb']:.0f} MB |"
             )
         if "forecast/serial" in s and "forecast/fanned" in s:
             se, fa = s["forecast/serial"], s["forecast/fanned"]
@@ -507,7 +574,7 @@ def render(meta: dict[str, str], sizes: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(section: str, start: str = MARK_START, end: str = MARK_END) -> None:
+def write_section(section: str, start: str, end: str) -> None:
     """Replace this benchmark's section of BENCHMARKS.md (other sections are kept)."""
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
@@ -525,7 +592,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--kwargs", default="{}", help=argparse.SUPPRESS)
-    parser.add_argument("--sizes", default="1x,10x,50x", help="Comma-separated: 1x,10x,25x,50x.")
+    parser.add_argument(
+        "--sizes", default=DEFAULT_SIZES, help="Comma-separated, in order: 1x,10x,25x,50x."
+    )
+    parser.add_argument(
+        "--export-only",
+        default="",
+        help="Sizes (of --sizes) measured for the export, read_sql and validation only.",
+    )
     parser.add_argument(
         "--flow-models", default=",".join(FAMILIES), help="Families run as flow and bare script."
     )
@@ -543,8 +617,13 @@ def main() -> int:
         result = CHILDREN[args.child](**json.loads(args.kwargs))
         sys.stdout.write(json.dumps(result, default=str) + "\n")
         return 0
+    marks = scale_marks(args.sizes)
+    command = {DEFAULT_SIZES: "make bench", "10x,50x": "make bench-scale-50x"}.get(
+        args.sizes, f"bench_scale.py --sizes {args.sizes}"
+    )
     if args.from_log:
-        write_section(render(machine(), sizes_from_log(Path(args.from_log))))
+        sizes = sizes_from_log(Path(args.from_log))
+        write_section(render(machine(), sizes, command), *marks)
         return 0
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     if args.runners:
@@ -555,15 +634,22 @@ def main() -> int:
         write_section(render_runners(machine(), runs), RUNNERS_START, RUNNERS_END)
         return 0
     try:
+        partial = set(filter(None, args.export_only.split(",")))
         sizes = [
-            measure_size(size, work, args.flow_models.split(","), not args.no_forecast)
+            measure_size(
+                size,
+                work,
+                [m for m in args.flow_models.split(",") if m],
+                not args.no_forecast,
+                full=size not in partial,
+            )
             for size in args.sizes.split(",")
         ]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(sizes, indent=1, default=str))
-    write_section(render(machine(), sizes))
+    write_section(render(machine(), sizes, command), *marks)
     return 0
 
 
