@@ -190,9 +190,9 @@ def child_flow(models: list[str]) -> dict[str, Any]:
     """The retrain flow in this process, as the command runs it; seconds per stage."""
     import asyncio
 
-    from cli import prefect_api
+    from cli import embedded_api
 
-    prefect_api.start()  # as `mlops retrain` does: the API starts while the flow imports
+    embedded_api.start()  # as `mlops retrain` does: the API starts while the flow imports
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStartTime
 

@@ -43,17 +43,16 @@ def embedded_prefect() -> Iterator[None]:
     """Run the body's flows on a configured Prefect server, or on this process's embedded API.
 
     Without ``PREFECT_API_URL`` (in the environment, a Prefect profile or ``prefect.toml``), the
-    embedded API (:mod:`cli.prefect_api`) is started unless a command started it already,
+    embedded API (:mod:`cli.embedded_api`) is started unless a command started it already,
     awaited, and named in this process's settings and in its environment (for the processes a
     task runner starts) while the body runs. Flow-run heartbeats are off there: they let a
     server notice crashed runs of workers; the embedded API has no workers, and each flow run
     otherwise spends about a second joining the heartbeat thread on exit.
     """
-    import os
+    from cli import embedded_api
+    from core.settings import exported
 
-    from cli import prefect_api
-
-    api = prefect_api.start()
+    api = embedded_api.start()
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
@@ -63,23 +62,18 @@ def embedded_prefect() -> Iterator[None]:
     configured = PREFECT_API_URL.value()  # the environment, a Prefect profile or prefect.toml
     if api is None or (configured and configured != api.url):
         if api is not None:
-            prefect_api.decline()  # a server named in a profile wins, as it would in Prefect
+            embedded_api.decline()  # a server named in a profile wins, as it would in Prefect
         yield
         return
     api.wait()
 
-    saved = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = api.url
-    try:
-        with temporary_settings(
+    with (
+        exported("PREFECT_API_URL", api.url),
+        temporary_settings(
             updates={PREFECT_API_URL: api.url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
-        ):
-            yield
-    finally:
-        if saved is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = saved
+        ),
+    ):
+        yield
 
 
 def print_serving(settings: Settings) -> None:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -288,3 +289,17 @@ def prepare_environment() -> Settings:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
     return settings
+
+
+@contextmanager
+def exported(name: str, value: str) -> Iterator[None]:
+    """``name=value`` in this process's environment (and its children's) for the block only."""
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved

@@ -15,7 +15,6 @@ cannot make a finished family train (or publish) again.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -27,7 +26,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from core.config import RunnerConfig
-from core.settings import PROJECT_ROOT
+from core.settings import PROJECT_ROOT, exported
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +92,8 @@ def _children_ready() -> Iterator[None]:
 
     with get_client(sync_client=True) as client:
         url = str(client.api_url)
-    saved = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = url
-    try:
+    with exported("PREFECT_API_URL", url):
         yield
-    finally:
-        if saved is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = saved
 
 
 @contextmanager

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +10,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from core.config import ConfigError, RunnerConfig, load_platform_config
 from core.settings import PROJECT_ROOT
 from tasks.runners import runner_map, task_runner
+from tests.fixtures.prefect import run_without_server
 
 
 def test_the_shipped_config_runs_on_threads() -> None:
@@ -61,26 +58,7 @@ def test_a_process_pool_reports_to_the_flows_api_and_fans_the_forecaster_out_exa
     its task runs there, unseen; now every part reports to the flow's server, the only one
     started. The forecaster's services fanned out save to the serial model's bytes.
     """
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLOPS_HOME")}
-    env |= {
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "MLOPS_HOME": str(tmp_path / "home"),
-        # A new database written by nothing but the flow's own server (telemetry wrote to it
-        # too and met "database is locked" on a loaded machine); a slow start is no failure.
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-    }
-    child = subprocess.run(
-        [sys.executable, "-m", "tests.fixtures.fanout", "process"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert child.returncode == 0, child.stderr[-3000:]
-    found = json.loads(child.stdout.strip().splitlines()[-1])
+    found, stderr = run_without_server(tmp_path, "tests.fixtures.fanout", "process")
     assert found["part_apis"] == [found["flow_api"]], found
-    assert child.stderr.count("Starting temporary server") == 1, child.stderr[-3000:]
+    assert stderr.count("Starting temporary server") == 1, stderr[-3000:]
     assert found["fanned"] == found["serial"]
