@@ -190,9 +190,9 @@ def child_flow(models: list[str]) -> dict[str, Any]:
     """The retrain flow in this process, as the command runs it; seconds per stage."""
     import asyncio
 
-    from cli import embedded_api
+    from adapters import prefect_server
 
-    embedded_api.start()  # as `mlops retrain` does: the API starts while the flow imports
+    prefect_server.start()  # as `mlops retrain` does: the API starts while the flow imports
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStartTime
 
@@ -247,10 +247,10 @@ def child_forecast(url: str, serial: bool, workers: int) -> dict[str, Any]:
     """The forecaster's training (one Prophet per service) serially or over a process pool."""
     from contextlib import nullcontext
 
-    from cli import embedded_api
+    from adapters import prefect_server
 
     if not serial:
-        embedded_api.start()
+        prefect_server.start()
     import pandas as pd
     import sqlalchemy as sa
 

@@ -43,14 +43,14 @@ def embedded_prefect() -> Iterator[None]:
     """Run the body's flows on a configured Prefect server, or on this process's embedded API.
 
     Without a server in Prefect's settings (``PREFECT_API_URL``, a profile, ``prefect.toml``),
-    the embedded API (:mod:`cli.embedded_api`) is started unless the command started it
+    the embedded API (:mod:`adapters.prefect_server`) is started unless the command started it
     already, and awaited. Flow-run heartbeats are off there: they let a server notice crashed
     runs of workers; the embedded API has no workers, and each flow run otherwise spends about
     a second joining the heartbeat thread on exit.
     """
-    from cli import embedded_api
+    from adapters import prefect_server
 
-    api = embedded_api.start()
+    api = prefect_server.start()
     if api is None:
         yield
         return

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli import embedded_api
+from adapters import prefect_server
 from cli.common import console, embedded_prefect, finish
 from core.settings import prepare_environment
 
@@ -35,7 +35,7 @@ def start(
     prepare_environment()
     from core.experiment import ExperimentError
 
-    embedded_api.start()  # the embedded API starts while the flows import
+    prefect_server.start()  # the embedded API starts while the flows import
     from flows.experiment import start as start_flow
 
     overrides = {
@@ -68,7 +68,7 @@ def stop(
 ) -> None:
     """End MODEL's experiment: the champion answers every request again."""
     prepare_environment()
-    embedded_api.start()  # the embedded API starts while the flows import
+    prefect_server.start()  # the embedded API starts while the flows import
     from flows.experiment import stop as stop_flow
 
     with embedded_prefect():

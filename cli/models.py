@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cli import embedded_api
+from adapters import prefect_server
 from cli.common import ModelOpt, app, console, embedded_prefect, finish, print_serving
 from core.config import ModelConfig, load_model_configs
 from core.settings import Settings, load_settings, prepare_environment
@@ -47,7 +47,7 @@ def retrain(
                 highlight=False,
             )
             return
-    embedded_api.start()  # the embedded API starts while the flows import
+    prefect_server.start()  # the embedded API starts while the flows import
     from flows.retrain import retrain as retrain_flow
 
     with embedded_prefect():
@@ -110,7 +110,7 @@ def rollout(
 ) -> None:
     """Deploy a published version, smoke-test it, then move latest.json and the champion alias."""
     prepare_environment()
-    embedded_api.start()  # the embedded API starts while the flows import
+    prefect_server.start()  # the embedded API starts while the flows import
     from flows.rollout import rollout as rollout_flow
 
     with embedded_prefect():
@@ -129,7 +129,7 @@ def rollback(
 ) -> None:
     """Put the previous (or a named) version back on the endpoint, with pointer and alias."""
     prepare_environment()
-    embedded_api.start()  # the embedded API starts while the flows import
+    prefect_server.start()  # the embedded API starts while the flows import
     from flows.rollout import rollback as rollback_flow
 
     with embedded_prefect():
@@ -154,7 +154,7 @@ def cleanup(
 ) -> None:
     """Print what nothing uses any more; with --apply, delete exactly that."""
     prepare_environment()
-    embedded_api.start()  # the embedded API starts while the flows import
+    prefect_server.start()  # the embedded API starts while the flows import
     from flows.cleanup import cleanup as cleanup_flow
 
     kwargs: dict[str, Any] = dict(

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli import embedded_api
+from adapters import prefect_server
 from cli.common import app, console, embedded_prefect
 from core.settings import prepare_environment
 
@@ -44,7 +44,7 @@ def monitor(
 ) -> None:
     """Compare recent data with each champion's training data; ask for a retrain on drift."""
     prepare_environment()
-    embedded_api.start()  # the embedded API starts while the flows import
+    prefect_server.start()  # the embedded API starts while the flows import
     from flows.monitor import monitor as monitor_flow
 
     with embedded_prefect():

@@ -43,7 +43,7 @@ CLIENTS = {
     ),
     "mlflow": ("adapters/registry.py",),
     "sqlalchemy": ("adapters/source/",),
-    "subprocess": ("adapters/git.py", "adapters/endpoints/local/"),
+    "subprocess": ("adapters/git.py", "adapters/prefect_server.py", "adapters/endpoints/local/"),
     "psutil": ("adapters/endpoints/local/",),
     "httpx": ("adapters/endpoints/local/",),
     "aiohttp": ("serving/router.py",),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import embedded_api
+from adapters import prefect_server
 from tests.fixtures.prefect import run_without_server, without_server
 
 
@@ -43,13 +43,13 @@ def test_a_server_that_cannot_start_is_a_clear_error(
     monkeypatch.setenv(
         "PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{tmp_path}/none/prefect.db"
     )
-    impatient = embedded_api.EmbeddedAPI()
-    with pytest.raises(embedded_api.PrefectAPIError, match="did not answer within 0 s"):
+    impatient = prefect_server.EmbeddedAPI()
+    with pytest.raises(prefect_server.PrefectAPIError, match="did not answer within 0 s"):
         impatient.wait(timeout=0.2)
     assert impatient.process.poll() is not None  # a server that timed out is stopped
-    broken = embedded_api.EmbeddedAPI()
+    broken = prefect_server.EmbeddedAPI()
     try:
-        with pytest.raises(embedded_api.PrefectAPIError, match="exited with code"):
+        with pytest.raises(prefect_server.PrefectAPIError, match="exited with code"):
             broken.wait(timeout=120)
     finally:
         broken.stop()
@@ -59,8 +59,8 @@ def test_a_configured_server_is_used_and_nothing_is_started(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
-    monkeypatch.setattr(embedded_api, "_API", None)
-    assert embedded_api.start() is None
+    monkeypatch.setattr(prefect_server, "_API", None)
+    assert prefect_server.start() is None
 
 
 def test_a_server_named_in_prefects_settings_wins_over_the_embedded_api(
@@ -72,21 +72,21 @@ def test_a_server_named_in_prefects_settings_wins_over_the_embedded_api(
     from cli.common import embedded_prefect
 
     no_server_here(tmp_path, monkeypatch)
-    monkeypatch.setattr(embedded_api, "_API", None)
-    monkeypatch.setattr(embedded_api, "_DECLINED", False)
-    launched: list[embedded_api.EmbeddedAPI] = []
+    monkeypatch.setattr(prefect_server, "_API", None)
+    monkeypatch.setattr(prefect_server, "_DECLINED", False)
+    launched: list[prefect_server.EmbeddedAPI] = []
 
-    class Recorded(embedded_api.EmbeddedAPI):
+    class Recorded(prefect_server.EmbeddedAPI):
         def __init__(self) -> None:
             super().__init__()
             launched.append(self)
 
-    monkeypatch.setattr(embedded_api, "EmbeddedAPI", Recorded)
+    monkeypatch.setattr(prefect_server, "EmbeddedAPI", Recorded)
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
-        assert embedded_api.start() is None
+        assert prefect_server.start() is None
         with embedded_prefect():
             assert PREFECT_API_URL.value() == "http://127.0.0.1:9/api"
             assert "PREFECT_API_URL" not in os.environ
     (server,) = launched  # launched first (to overlap the imports), then stopped at once
     assert server.process.poll() is not None
-    assert embedded_api.start() is None  # and not launched again by this process
+    assert prefect_server.start() is None  # and not launched again by this process

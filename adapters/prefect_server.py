@@ -5,8 +5,8 @@ call (``prefect.server.api.server.SubprocessASGIServer``). By then the command h
 flows (about 5 s here), and to launch the server the client imports Prefect's server package
 too; the server process then imports that package again (about 9 s) and starts. Each waits for
 the other. A command here launches the same server command first, imports its flows while the
-server starts, and waits only for what is left: a trivial flow run took 14-19 s this way against
-21-27 s (see BENCHMARKS.md). Prefect's class cannot be used for this, as importing it is the
+server starts, and waits only for what is left: a flow run with nothing to do took 16.6 s this
+way against 22.7 s (BENCHMARKS.md). Prefect's class cannot be used for this, as importing it is the
 cost being hidden; what is kept from it is the command, its environment and its health check.
 
 One server serves every flow a process runs, and stops when the process exits, like Prefect's.
