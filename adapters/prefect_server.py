@@ -30,8 +30,6 @@ SERVER_ENV = {
     "PREFECT__SERVER_EPHEMERAL": "1",
     "PREFECT__SERVER_FINAL": "1",
 }
-# Prefect's own default for this setting; core.settings raises it to 90 s for the CLI.
-DEFAULT_STARTUP_TIMEOUT = 20.0
 
 
 class PrefectAPIError(RuntimeError):
@@ -68,13 +66,15 @@ class EmbeddedAPI:
 
         Raises:
             PrefectAPIError: the server exited, or did not answer within ``timeout`` seconds
-                (``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` by default).
+                (by default Prefect's ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``,
+                from wherever Prefect reads it, as its own launcher does).
         """
         if self._ready:
             return
         if timeout is None:
-            setting = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
-            timeout = float(setting) if setting else DEFAULT_STARTUP_TIMEOUT
+            from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+            timeout = float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
         deadline = time.monotonic() + timeout
         while True:
@@ -125,7 +125,7 @@ def start() -> EmbeddedAPI | None:
     ``PREFECT_API_URL`` for the whole process, its threads (a process pool's event forwarder
     runs in one) and the processes a task runner starts.
     """
-    global _API
+    global _API, _DECLINED
     if _DECLINED:
         return None
     if _API is not None:
@@ -138,16 +138,10 @@ def start() -> EmbeddedAPI | None:
 
     if get_current_settings().api.url:
         api.stop()
-        decline()
+        _DECLINED = True  # this process uses that server from now on
         return None
     os.environ["PREFECT_API_URL"] = api.url
     refresh_global_settings_context()
     _API = api
     atexit.register(api.stop)
     return api
-
-
-def decline() -> None:
-    """Use no embedded API in this process: Prefect's settings name a server."""
-    global _DECLINED
-    _DECLINED = True
