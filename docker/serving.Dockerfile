@@ -13,29 +13,35 @@
 #       -e MLOPS_MODEL_CONTENTS_SHA256=<from the manifest> -e MLOPS_MODEL_VERSION=v3 \
 #       intelli-rate-serving:TAG serve
 
-ARG PYTHON_VERSION=3.11
-ARG UV_VERSION=0.13.9
+# BASE: any Debian bookworm image with Python 3.11 and its venv module (`make image` builds one
+# from Debian's packages with debootstrap; `python:3.11-slim-bookworm` works unchanged). Both
+# stages use it, so the venv's interpreter path is the same in the build and at run time.
+ARG BASE=python:3.11-slim-bookworm
+# uv comes from PyPI, not from a registry image, so the build needs nothing but the base and PyPI.
+ARG UV_VERSION=0.13.10
 
 # --- build: the serving libraries at exactly the lock's versions and hashes ---------------------
-FROM ghcr.io/astral-sh/uv:${UV_VERSION} AS uv
-FROM python:${PYTHON_VERSION}-slim-bookworm AS build
-COPY --from=uv /uv /usr/local/bin/uv
+FROM ${BASE} AS build
+ARG UV_VERSION
+# pip and uv trust the system CA bundle, so a proxy's CA mounted over /etc/ssl/certs is honoured.
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+RUN python3 -m venv /opt/uv && /opt/uv/bin/python -m pip install --no-cache-dir --quiet "uv==${UV_VERSION}"
 # Bytecode compiled once here (faster cold starts); files copied out of the cache, no links.
 ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never
 WORKDIR /opt/app
 COPY pyproject.toml uv.lock README.md ./
-# The lock, exported, is the constraint set: every package below and everything they pull in
-# gets the lock's version, checked against the lock's hashes (uv verifies the hashes a
-# constraints file carries). Only what serving imports is
-# installed, so Prefect, MLflow, Great Expectations and boto3 stay out of the image (a family
-# with a new library adds it here; the check below fails the build until it does).
-# pyarrow: the training channel is Parquet (`train`).
-ARG SERVING_PACKAGES="fastapi uvicorn pydantic pydantic-settings pandas numpy pyarrow scikit-learn skops xgboost prophet matplotlib"
+# What goes in is the lock's `serving` group (pyproject.toml), nothing written here: exported with
+# its whole closure, exact versions and hashes, and installed with --require-hashes. Prefect,
+# MLflow, Great Expectations and boto3 stay out of the image. A family that imports a new
+# library adds it to that group; until it does, the check below fails the build.
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv export --frozen --no-dev --no-emit-project --format requirements-txt -o /tmp/lock.txt \
- && uv venv --python /usr/local/bin/python3 /opt/app/.venv \
- && uv pip install --python /opt/app/.venv/bin/python \
-        --constraints /tmp/lock.txt ${SERVING_PACKAGES}
+    /opt/uv/bin/uv export --frozen --only-group serving --no-emit-project \
+        --format requirements-txt -o /tmp/serving.txt \
+ && /opt/uv/bin/uv venv --python python3 /opt/app/.venv \
+ && /opt/uv/bin/uv pip install --python /opt/app/.venv/bin/python --require-hashes \
+        -r /tmp/serving.txt \
+ # The libraries' own test suites (256 MB with their bytecode; nothing imports them to serve).
+ && find /opt/app/.venv/lib -type d -name tests -prune -exec rm -rf {} +
 # Only the modules the server imports: the families, the model package checks, the layout's
 # error type and the store's sha256 helper.
 COPY adapters/__init__.py adapters/layout.py adapters/package.py adapters/store.py ./adapters/
@@ -44,20 +50,22 @@ COPY adapters/training/__init__.py adapters/training/container.py ./adapters/tra
 COPY core/__init__.py ./core/
 COPY core/families ./core/families
 COPY serving ./serving
-# Fail the build, not the endpoint: import the server and every family.
+# Fail the build, not the endpoint: import the server and every family, and find every library
+# any copied module imports (at the top or inside a function) in the image's environment.
 RUN PYTHONPATH=/opt/app MPLBACKEND=Agg /opt/app/.venv/bin/python -m serving check
 
 # --- runtime: no uv, no compiler, no root -------------------------------------------------------
-FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
+FROM ${BASE} AS runtime
 # libgomp: the OpenMP runtime of XGBoost and scikit-learn. tini: PID 1 that forwards SageMaker's
 # SIGTERM to uvicorn (graceful shutdown within SageMaker's 30 s) and reaps worker processes.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgomp1 tini \
- && rm -rf /var/lib/apt/lists/* \
+ && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
  && groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent app
 COPY --from=build --chown=root:root /opt/app /opt/app
 ENV PATH=/opt/app/.venv/bin:$PATH \
+    VIRTUAL_ENV=/opt/app/.venv \
     PYTHONPATH=/opt/app \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -4,8 +4,9 @@ SageMaker starts a hosting container as ``docker run IMAGE serve``; the image's 
 ``python -m serving``, so ``serve`` arrives here as the argument. ``train`` (what SageMaker
 passes to a training container) runs :mod:`adapters.training.container`: the same image trains
 a model as a SageMaker training job.
-``check`` imports the server and every model family and prints what it found: the image build
-runs it, so a missing library fails the build rather than the endpoint.
+``check`` imports the server and every model family, looks up every library any module beside
+it imports (:mod:`serving.image_check`), and prints what it found: the image build runs it, so a
+missing library fails the build rather than the endpoint.
 """
 
 from __future__ import annotations
@@ -65,11 +66,16 @@ def _share_metrics(workers: int) -> None:
 
 
 def check() -> int:
-    """Import the app, uvicorn and every family module; print JSON; 0 when all import."""
+    """Import the app, uvicorn and every family module; print JSON; 0 when all import.
+
+    Also 1 when a module of the project, under the directory that holds this package, imports
+    a library this interpreter lacks, wherever the import sits (the report names it and where).
+    """
     import importlib
     import json
     import pkgutil
     import platform
+    from pathlib import Path
 
     import httptools
     import orjson
@@ -79,6 +85,7 @@ def check() -> int:
     import core.families
     import serving.app  # noqa: F401  (importing is the check)
     from core.families import Family
+    from serving.image_check import missing_libraries
 
     families: dict[str, str] = {}
     for module in pkgutil.iter_modules(core.families.__path__):
@@ -97,9 +104,11 @@ def check() -> int:
         "httptools": httptools.__version__,
         "orjson": orjson.__version__,
         "families": families,
+        "missing_libraries": missing_libraries(Path(__file__).resolve().parents[1]),
     }
     print(json.dumps(report))  # noqa: T201  (this JSON line is the command's output)
-    return 0 if families and all(v == "ok" for v in families.values()) else 1
+    ok = families and all(v == "ok" for v in families.values())
+    return 0 if ok and not report["missing_libraries"] else 1
 
 
 def router(host: str, port: int, state_file: str, log_level: str) -> int:
