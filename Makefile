@@ -16,7 +16,7 @@ endef
 # The stages of `make test` run in the order listed and stop at the first failure, even under -j.
 .NOTPARALLEL:
 
-.PHONY: help install run test test-unit lint typecheck seed status mlflow-ui server deploy worker clean bench bench-serving bench-forecast bench-metrics bench-scale bench-scale-50x bench-all bench-runners
+.PHONY: help install run image bench-image test test-unit lint typecheck seed status mlflow-ui server deploy worker clean bench bench-serving bench-forecast bench-metrics bench-scale bench-scale-50x bench-all bench-runners
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ install: ## Install everything from the lock file into .venv (installs uv first 
 run: install ## Seed the source database if empty, then run the weekly retrain end to end
 	$(UV) run mlops seed --if-empty
 	$(UV) run mlops retrain --reason "make run"
+
+image: ## Build the serving and flow-runner images with buildah (docker/build-images.sh; a Debian base via debootstrap)
+	docker/build-images.sh
 
 test: install lint typecheck ## Lint, type-check, then run the whole test suite (unit, flows, integration)
 	$(call stage,pytest,$(UV) run pytest)
@@ -67,7 +70,7 @@ worker: install ## A worker on the process pool (needs PREFECT_API_URL; runs inh
 
 bench: bench-serving bench-scale ## The serving and scale benchmarks (1x, 10x); figures go to BENCHMARKS.md (~25 min)
 
-bench-all: bench bench-scale-50x bench-forecast bench-runners ## Every benchmark, the 50x run too (~2.5 h)
+bench-all: bench bench-image bench-scale-50x bench-forecast bench-runners ## Every benchmark, the 50x run too (~2.5 h)
 
 # SIZES=1x,10x (default) or others; FLOW_MODELS=a,b to run fewer families as flow and bare.
 bench-scale: install ## The retrain against the bare script at 1x and 10x the data (~20 min idle)
@@ -85,6 +88,9 @@ bench-runners: install ## make run's retrain under threads, process pool and Das
 bench-serving: install ## wrk against the local endpoint, per family, direct and via the router (~3 min)
 	PYTHONPATH=$(CURDIR) $(UV) run python bench/bench_serving.py \
 	  $(if $(BASELINE),--baseline $(BASELINE)) $(if $(BASELINE_PYTHON),--baseline-python $(BASELINE_PYTHON))
+
+bench-image: install ## The images: size, cold and cached build, start to first /ping, wrk against the local process (~10 min)
+	PYTHONPATH=$(CURDIR) $(UV) run python bench/bench_image.py $(if $(ROUNDS),--rounds $(ROUNDS))
 
 bench-forecast: install ## The forecaster: one Prophet fit, training cost on 100 services, accuracy on the real series (~15 min)
 	$(UV) run python bench/prophet_fit.py

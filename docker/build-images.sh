@@ -10,6 +10,7 @@
 #                      packages with debootstrap when it is not in buildah's storage yet.
 #   MLOPS_IMAGE_TAG    the tag of both images (default: `git describe --always --dirty`); each
 #                      is also tagged `latest`.
+#   MLOPS_IMAGE_NO_CACHE=1  build every layer again (a cold build; `make bench-image` times it).
 #   MLOPS_IMAGE_CA     a CA bundle directory mounted read-only over /etc/ssl/certs in the RUN
 #                      steps that download (default /etc/ssl/certs: this machine's proxy CA).
 # Prints one line per image: name, tag, size in bytes, seconds taken.
@@ -47,7 +48,9 @@ for image in "${images[@]}"; do
     [[ -f "$dockerfile" ]] || { echo "build-images: no $dockerfile" >&2; exit 64; }
     name="localhost/intelli-rate-${image}"
     start=$(date +%s.%N)
-    buildah bud --quiet --isolation chroot --layers \
+    cache=(--layers)
+    [[ "${MLOPS_IMAGE_NO_CACHE:-}" == 1 ]] && cache=(--no-cache)
+    buildah bud --quiet --isolation chroot "${cache[@]}" \
         --build-arg "BASE=${base}" \
         --volume "${ca}:/etc/ssl/certs:ro" \
         -f "$dockerfile" -t "${name}:${tag}" -t "${name}:latest" . >/dev/null
