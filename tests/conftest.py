@@ -17,4 +17,5 @@ pytest_plugins = (
     "tests.fixtures.postgres",
     "tests.fixtures.prefect",
     "tests.fixtures.sagemaker_moto",
+    "tests.fixtures.sagemaker_network_moto",
 )

@@ -85,6 +85,9 @@ def model_differences(definition: Definition, existing: dict[str, Any]) -> list[
     differs = [k for k, v in definition.container.items() if found.get(k) != v]
     if existing.get("ExecutionRoleArn") != definition.role:
         differs.append("ExecutionRoleArn")
+    # Isolation is in the name's hash with the VPC; the VPC is compared too, as SageMaker keeps it.
+    if (existing.get("VpcConfig") or None) != definition.vpc:
+        differs.append("VpcConfig")
     return differs
 
 
@@ -284,16 +287,10 @@ class Rollout:
             "model",
             name,
             # A role created moments ago may not be assumable yet: wait for IAM to propagate.
+            # Network isolation (names.network): the container needs no network; SageMaker
+            # fetches the model and captures data itself, through the VPC when there is one.
             lambda: self.api.while_role_propagates(
-                lambda: self.sm.create_model(
-                    ModelName=name,
-                    PrimaryContainer=definition.container,
-                    ExecutionRoleArn=definition.role,
-                    # Network isolation: the container needs no network (SageMaker fetches the
-                    # model and captures data itself). Serverless endpoints do not support it.
-                    EnableNetworkIsolation=self.target.endpoint.serverless is None,
-                    Tags=tag_list(definition.tags),
-                )
+                lambda: self.sm.create_model(**definition.model_request())
             ),
             lambda: model_differences(definition, self.api.describe_model(name) or {}),
         )

@@ -188,6 +188,7 @@ class SageMakerTarget:
             role=role,
             store_uri=self.store_uri,
             kms_key_id=self.kms_key_id,
+            default_vpc=self.platform.network.vpc,
         )
 
     def _role(self) -> str:
