@@ -10,12 +10,14 @@ accepts the subnets and groups, or that the role may create network interfaces i
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from adapters.endpoints.iam import autoscaling_policy, role_name
 from adapters.endpoints.sagemaker.names import _digest, container, resource_name
 from adapters.store import store_from_settings
 from adapters.training.sagemaker_job import SageMakerTrainer
@@ -150,3 +152,32 @@ def test_the_training_job_gets_the_vpc_and_isolation(
         "own": (MODEL_VPC.request(), True),
         "open": (PLATFORM_VPC.request(), False),
     }
+
+
+def test_the_role_may_make_network_interfaces_and_the_deployer_policy_is_valid(
+    env: dict[str, Any],
+) -> None:
+    iam = boto_client("iam", env["settings"].aws_endpoint_url)
+    target = make_target(with_platform_vpc(env))  # no role given: the project's is created
+    target.deploy(version(env, 1), Log())
+    document = iam.get_role_policy(RoleName=role_name(env["tag"]), PolicyName="serving")
+    statements = {s["Sid"]: s for s in document["PolicyDocument"]["Statement"]}
+    # SageMaker puts the instances' network interfaces in the subnets as the execution role.
+    assert {"ec2:CreateNetworkInterface", "ec2:DeleteNetworkInterface"} <= set(
+        statements["VpcNetworkInterfaces"]["Action"]
+    )
+    # Autoscaling is the deployer's right, not the containers': none of it in the role.
+    assert not any("application-autoscaling" in str(s["Action"]) for s in statements.values())
+
+    # The deployer's autoscaling policy: IAM (moto validates documents) accepts it, and the
+    # service-linked role it may create is SageMaker's autoscaling role only.
+    policy = autoscaling_policy()
+    iam.create_policy(PolicyName=f"{env['tag']}-autoscaling", PolicyDocument=json.dumps(policy))
+    linked = next(s for s in policy["Statement"] if s["Action"] == "iam:CreateServiceLinkedRole")
+    assert linked["Condition"] == {
+        "StringLike": {"iam:AWSServiceName": "sagemaker.application-autoscaling.amazonaws.com"}
+    }
+    assert linked["Resource"].endswith(
+        "/sagemaker.application-autoscaling.amazonaws.com/"
+        "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
+    )
