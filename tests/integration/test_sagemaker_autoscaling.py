@@ -105,8 +105,12 @@ def test_a_rollout_registers_the_variant_and_a_second_changes_nothing(env: dict[
     target, client, requests = scaled_target(env)
     name = endpoint_name(env["tag"], MODEL)
 
-    target.deploy(version(env, 1, SCALED), Log())
+    log = Log()
+    target.deploy(version(env, 1, SCALED), log)
 
+    # The cost printed before anything is created spans the bounds (0.115 $/h x 730 h x 2..6).
+    assert "3 x ml.m5.large (autoscaled 2-6) at $0.115/hour: $167.90 to $503.70 per month" in log[0]
+    assert target.monthly_cost(SCALED, env["platform"]) == 167.90
     assert registered(client, name) == {
         "bounds": [(2, 6)],
         "policies": {

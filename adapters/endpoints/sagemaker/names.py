@@ -280,17 +280,29 @@ def define(
 # --- costs and deployment configs ----------------------------------------------------------------
 
 
-def monthly_cost(endpoint: EndpointConfig, platform: PlatformConfig) -> float | None:
+def fleet_bounds(endpoint: EndpointConfig) -> tuple[int, int]:
+    """Fewest and most instances the endpoint runs: its autoscaling bounds, else its count."""
+    if endpoint.autoscaling is not None:
+        return endpoint.autoscaling.min_instances, endpoint.autoscaling.max_instances
+    return endpoint.instance_count, endpoint.instance_count
+
+
+def monthly_cost(
+    endpoint: EndpointConfig, platform: PlatformConfig, instances: int | None = None
+) -> float | None:
     """USD per month of an always-on instance endpoint; None for serverless or an unpriced type.
 
-    Serverless is billed per use (GB-seconds of compute), so it has no fixed monthly figure.
+    At ``instances``, by default the fewest it runs (with autoscaling, ``min_instances``: what
+    it costs when idle). Serverless is billed per use (GB-seconds of compute), so it has no
+    fixed monthly figure.
     """
     if endpoint.serverless is not None:
         return None
     hourly = platform.pricing.instance_hourly_usd.get(endpoint.instance_type)
     if hourly is None:
         return None
-    return round(hourly * endpoint.instance_count * platform.pricing.hours_per_month, 2)
+    count = fleet_bounds(endpoint)[0] if instances is None else instances
+    return round(hourly * count * platform.pricing.hours_per_month, 2)
 
 
 def cost_line(endpoint: EndpointConfig, platform: PlatformConfig, region: str) -> str:
@@ -308,16 +320,26 @@ def cost_line(endpoint: EndpointConfig, platform: PlatformConfig, region: str) -
             f"${pricing.serverless_gb_second_usd}/GB-second (${per_hour:.3f} per busy hour per "
             f"concurrent request; {where})"
         )
+    fewest, most = fleet_bounds(endpoint)
+    fleet = f"{endpoint.instance_count} x {endpoint.instance_type}"
+    if most != fewest:
+        fleet += f" (autoscaled {fewest}-{most})"
     cost = monthly_cost(endpoint, platform)
     if cost is None:
         return (
-            f"{endpoint.instance_count} x {endpoint.instance_type}: no price in "
-            f"configs/platform.yaml (pricing.instance_hourly_usd), cost unknown"
+            f"{fleet}: no price in configs/platform.yaml (pricing.instance_hourly_usd), "
+            "cost unknown"
         )
     hourly = pricing.instance_hourly_usd[endpoint.instance_type]
+    amount = f"about ${cost:,.2f} per month"
+    if most != fewest:
+        amount = (
+            f"${cost:,.2f} to ${monthly_cost(endpoint, platform, most) or 0:,.2f} per month "
+            f"({fewest} to {most} instances)"
+        )
     return (
-        f"{endpoint.instance_count} x {endpoint.instance_type} at ${hourly}/hour: about "
-        f"${cost:,.2f} per month ({where}); a blue/green update runs both fleets while it lasts"
+        f"{fleet} at ${hourly}/hour: {amount} ({where}); a blue/green update runs both fleets "
+        "while it lasts"
     )
 
 

@@ -330,7 +330,11 @@ class SageMakerTarget:
         self._inventory().remove(model, timeout, progress or (lambda _message: None))
 
     def monthly_cost(self, endpoint: EndpointConfig, platform: PlatformConfig) -> float | None:
-        """Estimated USD per month of an endpoint with this config; None when unpriced."""
+        """Estimated USD per month of an endpoint with this config; None when unpriced.
+
+        With autoscaling, at ``min_instances``: what it costs at the least (the deploy's cost
+        line prints the range up to ``max_instances``).
+        """
         return monthly_cost(endpoint, platform)
 
     # --- experiments (adapters.endpoints.sagemaker.experiment) ----------------------------------
