@@ -251,3 +251,37 @@ def test_autoscaling_without_a_client_is_refused_before_anything_is_created(
     with pytest.raises(RolloutFailed, match="no application-autoscaling client"):
         target.deploy(version(env, 1, SCALED), Log())
     assert target.describe(MODEL) is None
+
+
+class Denied:
+    """An Application Auto Scaling client for a deployer whose policy grants none of it."""
+
+    def __getattr__(self, operation: str) -> Any:
+        from botocore.exceptions import ClientError
+
+        def refuse(*_: Any, **__: Any) -> Any:
+            error = {"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}}
+            raise ClientError(error, operation)  # type: ignore[arg-type]
+
+        return refuse
+
+
+def test_a_model_without_autoscaling_needs_no_autoscaling_rights(env: dict[str, Any]) -> None:
+    # Rollouts check for registrations (a variant turned off, an instance-type change): a deployer
+    # who may not read Application Auto Scaling still deploys and updates a fixed fleet.
+    target = make_target(env, autoscaling=Denied())
+    target.deploy(version(env, 1), Log())
+    log = Log()
+    bigger = EndpointConfig(instance_type="ml.m5.xlarge")
+    assert target.deploy(version(env, 2, bigger), log).version == "v2"
+    assert any("not read (AccessDeniedException: not authorized)" in m for m in log)
+    target.remove(MODEL, log)
+    assert target.describe(MODEL) is None
+    # With autoscaling configured the same refusal stops the rollout before any update.
+    # (A new endpoint serves even when its registration is refused: a warning, not a failure.)
+    target.deploy(version(env, 3, SCALED), log)
+    assert any("not applied (AccessDeniedException" in m for m in log)
+    bigger_scaled = SCALED.model_copy(update={"instance_type": "ml.m5.xlarge"})
+    with pytest.raises(RolloutFailed, match=r"cannot deregister .* AccessDeniedException"):
+        target.deploy(version(env, 4, bigger_scaled), Log())
+    assert target.describe(MODEL).version == "v3"  # type: ignore[union-attr]

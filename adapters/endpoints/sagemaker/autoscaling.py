@@ -260,8 +260,19 @@ class RolloutScaling:
     def release_for_update(
         self, old_config: dict[str, Any] | None, new_variants: list[dict[str, Any]]
     ) -> list[Registration]:
-        """Deregister the variants SageMaker would refuse to update; what was released."""
-        registered = self.scaling.registered_variants(self.endpoint)
+        """Deregister the variants SageMaker would refuse to update; what was released.
+
+        A model without autoscaling whose deployer may not read Application Auto Scaling goes
+        on as if nothing were registered (what it has always done); with autoscaling, the error
+        is raised.
+        """
+        try:
+            registered = self.scaling.registered_variants(self.endpoint)
+        except Exception as exc:
+            if self.config is not None:
+                raise
+            self.progress(f"note: autoscaling of {self.endpoint} not read ({described(exc)})")
+            return []
         old_variants = (old_config or {}).get("ProductionVariants", [])
         blocking = blocking_update(registered, old_variants, new_variants)
         released = [r for r in (self.scaling.remove(self.endpoint, v) for v in blocking) if r]
@@ -292,14 +303,17 @@ class RolloutScaling:
         A failure is reported, not raised: the endpoint serves the new version (at its fixed
         instance count), and the next rollout, or a retry of this one, tries again.
         """
-        try:
-            if self.config is None:
+        if self.config is None:
+            try:
                 if self.scaling.remove(self.endpoint, self.variant):
                     self.progress(
                         f"autoscaling off: {self.endpoint}/{self.variant} deregistered; it keeps "
                         "its current instance count until a config with instance_count rolls out"
                     )
-                return
+            except Exception as exc:
+                self.progress(f"note: autoscaling of {self.endpoint} not read ({described(exc)})")
+            return
+        try:
             changes = self.scaling.apply(self.endpoint, self.variant, self.config)
         except Exception as exc:
             self.progress(
