@@ -17,5 +17,6 @@ pytest_plugins = (
     "tests.fixtures.postgres",
     "tests.fixtures.prefect",
     "tests.fixtures.sagemaker_moto",
+    "tests.fixtures.sagemaker_network_moto",
     "tests.fixtures.images",
 )

@@ -101,6 +101,85 @@ def _ecr_repository_arn(image: str | None) -> str:
     )
 
 
+VPC_STATEMENTS: tuple[dict[str, Any], ...] = (
+    {
+        # A model or training job with a VpcConfig (core.endpoint_config): SageMaker creates
+        # and deletes its instances' network interfaces in the subnets as this role. In the
+        # policy whether a VPC is configured or not: the role serves every model and is
+        # rewritten on each deploy, so a statement following one model's VPC would come and go.
+        # EC2 offers no resource to scope the Describe calls to.
+        "Sid": "VpcNetworkInterfaces",
+        "Effect": "Allow",
+        "Action": [
+            "ec2:CreateNetworkInterface",
+            "ec2:CreateNetworkInterfacePermission",
+            "ec2:DeleteNetworkInterface",
+            "ec2:DeleteNetworkInterfacePermission",
+            "ec2:DescribeNetworkInterfaces",
+            "ec2:DescribeVpcs",
+            "ec2:DescribeDhcpOptions",
+            "ec2:DescribeSubnets",
+            "ec2:DescribeSecurityGroups",
+        ],
+        "Resource": "*",
+    },
+)
+"""What SageMaker needs, as the execution role, to put a model's or job's instances in a VPC."""
+
+AUTOSCALING_SERVICE = "sagemaker.application-autoscaling.amazonaws.com"
+AUTOSCALING_ROLE = "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
+
+
+def autoscaling_policy() -> dict[str, Any]:
+    """What the identity running rollouts and cleanup needs for endpoint autoscaling.
+
+    Not the execution role's (SageMaker assumes that for the containers, which never call
+    Application Auto Scaling): the deployer's, for a platform team to attach beside its
+    SageMaker rights. The first ``RegisterScalableTarget`` of an account creates Application
+    Auto Scaling's service-linked role for SageMaker, which only that service may assume; the
+    target-tracking policy's CloudWatch alarms are made and deleted through it.
+    """
+    return {
+        "Version": POLICY_VERSION,
+        "Statement": [
+            {
+                "Sid": "EndpointAutoscaling",
+                "Effect": "Allow",
+                "Action": [
+                    "application-autoscaling:RegisterScalableTarget",
+                    "application-autoscaling:DeregisterScalableTarget",
+                    "application-autoscaling:DescribeScalableTargets",
+                    "application-autoscaling:PutScalingPolicy",
+                    "application-autoscaling:DeleteScalingPolicy",
+                    "application-autoscaling:DescribeScalingPolicies",
+                ],
+                # Scalable targets have generated ids, not names a policy could list up front.
+                "Resource": "*",
+            },
+            {
+                # Application Auto Scaling reads the variant and sets its instance count.
+                "Sid": "ScaledEndpoints",
+                "Effect": "Allow",
+                "Action": [
+                    "sagemaker:DescribeEndpoint",
+                    "sagemaker:DescribeEndpointConfig",
+                    "sagemaker:UpdateEndpointWeightsAndCapacities",
+                ],
+                "Resource": "*",
+            },
+            {
+                "Sid": "AutoscalingServiceLinkedRole",
+                "Effect": "Allow",
+                "Action": "iam:CreateServiceLinkedRole",
+                "Resource": (
+                    f"arn:aws:iam::*:role/aws-service-role/{AUTOSCALING_SERVICE}/{AUTOSCALING_ROLE}"
+                ),
+                "Condition": {"StringLike": {"iam:AWSServiceName": AUTOSCALING_SERVICE}},
+            },
+        ],
+    }
+
+
 def permission_policy(
     store_uri: str,
     *,
@@ -209,6 +288,7 @@ def permission_policy(
             # An image outside ECR (or not yet known) cannot be scoped to a repository.
             "Resource": [_ecr_repository_arn(serving_image)],
         },
+        *VPC_STATEMENTS,
     ]
     if kms_key_id:
         key: dict[str, Any] = {

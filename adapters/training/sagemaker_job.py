@@ -17,9 +17,15 @@ SageMaker instance instead:
    :func:`adapters.package.extract_tarball`) into a directory the flow then evaluates, logs and
    publishes like an in-process model.
 
-The job's name derives from the model and a hash of everything that decides its output (the
-channel's bytes, the hyperparameters, image, instance), so a retried task finds the job it
-already started instead of starting a second one.
+The job's name derives from the model and a hash of everything that decides its output or
+where it runs (the channel's bytes, the hyperparameters, image, instance, network isolation and
+VPC), so a retried task finds the job it already started instead of starting a second one.
+
+Network: ``EnableNetworkIsolation`` by default (``training.network_isolation``): the entry point
+reads its channel from ``/opt/ml/input/data`` and writes ``/opt/ml/model``, SageMaker moves both
+to and from S3, so the container needs no network. ``training.vpc`` (else the platform's
+``network.vpc``) places the job in a VPC; SageMaker then reaches S3 through it (a gateway
+endpoint or a NAT), which is the user's network to provide.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from adapters.training.container import CHANNEL, encode_hyperparameters
 
 if TYPE_CHECKING:
     from adapters.store import Store
-    from core.config import ModelConfig, PlatformConfig
+    from core.config import ModelConfig, PlatformConfig, VpcConfig
     from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -119,6 +125,7 @@ class SageMakerTrainer:
             pulls the image, writes logs.
         project_tag: prefix of the job's name and value of its ``project`` tag.
         poll_seconds: the waiter's delay between ``DescribeTrainingJob`` calls.
+        default_vpc: the platform's VPC (``network.vpc``), for a model naming none.
     """
 
     def __init__(
@@ -131,6 +138,7 @@ class SageMakerTrainer:
         role_arn: str | None,
         project_tag: str,
         poll_seconds: float = 30.0,
+        default_vpc: VpcConfig | None = None,
     ) -> None:
         where = store.url(TRAINING_JOBS)
         if not where.startswith("s3://"):
@@ -155,6 +163,7 @@ class SageMakerTrainer:
         self.role_arn = role_arn
         self.project_tag = project_tag
         self.poll_seconds = poll_seconds
+        self.default_vpc = default_vpc
 
     @classmethod
     def from_settings(
@@ -191,13 +200,23 @@ class SageMakerTrainer:
             role_arn=role_arn,
             project_tag=platform.project_tag,
             poll_seconds=max(settings.sagemaker_poll_seconds, 0.05),
+            default_vpc=platform.network.vpc,
         )
 
     # --- the job ------------------------------------------------------------------------------
 
+    def network(self, cfg: ModelConfig) -> dict[str, Any]:
+        """The job's ``EnableNetworkIsolation`` and ``VpcConfig`` (own VPC, else the default)."""
+        vpc = cfg.training.vpc or self.default_vpc
+        network: dict[str, Any] = {"EnableNetworkIsolation": cfg.training.network_isolation}
+        if vpc is not None:
+            network["VpcConfig"] = vpc.request()
+        return network
+
     def request(self, name: str, cfg: ModelConfig) -> dict[str, Any]:
         """The ``CreateTrainingJob`` request for ``cfg`` under ``name``."""
         return {
+            **self.network(cfg),
             "TrainingJobName": name,
             "AlgorithmSpecification": {
                 "TrainingImage": self.image,
@@ -247,6 +266,7 @@ class SageMakerTrainer:
             "image": self.image,
             "hyperparameters": encode_hyperparameters(cfg.name, cfg.family, cfg.params, cfg.seed),
             "instance": [cfg.training.instance_type, cfg.training.volume_size_gb],
+            "network": self.network(cfg),
         }
         digest.update(json.dumps(decides, sort_keys=True).encode())
         name, described = self._pick_name(job_name(self.project_tag, cfg.name, digest.hexdigest()))

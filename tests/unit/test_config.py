@@ -175,3 +175,141 @@ def test_endpoint_alarms_load_in_the_old_list_form_and_the_new_mapping(tmp_path:
     old.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="p99_latency"):
         load_model_config(old)
+
+
+# --- endpoint instances, autoscaling and network (core.endpoint_config) ------------------------
+
+VPC = {"subnets": ["subnet-0a1b2c3d"], "security_group_ids": ["sg-0123abcd"]}
+
+
+def _no_scaling(endpoint: dict[str, object], **values: object) -> None:
+    endpoint.pop("autoscaling", None)
+    endpoint.update(values)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        # The bad input: a strategy that cannot use the instance count, refused at load.
+        (
+            lambda r: _no_scaling(r["endpoint"], instance_count=1),
+            "deployment canary needs at least 2 instances, instance_count is 1: SageMaker shifts "
+            "canary traffic in steps of the fleet's capacity",
+        ),
+        (
+            lambda r: r["endpoint"]["autoscaling"].update(min_instances=1),
+            "deployment canary needs at least 2 instances, autoscaling.min_instances is 1",
+        ),
+        (
+            lambda r: (
+                _no_scaling(r["endpoint"], instance_count=1),
+                r["endpoint"]["deployment"].update(type="linear"),
+            ),
+            "deployment linear needs at least 2 instances, instance_count is 1",
+        ),
+        (
+            lambda r: r["endpoint"].update(instance_count=12),
+            r"instance_count 12 is outside autoscaling's \[2, 10\]",
+        ),
+        (
+            lambda r: r["endpoint"]["autoscaling"].update(min_instances=11),
+            "min_instances 11 is above max_instances 10",
+        ),
+        (
+            lambda r: r["endpoint"]["autoscaling"].update(target_invocations_per_instance=0),
+            "target_invocations_per_instance",
+        ),
+        (
+            lambda r: r["endpoint"]["autoscaling"].update(scale_in_cooldown_seconds=-1),
+            "scale_in_cooldown_seconds",
+        ),
+        (lambda r: r["endpoint"]["autoscaling"].update(step=3), "step"),
+        (
+            lambda r: (
+                r["endpoint"].update(serverless={"memory_mb": 2048}),
+                r["endpoint"]["deployment"].update(type="all_at_once"),
+            ),
+            "autoscaling is for instance endpoints: a serverless endpoint scales by itself",
+        ),
+        (
+            lambda r: (
+                _no_scaling(r["endpoint"], serverless={"memory_mb": 2048}, vpc=VPC),
+                r["endpoint"]["deployment"].update(type="all_at_once"),
+            ),
+            "serverless endpoints do not run in a VPC",
+        ),
+        (
+            lambda r: r["endpoint"].update(vpc={"subnets": ["subnet-0a1b2c3d"]}),
+            "vpc has subnets but no security_group_ids: SageMaker's VpcConfig takes both",
+        ),
+        (
+            lambda r: r["training"].update(vpc={"security_group_ids": ["sg-0123abcd"]}),
+            "vpc has security_group_ids but no subnets",
+        ),
+        (
+            lambda r: r["endpoint"].update(vpc={**VPC, "subnets": ["vpc-0a1b2c3d"]}),
+            r"subnet id\(s\) \['vpc-0a1b2c3d'\] do not look like",
+        ),
+        (
+            lambda r: r["endpoint"].update(vpc={**VPC, "security_group_ids": ["sg-xyz"]}),
+            r"security group id\(s\) \['sg-xyz'\]",
+        ),
+    ],
+    ids=[
+        "canary-one-instance",
+        "canary-scales-in-to-one",
+        "linear-one-instance",
+        "count-outside-bounds",
+        "min-above-max",
+        "zero-target",
+        "negative-cooldown",
+        "unknown-scaling-key",
+        "serverless-autoscaling",
+        "serverless-vpc",
+        "vpc-without-groups",
+        "training-vpc-without-subnets",
+        "subnet-shape",
+        "security-group-shape",
+    ],
+)
+def test_bad_endpoint_configs_are_refused_with_the_reason(
+    tmp_path: Path, mutate: object, message: str
+) -> None:
+    def prepared(raw: dict[str, object]) -> None:
+        raw.setdefault("training", {})
+        mutate(raw)  # type: ignore[operator]
+
+    path = _write(tmp_path, prepared)
+    with pytest.raises(ConfigError, match=message):
+        load_model_config(path)
+
+
+def test_one_instance_is_fine_all_at_once_and_the_shipped_strategies_have_two() -> None:
+    cfg = load_model_config(SHIPPED[0])
+    # all_at_once moves the whole fleet at once: one instance is a fleet it can move.
+    one = cfg.endpoint.model_copy(update={"autoscaling": None, "instance_count": 1})
+    type(cfg.endpoint).model_validate({**one.model_dump(), "deployment": {"type": "all_at_once"}})
+    for path in SHIPPED:
+        endpoint = load_model_config(path).endpoint
+        if endpoint.deployment.type in ("canary", "linear"):
+            assert endpoint.instance_count >= 2
+            assert endpoint.autoscaling is not None and endpoint.autoscaling.min_instances >= 2
+
+
+def test_vpc_and_isolation_load_from_model_and_platform(tmp_path: Path) -> None:
+    def with_vpc(raw: dict[str, object]) -> None:
+        raw["endpoint"]["vpc"] = VPC  # type: ignore[index]
+        raw["training"] = {"vpc": VPC, "network_isolation": False}
+
+    cfg = load_model_config(_write(tmp_path, with_vpc))
+    assert cfg.endpoint.vpc is not None and cfg.endpoint.network_isolation is True
+    assert cfg.endpoint.vpc.request() == {
+        "SecurityGroupIds": ["sg-0123abcd"],
+        "Subnets": ["subnet-0a1b2c3d"],
+    }
+    assert cfg.training.network_isolation is False
+    (tmp_path / "platform.yaml").write_text(f"network: {{vpc: {VPC}}}")
+    assert load_platform_config(tmp_path).network.vpc == cfg.endpoint.vpc
+    (tmp_path / "platform.yaml").write_text("network: {vpc: {subnets: [subnet-0a1b2c3d]}}")
+    with pytest.raises(ConfigError, match="no security_group_ids"):
+        load_platform_config(tmp_path)

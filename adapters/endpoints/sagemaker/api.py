@@ -109,6 +109,8 @@ class SageMakerApi:
         heartbeat_seconds: report "still waiting" this often when the status does not change.
         sleep: pause function (tests pass a fast one).
         clock: monotonic clock.
+        release_scaling: deregisters an endpoint's variants from autoscaling; called before
+            every delete of an endpoint (see :mod:`.autoscaling`). None: nothing to release.
     """
 
     def __init__(
@@ -119,8 +121,10 @@ class SageMakerApi:
         heartbeat_seconds: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        release_scaling: Callable[[str], list[str]] | None = None,
     ) -> None:
         self.sm = client
+        self._release_scaling = release_scaling
         self.poll_seconds = poll_seconds
         self.heartbeat_seconds = heartbeat_seconds
         self._sleep = sleep
@@ -286,8 +290,28 @@ class SageMakerApi:
                 raise StillSettling(desc, elapsed)
             self._sleep(self.poll_seconds)
 
+    def release_scaling(self, name: str, progress: Progress) -> None:
+        """Deregister the endpoint's variants from autoscaling, before it is deleted.
+
+        A failure is reported and the delete goes on: SageMaker deregisters them itself when
+        the caller may (docs: "Delete endpoints configured for auto scaling").
+        """
+        if self._release_scaling is None:
+            return
+        try:
+            released = self._release_scaling(name)
+        except Exception as exc:
+            progress(f"warning: could not deregister {name} from autoscaling: {described(exc)}")
+            return
+        if released:
+            progress(f"deregistered {', '.join(released)} of {name} from autoscaling")
+
     def delete_endpoint_and_wait(self, name: str, timeout: float, progress: Progress) -> None:
-        """Delete the endpoint; wait until it is gone (at most ``timeout``: SageMaker finishes)."""
+        """Delete the endpoint; wait until it is gone (at most ``timeout``: SageMaker finishes).
+
+        Its autoscaling registrations go first (:meth:`release_scaling`).
+        """
+        self.release_scaling(name, progress)
         try:
             self.sm.delete_endpoint(EndpointName=name)
         except Exception as exc:

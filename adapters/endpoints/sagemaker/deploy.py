@@ -9,7 +9,8 @@ The steps, each safe to repeat (names hash what the resources hold, see
 4. create the model and the endpoint config ("already exists" with the same definition is reuse);
 5. create the endpoint, or update it blue/green to the new config, the alarms of step 2 and the
    config's own named in its ``AutoRollbackConfiguration``;
-6. wait until it settles, and judge: ``InService`` on the new config is success.
+6. wait until it settles, and judge: ``InService`` on the new config is success;
+7. bring its autoscaling to the config (:mod:`.autoscaling`, which also releases before 5).
 
 Anything else raises :class:`~core.endpoint.RolloutFailed` after putting things back: an
 endpoint this attempt created is deleted (with its alarms), an updated one is left on the config
@@ -45,6 +46,7 @@ from adapters.endpoints.sagemaker.names import (
 from core.endpoint import Progress, RolloutFailed, Serving, VersionToServe
 
 if TYPE_CHECKING:
+    from adapters.endpoints.sagemaker.autoscaling import Registration, RolloutScaling
     from adapters.endpoints.sagemaker.names import Names
 
 
@@ -83,6 +85,9 @@ def model_differences(definition: Definition, existing: dict[str, Any]) -> list[
     differs = [k for k, v in definition.container.items() if found.get(k) != v]
     if existing.get("ExecutionRoleArn") != definition.role:
         differs.append("ExecutionRoleArn")
+    # Isolation is in the name's hash with the VPC; the VPC is compared too, as SageMaker keeps it.
+    if (existing.get("VpcConfig") or None) != definition.vpc:
+        differs.append("VpcConfig")
     return differs
 
 
@@ -122,6 +127,7 @@ class Rollout:
         timeout: longest wait for the endpoint to settle.
         alarms: the CloudWatch alarms' client; None puts no alarms (user-named ones still roll
             an update back).
+        scaling: the rollout's autoscaling steps (:mod:`.autoscaling`); None: none taken.
     """
 
     def __init__(
@@ -134,9 +140,11 @@ class Rollout:
         progress: Progress,
         timeout: float,
         alarms: EndpointAlarms | None = None,
+        scaling: RolloutScaling | None = None,
     ) -> None:
         self.api = api
         self.alarms = alarms
+        self.scaling = scaling
         self.own_alarms: list[str] = []
         self.sm = api.sm
         self.target = target
@@ -156,6 +164,14 @@ class Rollout:
                 before (a new endpoint is deleted), and the config and model made for this
                 attempt are deleted unless an endpoint still references them.
         """
+        serving = self._run()
+        # Once InService, on every rollout (like the alarms): a changed min, max or target
+        # reaches Application Auto Scaling without a new version.
+        if self.scaling is not None:
+            self.scaling.after_serving()
+        return serving
+
+    def _run(self) -> Serving:
         names = self.names
         before = self._settled_endpoint()
         self.replaced = before.get("EndpointConfigName") if before else None
@@ -271,16 +287,10 @@ class Rollout:
             "model",
             name,
             # A role created moments ago may not be assumable yet: wait for IAM to propagate.
+            # Network isolation (names.network): the container needs no network; SageMaker
+            # fetches the model and captures data itself, through the VPC when there is one.
             lambda: self.api.while_role_propagates(
-                lambda: self.sm.create_model(
-                    ModelName=name,
-                    PrimaryContainer=definition.container,
-                    ExecutionRoleArn=definition.role,
-                    # Network isolation: the container needs no network (SageMaker fetches the
-                    # model and captures data itself). Serverless endpoints do not support it.
-                    EnableNetworkIsolation=self.target.endpoint.serverless is None,
-                    Tags=tag_list(definition.tags),
-                )
+                lambda: self.sm.create_model(**definition.model_request())
             ),
             lambda: model_differences(definition, self.api.describe_model(name) or {}),
         )
@@ -351,7 +361,6 @@ class Rollout:
         return existing
 
     def _update_endpoint(self, before: dict[str, Any]) -> Serving:
-        names = self.names
         strategy = self.target.endpoint.deployment
         old = before.get("EndpointConfigName")
         config = deployment_config(strategy, self.own_alarms)
@@ -363,6 +372,27 @@ class Rollout:
             )
         rollback = rollback_alarms(strategy, self.own_alarms)
         watched = f", rolled back if any alarm fires: {', '.join(rollback)}" if rollback else ""
+        released: list[Registration] = []
+        if self.scaling is not None:
+            try:
+                old_config = self.api.describe_config(old) if old else None
+                released = self.scaling.release_for_update(old_config, [self.definition.variant])
+            except Exception as exc:
+                reason = f"cannot deregister {self.names.endpoint} from autoscaling: "
+                raise self._fail(
+                    "autoscaling",
+                    f"{reason}{described(exc)}; {old} still serves",
+                    delete_endpoint=False,
+                ) from exc
+        try:
+            return self._request_update(old, config, watched)
+        except RolloutFailed:
+            if released and self.scaling is not None:
+                self.scaling.put_back(released)  # the old fleet serves on, scaled as before
+            raise
+
+    def _request_update(self, old: str | None, config: dict[str, Any], watched: str) -> Serving:
+        names, strategy = self.names, self.target.endpoint.deployment
         try:
             self.sm.update_endpoint(
                 EndpointName=names.endpoint,

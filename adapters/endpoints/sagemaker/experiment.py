@@ -20,6 +20,13 @@ experiment's update adds a variant, and SageMaker's deployment guardrails need t
 to keep the old one's variant names, so they are there to be seen (console, ``mlops status``
 reads the same metrics) while the experiment's own statistics decide.
 
+The challenger's variant does not autoscale (:mod:`.autoscaling`): it runs its config's
+``instance_count`` for the experiment's length. Its share of traffic is fixed by weight, a fleet
+that changes size under the comparison would move its latency for reasons that are not the
+model's, and a variant never registered needs no deregistering before the update that removes it
+(SageMaker refuses to remove a registered variant). The champion's ``AllTraffic`` keeps its
+registration: the experiment's config keeps its name and instance type, which SageMaker allows.
+
 The endpoint moves to the experiment's config with ``UpdateEndpoint`` (SageMaker keeps the
 champion serving until the new fleet is healthy, and rolls back by itself when it is not). The
 config is tagged with the experiment's id and mode and the config it replaced, so
@@ -124,15 +131,7 @@ class SageMakerExperiments:
         request = self._config_request(plan, config, definition.variant)
         created: list[tuple[str, str]] = []
         try:
-            if self._create(
-                lambda: self.sm.create_model(
-                    ModelName=definition.names.model,
-                    PrimaryContainer=definition.container,
-                    ExecutionRoleArn=definition.role,
-                    EnableNetworkIsolation=True,
-                    Tags=tag_list(definition.tags),
-                )
-            ):
+            if self._create(lambda: self.sm.create_model(**definition.model_request())):
                 created.append(("model", definition.names.model))
             if self._create(lambda: self.sm.create_endpoint_config(**request)):
                 created.append(("endpoint-config", request["EndpointConfigName"]))

@@ -186,6 +186,7 @@ class Inventory:
         if not resource.name.startswith(self.prefix):
             raise ValueError(f"{resource.name} is not a {self.platform.project_tag} resource")
         if resource.kind == "endpoint":
+            self.api.release_scaling(resource.name, lambda _message: None)
             self.sm.delete_endpoint(EndpointName=resource.name)
             self.alarms.delete(self.alarms.of_endpoint(resource.name))
             return

@@ -1,9 +1,10 @@
 """What a deploy asks SageMaker for, what it is called, and what it costs: pure functions.
 
 Every model and endpoint config is named ``{project_tag}-{model}-{version}-{hash}``, where the
-hash covers what the resource holds (the version's manifest sha256, image, role and data source
-for a model; the variant and data capture for a config), so the same deploy always asks for the
-same names. The endpoint itself is ``{project_tag}-{model}``, one per model.
+hash covers what the resource holds (the version's manifest sha256, image, role, data source,
+network isolation and VPC for a model; the variant and data capture for a config), so the same
+deploy always asks for the same names, and a changed network setting is a new model. The
+endpoint itself is ``{project_tag}-{model}``, one per model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from core.config import DeploymentStrategy, EndpointConfig, PlatformConfig
+    from core.config import DeploymentStrategy, EndpointConfig, PlatformConfig, VpcConfig
     from core.endpoint import VersionToServe
 
 VARIANT = "AllTraffic"
@@ -192,6 +193,8 @@ class Definition:
         variant: the endpoint config's production variant.
         data_capture: its ``DataCaptureConfig``, None when capture is off.
         tags: tags of the model and endpoint config.
+        network_isolation: the model's ``EnableNetworkIsolation``.
+        vpc: the model's ``VpcConfig``, None for SageMaker's own network.
     """
 
     names: Names
@@ -200,6 +203,34 @@ class Definition:
     variant: dict[str, Any]
     data_capture: dict[str, Any] | None
     tags: dict[str, str]
+    network_isolation: bool = True
+    vpc: dict[str, list[str]] | None = None
+
+    def model_request(self) -> dict[str, Any]:
+        """``CreateModel``'s arguments (the model of a deploy, or an experiment's challenger)."""
+        request: dict[str, Any] = {
+            "ModelName": self.names.model,
+            "PrimaryContainer": self.container,
+            "ExecutionRoleArn": self.role,
+            "EnableNetworkIsolation": self.network_isolation,
+            "Tags": tag_list(self.tags),
+        }
+        if self.vpc is not None:
+            request["VpcConfig"] = self.vpc
+        return request
+
+
+def network(
+    endpoint: EndpointConfig, default_vpc: VpcConfig | None
+) -> tuple[bool, dict[str, list[str]] | None]:
+    """The model's network isolation and ``VpcConfig``: the model's own VPC, else the default.
+
+    Serverless endpoints support neither (SageMaker refuses both), so they get neither.
+    """
+    if endpoint.serverless is not None:
+        return False, None
+    vpc = endpoint.vpc or default_vpc
+    return endpoint.network_isolation, vpc.request() if vpc is not None else None
 
 
 def define(
@@ -210,6 +241,7 @@ def define(
     role: str,
     store_uri: str,
     kms_key_id: str | None,
+    default_vpc: VpcConfig | None = None,
 ) -> Definition:
     """The names and request bodies that serving ``target`` takes.
 
@@ -220,13 +252,15 @@ def define(
         role: the execution role ARN ("" when not known yet: names only).
         store_uri: ``s3://bucket/prefix`` of the model store (data capture goes under it).
         kms_key_id: the store's KMS key, for captured data.
+        default_vpc: the platform's VPC (``network.vpc``), for a model naming none.
     """
     body = container(target, serving_image)
+    isolation, vpc = network(target.endpoint, default_vpc)
+    # Isolation was hashed before VPCs existed (as "not serverless", the same value by default):
+    # the VPC joins the hash only when there is one, so names without one stay as they were.
+    hashed: list[Any] = [target.manifest_sha256, body, role, isolation]
     model = resource_name(
-        project_tag,
-        target.model,
-        target.version,
-        _digest(target.manifest_sha256, body, role, target.endpoint.serverless is None),
+        project_tag, target.model, target.version, _digest(*hashed, *([vpc] if vpc else []))
     )
     production = variant(target.endpoint, model)
     capture = data_capture(target, store_uri, kms_key_id)
@@ -238,23 +272,37 @@ def define(
         variant=production,
         data_capture=capture,
         tags=resource_tags(target, project_tag),
+        network_isolation=isolation,
+        vpc=vpc,
     )
 
 
 # --- costs and deployment configs ----------------------------------------------------------------
 
 
-def monthly_cost(endpoint: EndpointConfig, platform: PlatformConfig) -> float | None:
+def fleet_bounds(endpoint: EndpointConfig) -> tuple[int, int]:
+    """Fewest and most instances the endpoint runs: its autoscaling bounds, else its count."""
+    if endpoint.autoscaling is not None:
+        return endpoint.autoscaling.min_instances, endpoint.autoscaling.max_instances
+    return endpoint.instance_count, endpoint.instance_count
+
+
+def monthly_cost(
+    endpoint: EndpointConfig, platform: PlatformConfig, instances: int | None = None
+) -> float | None:
     """USD per month of an always-on instance endpoint; None for serverless or an unpriced type.
 
-    Serverless is billed per use (GB-seconds of compute), so it has no fixed monthly figure.
+    At ``instances``, by default the fewest it runs (with autoscaling, ``min_instances``: what
+    it costs when idle). Serverless is billed per use (GB-seconds of compute), so it has no
+    fixed monthly figure.
     """
     if endpoint.serverless is not None:
         return None
     hourly = platform.pricing.instance_hourly_usd.get(endpoint.instance_type)
     if hourly is None:
         return None
-    return round(hourly * endpoint.instance_count * platform.pricing.hours_per_month, 2)
+    count = fleet_bounds(endpoint)[0] if instances is None else instances
+    return round(hourly * count * platform.pricing.hours_per_month, 2)
 
 
 def cost_line(endpoint: EndpointConfig, platform: PlatformConfig, region: str) -> str:
@@ -272,16 +320,26 @@ def cost_line(endpoint: EndpointConfig, platform: PlatformConfig, region: str) -
             f"${pricing.serverless_gb_second_usd}/GB-second (${per_hour:.3f} per busy hour per "
             f"concurrent request; {where})"
         )
+    fewest, most = fleet_bounds(endpoint)
+    fleet = f"{endpoint.instance_count} x {endpoint.instance_type}"
+    if most != fewest:
+        fleet += f" (autoscaled {fewest}-{most})"
     cost = monthly_cost(endpoint, platform)
     if cost is None:
         return (
-            f"{endpoint.instance_count} x {endpoint.instance_type}: no price in "
-            f"configs/platform.yaml (pricing.instance_hourly_usd), cost unknown"
+            f"{fleet}: no price in configs/platform.yaml (pricing.instance_hourly_usd), "
+            "cost unknown"
         )
     hourly = pricing.instance_hourly_usd[endpoint.instance_type]
+    amount = f"about ${cost:,.2f} per month"
+    if most != fewest:
+        amount = (
+            f"${cost:,.2f} to ${monthly_cost(endpoint, platform, most) or 0:,.2f} per month "
+            f"({fewest} to {most} instances)"
+        )
     return (
-        f"{endpoint.instance_count} x {endpoint.instance_type} at ${hourly}/hour: about "
-        f"${cost:,.2f} per month ({where}); a blue/green update runs both fleets while it lasts"
+        f"{fleet} at ${hourly}/hour: {amount} ({where}); a blue/green update runs both fleets "
+        "while it lasts"
     )
 
 

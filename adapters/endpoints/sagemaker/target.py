@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from adapters.endpoints.iam import RoleError, project_role
 from adapters.endpoints.sagemaker.alarms import EndpointAlarms
 from adapters.endpoints.sagemaker.api import SageMakerApi, invoke
+from adapters.endpoints.sagemaker.autoscaling import EndpointScaling, RolloutScaling
 from adapters.endpoints.sagemaker.deploy import Rollout, check_deployable
 from adapters.endpoints.sagemaker.health import read_health
 from adapters.endpoints.sagemaker.inventory import Inventory
@@ -60,6 +61,8 @@ class SageMakerTarget:
         kms_key_id: the store's KMS key (role policy, captured data).
         sts: boto3 ``sts`` client: the account id in the role's trust policy (only used when
             no role ARN is given).
+        autoscaling: boto3 ``application-autoscaling`` client; needed by a model whose
+            ``endpoint.autoscaling`` is set (:mod:`.autoscaling`).
         poll_seconds: pause between status polls.
         timeout_seconds: longest wait for the endpoint to settle; default each model's
             ``endpoint.timeout_seconds``.
@@ -84,6 +87,7 @@ class SageMakerTarget:
         role_arn: str | None = None,
         kms_key_id: str | None = None,
         sts: Any = None,
+        autoscaling: Any = None,
         poll_seconds: float = 15.0,
         timeout_seconds: float | None = None,
         heartbeat_seconds: float = 60.0,
@@ -101,6 +105,7 @@ class SageMakerTarget:
         self.role_arn = role_arn
         self.kms_key_id = kms_key_id
         self.sts = sts
+        self.autoscaling = autoscaling
         self.poll_seconds = poll_seconds
         self.timeout_seconds = timeout_seconds
         self.heartbeat_seconds = heartbeat_seconds
@@ -122,7 +127,14 @@ class SageMakerTarget:
 
         # The read timeout leaves room for SageMaker's 60 s invocation limit.
         clients = aws_clients(
-            ("sagemaker", "sagemaker-runtime", "iam", "cloudwatch", "sts"),
+            (
+                "sagemaker",
+                "sagemaker-runtime",
+                "iam",
+                "cloudwatch",
+                "sts",
+                "application-autoscaling",
+            ),
             profile=settings.aws_profile,
             region=settings.aws_region,
             endpoint_url=settings.aws_endpoint_url,
@@ -135,6 +147,7 @@ class SageMakerTarget:
             iam=clients["iam"],
             cloudwatch=clients["cloudwatch"],
             sts=clients["sts"],
+            autoscaling=clients["application-autoscaling"],
             platform=platform,
             store_uri=settings.store,
             region=settings.aws_region,
@@ -147,13 +160,22 @@ class SageMakerTarget:
     # --- the parts, built on use so they see the current polling and image settings -----------
 
     def _api(self) -> SageMakerApi:
+        scaling = self._scaling()
         return SageMakerApi(
             self.sm,
             poll_seconds=self.poll_seconds,
             heartbeat_seconds=self.heartbeat_seconds,
             sleep=self._sleep,
             clock=self._clock,
+            release_scaling=(
+                None
+                if scaling is None
+                else lambda name: [r.variant for r in scaling.remove_endpoint(name)]
+            ),
         )
+
+    def _scaling(self) -> EndpointScaling | None:
+        return None if self.autoscaling is None else EndpointScaling(self.autoscaling)
 
     def _inventory(self) -> Inventory:
         return Inventory(self._api(), self.cloudwatch, self.platform)
@@ -166,6 +188,7 @@ class SageMakerTarget:
             role=role,
             store_uri=self.store_uri,
             kms_key_id=self.kms_key_id,
+            default_vpc=self.platform.network.vpc,
         )
 
     def _role(self) -> str:
@@ -218,6 +241,13 @@ class SageMakerTarget:
             f"{cost_line(endpoint, self.platform, self.region)}"
         )
         check_deployable(target, self.serving_image, progress)
+        scaling = self._scaling()
+        if endpoint.autoscaling is not None and scaling is None:
+            raise RolloutFailed(
+                "prepare",
+                "endpoint.autoscaling is set but the target has no application-autoscaling "
+                "client (build it with SageMakerTarget.from_settings); nothing was created",
+            )
         try:
             role = self._role()
         except RoleError as exc:
@@ -231,6 +261,15 @@ class SageMakerTarget:
             progress=progress,
             timeout=endpoint.timeout_seconds if timeout is None else timeout,
             alarms=EndpointAlarms(self.cloudwatch, self.platform.project_tag),
+            scaling=None
+            if scaling is None
+            else RolloutScaling(
+                scaling,
+                endpoint_name(self.platform.project_tag, target.model),
+                VARIANT,
+                endpoint.autoscaling,
+                progress,
+            ),
         )
         serving = rollout.run()
         if rollout.replaced:
@@ -291,7 +330,11 @@ class SageMakerTarget:
         self._inventory().remove(model, timeout, progress or (lambda _message: None))
 
     def monthly_cost(self, endpoint: EndpointConfig, platform: PlatformConfig) -> float | None:
-        """Estimated USD per month of an endpoint with this config; None when unpriced."""
+        """Estimated USD per month of an endpoint with this config; None when unpriced.
+
+        With autoscaling, at ``min_instances``: what it costs at the least (the deploy's cost
+        line prints the range up to ``max_instances``).
+        """
         return monthly_cost(endpoint, platform)
 
     # --- experiments (adapters.endpoints.sagemaker.experiment) ----------------------------------
