@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.experiment import ExperimentPolicy
+from core.store_config import StoreConfig
 
 ColumnType = Literal["int64", "float64", "string", "timestamp", "bool"]
 
@@ -501,6 +502,7 @@ class PlatformConfig(Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     monitor: MonitorPolicy = MonitorPolicy()
     runner: RunnerConfig = RunnerConfig()
+    store: StoreConfig = StoreConfig()
 
 
 def load_platform_config(config_dir: Path) -> PlatformConfig:
