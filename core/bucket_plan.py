@@ -64,6 +64,26 @@ class BucketScope:
     retention: BucketRetention
     project_tag: str
 
+    @classmethod
+    def for_uri(
+        cls,
+        uri: str,
+        *,
+        region: str,
+        kms_key_id: str | None,
+        retention: BucketRetention,
+        project_tag: str,
+    ) -> BucketScope:
+        """The scope of the store at ``s3://bucket/prefix``.
+
+        Raises:
+            ConfigError: not an ``s3://`` URI with a bucket.
+        """
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        if not uri.startswith("s3://") or not bucket:
+            raise ConfigError(f"not an s3://bucket/prefix store: {uri!r}")
+        return cls(bucket, prefix.strip("/"), region, kms_key_id, retention, project_tag)
+
     def key(self, *parts: str) -> str:
         """A key prefix under the store, ending in ``/`` ("" for the bucket's root)."""
         joined = "/".join(p.strip("/") for p in (self.prefix, *parts) if p.strip("/"))
