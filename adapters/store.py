@@ -115,6 +115,10 @@ class Store(Protocol):
         """Delete ``key``; deleting a missing key is not an error."""
         ...
 
+    def mark_superseded(self, key: str) -> str:
+        """Hand ``key`` to the store's expiry: ``tagged`` (S3) or ``deleted`` (a directory)."""
+        ...
+
 
 def create_once(store: Store, key: str, body: bytes) -> bool:
     """Conditionally create ``key``; True if created, or if it already holds exactly ``body``.
@@ -314,6 +318,11 @@ class LocalStore:
                 break
             parent = parent.parent
 
+    def mark_superseded(self, key: str) -> str:
+        """Delete ``key`` now: a directory has no lifecycle rules to expire it later."""
+        self.delete(key)
+        return "deleted"
+
 
 class S3Store:
     """S3 (or anything speaking its API, such as moto server) under ``s3://bucket/prefix``.
@@ -494,6 +503,16 @@ class S3Store:
     def delete(self, key: str) -> None:
         """DELETE ``key``; S3 answers success for a missing key too."""
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def mark_superseded(self, key: str) -> str:
+        """Tag ``key`` superseded; the bucket's lifecycle rule expires it (mlops store setup)."""
+        from core.bucket_plan import SUPERSEDED_TAG
+
+        tag = {"Key": SUPERSEDED_TAG[0], "Value": SUPERSEDED_TAG[1]}
+        self.client.put_object_tagging(
+            Bucket=self.bucket, Key=self._key(key), Tagging={"TagSet": [tag]}
+        )
+        return "tagged"
 
 
 def store_from_uri(

@@ -23,10 +23,11 @@ import pytest
 from botocore.exceptions import ClientError
 
 from adapters.bucket import BucketError, BucketNotReady, StoreBucket
+from adapters.snapshots import retire_snapshot
 from adapters.store import S3Store
 from adapters.versions import publish_version
 from cli import main
-from core.bucket_plan import TLS_SID, BucketScope, plan_setup
+from core.bucket_plan import TLS_SID, BucketScope, lifecycle_rules, plan_setup
 from core.store_config import BucketRetention
 from tests.fixtures.home import isolated_env, project_configs
 from tests.fixtures.moto import boto_client, use_moto_env
@@ -364,3 +365,31 @@ def test_the_first_publish_stops_on_a_bucket_without_versioning_writing_nothing(
     ):
         publish_version(store, "limit_optimiser", {"model.tar.gz": model}, {"snapshot_id": "s"})
     assert admin.list_objects_v2(Bucket=name).get("KeyCount", 0) == 0
+
+
+# --- superseded snapshots: cleanup tags, the lifecycle rule expires ----------------------------
+
+
+def test_cleanup_tags_a_superseded_snapshot_so_the_lifecycle_rule_matches_it(
+    s3_store_uri: str, moto_server: str
+) -> None:
+    """moto stores lifecycle rules but never runs them: what is proven is that every file of a
+    retired snapshot carries the tag the rule filters on, under the rule's prefix, and still
+    exists (its expiry is the bucket's), while a snapshot in use carries no tag.
+    """
+    store = S3Store(s3_store_uri)
+    for sid in ("old", "kept"):
+        for name in ("part-00000.parquet", "manifest.json"):
+            store.put_bytes(f"snapshots/ds/{sid}/{name}", b"x")
+    assert retire_snapshot(store, "ds", "old") == "tagged 2 file(s)"
+    scope = _scope(store.bucket)
+    (rule,) = [r for r in lifecycle_rules(scope) if r["ID"].endswith("superseded-snapshots")]
+    wanted = rule["Filter"]["And"]
+    s3 = boto_client("s3", moto_server)
+    for sid, tagged in (("old", True), ("kept", False)):
+        for name in ("part-00000.parquet", "manifest.json"):
+            key = f"store/snapshots/ds/{sid}/{name}"
+            assert key.startswith(wanted["Prefix"])
+            tags = s3.get_object_tagging(Bucket=store.bucket, Key=key)["TagSet"]
+            assert (tags == wanted["Tags"]) is tagged, (key, tags)
+            assert s3.head_object(Bucket=store.bucket, Key=key)["ContentLength"] == 1
