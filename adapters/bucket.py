@@ -37,7 +37,7 @@ _WRITES = {
     "lifecycle": ("put_bucket_lifecycle_configuration", "s3:PutLifecycleConfiguration"),
 }
 """Each planned setting's boto3 call and the IAM action it needs."""
-PERMISSIONS_HINT = "the bucket-setup policy in adapters/endpoints/iam.py, docs/aws-account.md"
+PERMISSIONS_HINT = "bucket_setup_policy in adapters/endpoints/iam.py; docs/aws-account.md"
 
 
 class BucketError(StoreError):
