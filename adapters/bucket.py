@@ -157,6 +157,11 @@ class StoreBucket:
             try:
                 self._write(change)
             except Exception as exc:
+                if _code(exc) == "BucketAlreadyExists":  # taken since the read, by someone else
+                    raise BucketError(
+                        f"bucket name {self.scope.bucket} belongs to another account: choose "
+                        "another bucket in MLOPS_STORE_URI (or --store). Nothing was changed."
+                    ) from exc
                 if _code(exc) not in DENIED:
                     raise
                 raise self._refused(change, done, _code(exc)) from exc

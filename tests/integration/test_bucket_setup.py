@@ -275,6 +275,22 @@ def test_another_accounts_bucket_is_refused_before_anything_changes(endpoint: st
     assert _settings(endpoint, name) == before
 
 
+def test_a_name_taken_between_the_read_and_the_create_is_refused(endpoint: str) -> None:
+    """moto has one account, so S3's BucketAlreadyExists for a name another account took is
+    injected on CreateBucket; moto proves the command wrote nothing after it.
+    """
+    scope = _scope(_name())
+    bucket, calls = _bucket(scope, endpoint)
+
+    def taken(**_: Any) -> None:
+        raise ClientError({"Error": {"Code": "BucketAlreadyExists"}}, "CreateBucket")
+
+    bucket.s3.meta.events.register("before-parameter-build.s3.CreateBucket", taken)
+    with pytest.raises(BucketError, match="belongs to another account"):
+        bucket.apply(plan_setup(bucket.read(), scope))
+    assert not [c for c in calls if c.startswith(WRITES)], calls
+
+
 def test_versioning_that_may_not_be_turned_on_is_refused_with_nothing_changed(
     endpoint: str,
 ) -> None:
