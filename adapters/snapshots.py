@@ -257,6 +257,22 @@ def current_watermark(store: Store, dataset_name: str) -> int | None:
     return max(int(m["watermark"]["to"]) for m in accepted)
 
 
+def retire_snapshot(store: Store, dataset_name: str, snapshot_id: str) -> str:
+    """Hand a superseded snapshot's files to the store's expiry, the manifest last.
+
+    On S3 each file is tagged for the bucket's lifecycle rule (``mlops store setup``), which
+    expires it; a directory deletes them. The manifest goes last so that an interrupted call
+    leaves a snapshot that still lists, and the next cleanup finishes it.
+
+    Returns:
+        What happened: ``tagged N file(s)`` or ``deleted N file(s)``.
+    """
+    keys = store.list(layout.snapshot_prefix(dataset_name, snapshot_id))
+    manifest = layout.snapshot_manifest_key(dataset_name, snapshot_id)
+    outcomes = [store.mark_superseded(k) for k in sorted(keys, key=lambda k: k == manifest)]
+    return f"{outcomes[0] if outcomes else 'no'} {len(outcomes)} file(s)"
+
+
 def read_snapshot_manifest(store: Store, dataset_name: str, snapshot_id: str) -> dict[str, Any]:
     """A snapshot's manifest.
 

@@ -115,6 +115,10 @@ class Store(Protocol):
         """Delete ``key``; deleting a missing key is not an error."""
         ...
 
+    def mark_superseded(self, key: str) -> str:
+        """Hand ``key`` to the store's expiry: ``tagged`` (S3) or ``deleted`` (a directory)."""
+        ...
+
 
 def create_once(store: Store, key: str, body: bytes) -> bool:
     """Conditionally create ``key``; True if created, or if it already holds exactly ``body``.
@@ -314,12 +318,18 @@ class LocalStore:
                 break
             parent = parent.parent
 
+    def mark_superseded(self, key: str) -> str:
+        """Delete ``key`` now: a directory has no lifecycle rules to expire it later."""
+        self.delete(key)
+        return "deleted"
+
 
 class S3Store:
     """S3 (or anything speaking its API, such as moto server) under ``s3://bucket/prefix``.
 
     Every write asks for server-side encryption: SSE-KMS with ``kms_key_id`` when given,
-    SSE-S3 (AES256) otherwise.
+    SSE-S3 (AES256) otherwise. The first listing or write checks once that the bucket is set
+    up (:func:`adapters.bucket.require_ready`: "run ``mlops store setup``" otherwise).
     """
 
     def __init__(
@@ -349,6 +359,14 @@ class S3Store:
                 ["s3"], profile=profile, region=region, endpoint_url=endpoint_url, max_attempts=6
             )["s3"]
         self.client = client
+        self._ready = False
+
+    def _check_ready(self) -> None:
+        if not self._ready:
+            from adapters.bucket import require_ready
+
+            require_ready(self.client, self.bucket, self.uri)
+            self._ready = True
 
     def _key(self, key: str) -> str:
         key = _clean(key)
@@ -376,6 +394,7 @@ class S3Store:
         ``if_none_match`` sends ``If-None-Match: *``; ``if_match`` sends ``If-Match`` with the
         ETag from :meth:`get_tagged` (S3's compare-and-swap).
         """
+        self._check_ready()
         extra: dict[str, Any] = dict(self._sse())
         if if_none_match:
             extra["IfNoneMatch"] = "*"
@@ -408,6 +427,7 @@ class S3Store:
 
     def put_file(self, key: str, path: Path, *, if_none_match: bool = False) -> None:
         """Upload the file (multipart when large); a conditional write is one PUT instead."""
+        self._check_ready()
         if if_none_match:
             # Conditional writes need a single PUT; claims and pointers are small anyway.
             self.put_bytes(key, Path(path).read_bytes(), if_none_match=True)
@@ -468,6 +488,7 @@ class S3Store:
 
     def list(self, prefix: str) -> list[str]:
         """Every key under ``prefix``, relative to the store's prefix, sorted (all pages)."""
+        self._check_ready()
         if prefix.strip("/"):
             full = self._key(prefix) + "/"
         else:
@@ -482,6 +503,16 @@ class S3Store:
     def delete(self, key: str) -> None:
         """DELETE ``key``; S3 answers success for a missing key too."""
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def mark_superseded(self, key: str) -> str:
+        """Tag ``key`` superseded; the bucket's lifecycle rule expires it (mlops store setup)."""
+        from core.bucket_plan import SUPERSEDED_TAG
+
+        tag = {"Key": SUPERSEDED_TAG[0], "Value": SUPERSEDED_TAG[1]}
+        self.client.put_object_tagging(
+            Bucket=self.bucket, Key=self._key(key), Tagging={"TagSet": [tag]}
+        )
+        return "tagged"
 
 
 def store_from_uri(

@@ -16,9 +16,14 @@ carries the plan out. The rules, in the words of the plan:
 - Store versions and their registry versions: only with ``clean_store`` (``--clean-s3``).
   An incomplete version (claimed, no manifest) is deleted once its claim is a day old, so a
   publish in flight is never touched.
+- Snapshots, also only with ``clean_store``: a validated snapshot whose newest row lies before
+  the widest training window of the models reading its dataset, that no kept version's lineage
+  names and that does not hold the export's watermark, is superseded. Applying hands it to the
+  store's expiry (:func:`superseded_snapshots`): on S3 its files are tagged for the bucket's
+  lifecycle rule (``docs/aws-account.md``), a directory deletes them.
 
 Deletion runs in the order endpoint, alarm, endpoint config, model, store version, registry version,
-and re-checks "in use" right before each delete (something may have moved since the plan).
+snapshot, and re-checks "in use" right before each delete (something may have moved since the plan).
 """
 
 from __future__ import annotations
@@ -31,7 +36,15 @@ from typing import Any
 from core.config import RetentionPolicy
 from core.endpoint import Resource
 
-ORDER = ("endpoint", "alarm", "endpoint-config", "model", "store-version", "registry-version")
+ORDER = (
+    "endpoint",
+    "alarm",
+    "endpoint-config",
+    "model",
+    "store-version",
+    "registry-version",
+    "snapshot",
+)
 STALE_CLAIM = timedelta(days=1)
 
 
@@ -75,6 +88,25 @@ class ModelInventory:
     # (id, challenger version) of the model's experiment while it runs: the challenger may
     # be out of the endpoint for a moment (starting, stopping) yet still be wanted.
     experiment: tuple[str, str] | None = None
+    # Complete version -> the snapshots its training read (its manifest's lineage); read only
+    # when snapshots are planned.
+    lineage: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass
+class DatasetInventory:
+    """One dataset's snapshots, and how far back the models reading it train.
+
+    Attributes:
+        dataset: the dataset (snapshot folder) name.
+        window_days: the widest ``holdout_days + training_days`` of the models reading it.
+        snapshots: ``snapshot_id``, ``status`` (accepted, rejected, pending),
+            ``max_event_time`` (datetime or None) and ``watermark_to`` of each snapshot.
+    """
+
+    dataset: str
+    window_days: int
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -84,6 +116,7 @@ class Inventory:
     models: dict[str, ModelInventory]
     resources: list[Resource]
     now: datetime
+    datasets: list[DatasetInventory] = field(default_factory=list)
 
 
 def _protected(inv: ModelInventory, keep_last: int, serving: set[str]) -> dict[str, str]:
@@ -136,12 +169,16 @@ def plan_cleanup(
         for item in _plan_resource(res, inventory, keep_by_model, retention, include_orphans)
     ]
     if clean_store:
+        used: set[str] = set()
         for name, inv in sorted(inventory.models.items()):
             versions, deleted = _plan_store_versions(
                 inv, keep_by_model[name], inventory.now, retention
             )
             plan += versions
             plan += _plan_registry_versions(inv, deleted)
+            used |= {s for v, ids in inv.lineage.items() if v not in deleted for s in ids}
+        for dataset in inventory.datasets:
+            plan += superseded_snapshots(dataset, used)
     rank = {kind: i for i, kind in enumerate(("idle-endpoint", *ORDER))}
     return sorted(plan, key=lambda p: (rank.get(p.kind, 99), p.model, p.name))
 
@@ -231,6 +268,51 @@ def _plan_registry_versions(inv: ModelInventory, deleted: set[str]) -> list[Plan
             action, why = "keep", f"store version {sv} is kept"
         plan.append(
             PlanItem("registry-version", f"{inv.model}/{rv['version']}", inv.model, sv, action, why)
+        )
+    return plan
+
+
+def superseded_snapshots(dataset: DatasetInventory, used: set[str]) -> list[PlanItem]:
+    """The superseded snapshots of one dataset, each a ``delete`` item.
+
+    Snapshots in use are not listed (every export adds one): pending ones (their export or
+    run may be in flight), those a kept version's lineage names, the one holding the export's
+    watermark, and those inside the training window.
+
+    The window is the training's own rule (``tasks.training.load_training_window``) measured
+    from the newest *accepted* snapshot, which is never later than what a training measures
+    from: with the same config, a snapshot outside it is outside every later training's window.
+
+    Args:
+        dataset: the dataset's snapshots and widest training window.
+        used: snapshot ids named by the lineage of a version that stays.
+    """
+    accepted = [
+        s for s in dataset.snapshots if s["status"] == "accepted" and s.get("max_event_time")
+    ]
+    if not accepted:
+        return []
+    newest = max(s["max_event_time"] for s in accepted)
+    day = newest.replace(hour=0, minute=0, second=0, microsecond=0)
+    horizon = day + timedelta(days=1) - timedelta(days=dataset.window_days)
+    watermark = max(accepted, key=lambda s: s.get("watermark_to") or -1)["snapshot_id"]
+    plan = []
+    for snap in dataset.snapshots:
+        sid, last = snap["snapshot_id"], snap.get("max_event_time")
+        if (
+            snap["status"] == "pending"  # its export or run may be in flight
+            or sid in used
+            or sid == watermark
+            or last is None
+            or last >= horizon
+        ):
+            continue
+        why = (
+            f"superseded: newest row {last:%Y-%m-%d} is before every {dataset.window_days}-day "
+            "training window, no kept version's lineage names it; expired by the store"
+        )
+        plan.append(
+            PlanItem("snapshot", f"{dataset.dataset}/{sid}", dataset.dataset, None, "delete", why)
         )
     return plan
 

@@ -29,6 +29,7 @@ from core.endpoint_config import (  # noqa: F401 (re-exported)
     VpcConfig,
 )
 from core.experiment import ExperimentPolicy
+from core.store_config import StoreConfig
 from core.strict import Strict
 
 ColumnType = Literal["int64", "float64", "string", "timestamp", "bool"]
@@ -299,6 +300,7 @@ class PlatformConfig(Strict):
         default_factory=lambda: NetworkConfig(),
         description="The VPC every endpoint and training job uses unless its model names one.",
     )
+    store: StoreConfig = StoreConfig()
 
 
 def load_platform_config(config_dir: Path) -> PlatformConfig:

@@ -47,13 +47,19 @@ def cleanup(
     platform = load_platform_config(settings.config_dir)
     # Every configured model counts as configured, whatever ``models`` scopes: a model outside
     # the scope is not an orphan, and its endpoint is not "no longer configured".
-    configured = [c.name for c in load_model_configs(settings.config_dir)]
+    cfgs = load_model_configs(settings.config_dir)
+    configured = [c.name for c in cfgs]
     if models and not all_models:
         load_model_configs(settings.config_dir, models)  # an unknown name is an error
     store, registry = store_from_settings(settings), Registry.from_settings(settings)
     target = open_target(settings, platform)
 
-    inventory = take_inventory(store, registry, configured, target, all_models)
+    # With --clean-s3, snapshots too: each dataset's widest training window among its models.
+    windows: dict[str, int] = {}
+    for c in cfgs if clean_store else []:
+        days = c.split.holdout_days + c.split.training_days
+        windows[c.dataset.name] = max(windows.get(c.dataset.name, 0), days)
+    inventory = take_inventory(store, registry, configured, target, all_models, windows)
     plan = plan_cleanup(
         inventory, platform.retention, clean_store=clean_store, include_orphans=all_models
     )

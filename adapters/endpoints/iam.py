@@ -307,6 +307,47 @@ def permission_policy(
     return {"Version": POLICY_VERSION, "Statement": statements}
 
 
+BUCKET_SETUP_ACTIONS = (
+    "s3:CreateBucket",
+    "s3:ListBucket",  # HeadBucket: whether it exists, and whose it is
+    "s3:GetBucketLocation",
+    "s3:GetBucketVersioning",
+    "s3:PutBucketVersioning",
+    "s3:GetEncryptionConfiguration",
+    "s3:PutEncryptionConfiguration",
+    "s3:GetBucketPublicAccessBlock",
+    "s3:PutBucketPublicAccessBlock",
+    "s3:GetBucketPolicy",
+    "s3:PutBucketPolicy",
+    "s3:GetLifecycleConfiguration",
+    "s3:PutLifecycleConfiguration",
+)
+"""What ``mlops store setup`` calls on the store's bucket (:mod:`adapters.bucket`)."""
+
+
+def bucket_setup_policy(store_uri: str) -> dict[str, Any]:
+    """What the person or CI job running ``mlops store setup`` may do: the bucket's settings.
+
+    Not part of the execution role: SageMaker never changes the bucket, and neither does the
+    pipeline's weekly run, which only checks that versioning is on (``s3:GetBucketVersioning``).
+
+    Raises:
+        RoleError: the store is not on S3.
+    """
+    store = StoreLocation.parse(store_uri)
+    return {
+        "Version": POLICY_VERSION,
+        "Statement": [
+            {
+                "Sid": "SetUpStoreBucket",
+                "Effect": "Allow",
+                "Action": list(BUCKET_SETUP_ACTIONS),
+                "Resource": [f"arn:aws:s3:::{store.bucket}"],
+            }
+        ],
+    }
+
+
 def project_role(
     iam: Any,
     sts: Any,

@@ -39,7 +39,7 @@ from flows.cleanup import cleanup
 from flows.retrain import retrain
 from flows.rollout import rollback, rollout
 from tests.fixtures.home import SMALL_SOURCE, champion, isolated_env, project_configs
-from tests.fixtures.moto import boto_client, use_moto_env
+from tests.fixtures.moto import boto_client, make_store_bucket, use_moto_env
 from tests.fixtures.sagemaker_moto import SageMakerSim, install, tagged_names
 
 pytestmark = pytest.mark.integration
@@ -74,7 +74,7 @@ def world(
     isolated_env(monkeypatch, tmp_path / "home", endpoint_target="sagemaker")
     use_moto_env(monkeypatch, moto_server)
     bucket = f"mlops-flow-{uuid.uuid4().hex[:12]}"
-    boto_client("s3", moto_server).create_bucket(Bucket=bucket)
+    make_store_bucket(moto_server, bucket)
     # A tag of its own keeps this test's resources apart from other tests' on the server.
     tag = f"f{uuid.uuid4().hex[:8]}"
     edits = {

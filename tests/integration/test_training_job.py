@@ -41,7 +41,7 @@ from flows.retrain import retrain_model
 from tasks.report import outcome_of
 from tasks.training import load_training_window, split_holdout, split_window
 from tests.fixtures.home import SMALL_SOURCE, isolated_env, project_configs
-from tests.fixtures.moto import boto_client, use_moto_env
+from tests.fixtures.moto import boto_client, make_store_bucket, use_moto_env
 from tests.fixtures.training_moto import TrainingSim, install
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -105,7 +105,7 @@ def test_a_training_job_fails_the_model_then_trains_it_like_in_process(
     isolated_env(monkeypatch, tmp_path / "home")
     use_moto_env(monkeypatch, moto_server)
     bucket = f"mlops-train-{uuid.uuid4().hex[:12]}"
-    boto_client("s3", moto_server).create_bucket(Bucket=bucket)
+    make_store_bucket(moto_server, bucket)
     tag = f"t{uuid.uuid4().hex[:8]}"
     training = "training: {target: sagemaker, instance_type: ml.m5.large}\nseed: 42"
     edits = {

@@ -128,6 +128,12 @@ def test_shipped_platform_config_loads_and_prices_every_configured_instance() ->
         ("projet_tag: typo", "projet_tag"),
         ("project_tag: Has_Upper", "project_tag"),
         ("schedule: [1, 2]", "schedule"),
+        # The bucket's retention: a running training job must outlive its files' expiry.
+        ("store: {retention: {training_jobs_days: 3}}", "training_jobs_days"),
+        ("store: {retention: {noncurrent_versions_days: 0}}", "noncurrent_versions_days"),
+        ("store: {retention: {captured_requests_days: 99999}}", "captured_requests_days"),
+        ("store: {kms_key_id: not-a-key}", "kms_key_id"),
+        ("store: {retension: {}}", "retension"),
     ],
 )
 def test_bad_platform_config_fails_naming_the_field(
