@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from adapters.store import StoreError
+from adapters.store_errors import BucketNotReady, StoreError
 from core.bucket_plan import BucketScope, BucketState, Change
 
 NOT_FOUND = ("404", "NoSuchBucket", "NotFound")
@@ -42,10 +42,6 @@ PERMISSIONS_HINT = "bucket_setup_policy in adapters/endpoints/iam.py; docs/aws-a
 
 class BucketError(StoreError):
     """The bucket cannot be set up as asked; the message says why and what to do."""
-
-
-class BucketNotReady(StoreError):
-    """The store's bucket is missing or not set up: ``mlops store setup`` first."""
 
 
 def _code(exc: Exception) -> str:

@@ -29,24 +29,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from core.settings import Settings
 
+# The errors live in a module of their own, which adapters.bucket imports without this one.
+from adapters.store_errors import (
+    KeyNotFound,
+    ObjectTooLarge,
+    PreconditionFailed,
+    StoreError,
+)
+
 CHUNK = 1 << 20
 CONFLICT_RETRIES = 5
-
-
-class StoreError(RuntimeError):
-    """The store could not do what was asked."""
-
-
-class KeyNotFound(StoreError, KeyError):
-    """The key does not exist."""
-
-
-class PreconditionFailed(StoreError):
-    """A conditional write lost: the key already exists, or changed since it was read."""
-
-
-class ObjectTooLarge(StoreError):
-    """An object is larger than the caller allows; nothing past the limit was read."""
 
 
 def _too_large(url: str, size: int, max_bytes: int) -> ObjectTooLarge:
@@ -328,8 +320,9 @@ class S3Store:
     """S3 (or anything speaking its API, such as moto server) under ``s3://bucket/prefix``.
 
     Every write asks for server-side encryption: SSE-KMS with ``kms_key_id`` when given,
-    SSE-S3 (AES256) otherwise. The first listing or write checks once that the bucket is set
-    up (:func:`adapters.bucket.require_ready`: "run ``mlops store setup``" otherwise).
+    SSE-S3 (AES256) otherwise. The first write checks once that the bucket is set up
+    (:func:`adapters.bucket.require_ready`: "run ``mlops store setup``" otherwise); reads do
+    not, so ``mlops status`` and cleanup's plan still answer on a bucket not set up.
     """
 
     def __init__(
@@ -488,7 +481,6 @@ class S3Store:
 
     def list(self, prefix: str) -> list[str]:
         """Every key under ``prefix``, relative to the store's prefix, sorted (all pages)."""
-        self._check_ready()
         if prefix.strip("/"):
             full = self._key(prefix) + "/"
         else:

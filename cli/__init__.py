@@ -31,6 +31,7 @@ def main() -> None:
     A configuration mistake (a missing config directory, an unknown gate metric or setting)
     ends with its one-line message and exit code 2, before anything ran.
     """
+    from adapters.store_errors import BucketNotReady
     from core.config import ConfigError
     from core.settings import SettingsError
 
@@ -39,6 +40,9 @@ def main() -> None:
     except (ConfigError, SettingsError) as exc:
         console.print(f"[red]configuration error[/]: {exc}", soft_wrap=True)
         raise SystemExit(2) from None
+    except BucketNotReady as exc:  # the store's bucket needs `mlops store setup` first
+        console.print(f"[red]store not set up[/]: {exc}", soft_wrap=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

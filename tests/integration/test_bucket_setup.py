@@ -365,7 +365,19 @@ def admin(endpoint: str) -> Iterator[Any]:
 def test_the_first_run_stops_on_a_missing_bucket_naming_setup(endpoint: str) -> None:
     store = S3Store(f"s3://{_name()}/store")
     with pytest.raises(BucketNotReady, match=r"does not exist; run `mlops store setup`"):
-        store.list("snapshots")
+        store.put_bytes("snapshots/claim", b"{}", if_none_match=True)
+
+
+def test_reads_answer_on_a_bucket_not_set_up(endpoint: str, admin: Any) -> None:
+    # mlops status and cleanup's plan only read: they still answer, the first write stops.
+    name = _name()
+    admin.create_bucket(Bucket=name)
+    admin.put_object(Bucket=name, Key="store/models/m/latest.json", Body=b"{}")
+    store = S3Store(f"s3://{name}/store")
+    assert store.list("models/m") == ["models/m/latest.json"]
+    assert store.get_bytes("models/m/latest.json") == b"{}"
+    with pytest.raises(BucketNotReady, match="versioning never enabled"):
+        store.put_bytes("models/m/latest.json", b"{}")
 
 
 def test_the_first_publish_stops_on_a_bucket_without_versioning_writing_nothing(

@@ -140,7 +140,7 @@ def test_conflict_409_is_retried_then_settled(s3_store_uri: str) -> None:
     from botocore.stub import ANY, Stubber
 
     store = S3Store(s3_store_uri)
-    store.list("k")  # the once-per-store check that the bucket is set up, on the real server
+    store.put_bytes("warm", b"0")  # the check before the first write, on the real server
     params = {
         "Bucket": store.bucket,
         "Key": f"{store.prefix}/k",
