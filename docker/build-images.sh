@@ -13,7 +13,8 @@
 #   MLOPS_IMAGE_NO_CACHE=1  build every layer again (a cold build; `make bench-image` times it).
 #   MLOPS_IMAGE_CA     a CA bundle directory mounted read-only over /etc/ssl/certs in the RUN
 #                      steps that download (default /etc/ssl/certs: this machine's proxy CA).
-# Prints one line per image: name, tag, size in bytes, seconds taken.
+# Prints one line per image on stdout: name, tag, size in bytes, seconds taken; the build's own
+# output (a failed check's report among it) goes to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,7 +54,7 @@ for image in "${images[@]}"; do
     buildah bud --quiet --isolation chroot "${cache[@]}" \
         --build-arg "BASE=${base}" \
         --volume "${ca}:/etc/ssl/certs:ro" \
-        -f "$dockerfile" -t "${name}:${tag}" -t "${name}:latest" . >/dev/null
+        -f "$dockerfile" -t "${name}:${tag}" -t "${name}:latest" . >&2
     end=$(date +%s.%N)
     size=$(buildah inspect --type image --format '{{.ImageSize}}' "${name}:${tag}" 2>/dev/null \
         || podman image inspect --format '{{.Size}}' "${name}:${tag}")

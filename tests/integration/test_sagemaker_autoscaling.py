@@ -145,6 +145,14 @@ def test_a_rollout_registers_the_variant_and_a_second_changes_nothing(env: dict[
     target.deploy(version(env, 2, SCALED), Log())
     assert requests == ["UpdateEndpoint"]
     assert registered(client, name)["bounds"] == [(2, 6)]
+    # The new fleet starts at the size autoscaling reached, not at instance_count; weight and
+    # data capture come from the new config.
+    [(_, update)] = env["sim"].actions("UpdateEndpoint")
+    assert update["RetainAllVariantProperties"] is True
+    assert update["ExcludeRetainedVariantProperties"] == [
+        {"VariantPropertyType": "DesiredWeight"},
+        {"VariantPropertyType": "DataCaptureConfig"},
+    ]
 
 
 def test_changed_bounds_reach_autoscaling_without_a_new_version(env: dict[str, Any]) -> None:
@@ -199,6 +207,10 @@ def test_an_instance_type_change_deregisters_before_the_update(env: dict[str, An
         "PutScalingPolicy",
     ]
     assert registered(client, name)["bounds"] == [(2, 6)]
+    # A released variant has no fleet size to keep: the new one starts at instance_count.
+    assert all(
+        "RetainAllVariantProperties" not in u for _, u in env["sim"].actions("UpdateEndpoint")
+    )
 
 
 def test_deleting_the_endpoint_deregisters_it_first(env: dict[str, Any]) -> None:

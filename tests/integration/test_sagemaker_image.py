@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from adapters.pointer import read_latest
 from adapters.source import seed_source
 from adapters.store import store_from_settings
@@ -30,6 +32,9 @@ from tests.integration.test_sagemaker_flow import (  # the same world, fixture i
 )
 
 __all__ = ["world"]
+
+# The image build (once per session) may happen here: a cold one takes minutes on a loaded VM.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 
 def _invoke(world: World, records: list[dict[str, object]]) -> dict[str, object]:

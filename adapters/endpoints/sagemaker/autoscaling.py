@@ -60,6 +60,19 @@ def policy_configuration(config: AutoscalingConfig) -> dict[str, Any]:
     }
 
 
+KEEP_FLEET_SIZE = {
+    "RetainAllVariantProperties": True,
+    "ExcludeRetainedVariantProperties": [
+        {"VariantPropertyType": "DesiredWeight"},
+        {"VariantPropertyType": "DataCaptureConfig"},
+    ],
+}
+"""``UpdateEndpoint`` arguments for a scaled variant that stays registered: the new fleet starts
+at the instance count autoscaling reached, not the config's ``instance_count`` (SageMaker's
+default would shrink a fleet grown under load at every rollout); weight and capture still come
+from the new config."""
+
+
 def _same_policy(found: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
     """Whether a policy read back holds every setting asked for (AWS adds defaults of its own)."""
     if found is None:

@@ -34,6 +34,7 @@ from adapters.endpoints.sagemaker.api import (
     error,
     not_found,
 )
+from adapters.endpoints.sagemaker.autoscaling import KEEP_FLEET_SIZE
 from adapters.endpoints.sagemaker.names import (
     TAG_MODEL,
     TAG_PROJECT,
@@ -384,20 +385,24 @@ class Rollout:
                     f"{reason}{described(exc)}; {old} still serves",
                     delete_endpoint=False,
                 ) from exc
+        scaled = self.scaling is not None and self.scaling.config is not None and not released
         try:
-            return self._request_update(old, config, watched)
+            return self._request_update(old, config, watched, KEEP_FLEET_SIZE if scaled else {})
         except RolloutFailed:
             if released and self.scaling is not None:
                 self.scaling.put_back(released)  # the old fleet serves on, scaled as before
             raise
 
-    def _request_update(self, old: str | None, config: dict[str, Any], watched: str) -> Serving:
+    def _request_update(
+        self, old: str | None, config: dict[str, Any], watched: str, keep: dict[str, Any]
+    ) -> Serving:
         names, strategy = self.names, self.target.endpoint.deployment
         try:
             self.sm.update_endpoint(
                 EndpointName=names.endpoint,
                 EndpointConfigName=names.config,
                 DeploymentConfig=config,
+                **keep,
             )
         except Exception as exc:
             raise self._fail(
