@@ -140,10 +140,11 @@ def _stop_then_die(signum: int, frame: FrameType | None) -> None:
     (issue 21). Of the two existing ways to tie a child to its parent, this is the one taken:
     a handler that runs the cleanup of a normal exit (:meth:`EmbeddedAPI.stop`) and then
     restores the default and re-sends the signal, so the command ends exactly as before (killed
-    by the signal, nothing else run). ``prctl(PR_SET_PDEATHSIG)`` was not: Linux only, it fires
-    when the *thread* that forked the child ends rather than the process, and setting it in the
-    child needs ``preexec_fn``, unsafe in a process with threads, or a wrapper around uvicorn's
-    command. Neither survives SIGKILL of the command; nothing but a supervisor would.
+    by the signal, nothing else run), on every POSIX system. ``prctl(PR_SET_PDEATHSIG)`` was
+    not: it would also cover a SIGKILL of the command, which no handler can, but it is Linux
+    only (this would still be needed elsewhere), it fires when the *thread* that forked the
+    child ends rather than the process, and setting it in the child needs ``preexec_fn``
+    (unsafe in a process with threads) or a wrapper around uvicorn's command.
     A Prefect flow running in the main thread swaps in its own SIGTERM handler, marks the run
     crashed on the still-running server, then re-sends the signal to this one.
     """
