@@ -9,7 +9,9 @@ server starts, and waits only for what is left: a flow run with nothing to do to
 way against 22.7 s (BENCHMARKS.md). Prefect's class cannot be used for this, as importing it is the
 cost being hidden; what is kept from it is the command, its environment and its health check.
 
-One server serves every flow a process runs, and stops when the process exits, like Prefect's.
+One server serves every flow a process runs, and stops when the process exits, like Prefect's:
+at a normal exit, an exception or Ctrl-C (``atexit``), and at SIGTERM or SIGHUP (a handler,
+:func:`_stop_then_die`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,18 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 # What Prefect's SubprocessASGIServer sets for its server process (prefect 3.8).
 SERVER_ENV = {
@@ -49,16 +57,18 @@ class EmbeddedAPI:
             self.port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/api"
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-        self.process = subprocess.Popen(
-            [
-                sys.executable, "-m", "uvicorn",
-                "--app-dir", str(app_dir),
-                "--factory", "prefect.server.api.server:create_app",
-                "--host", "127.0.0.1", "--port", str(self.port),
-                "--log-level", "error", "--lifespan", "on",
-            ],
-            env={**env, **SERVER_ENV},
-        )  # fmt: skip
+        with _launching():
+            self.process = subprocess.Popen(
+                [
+                    sys.executable, "-m", "uvicorn",
+                    "--app-dir", str(app_dir),
+                    "--factory", "prefect.server.api.server:create_app",
+                    "--host", "127.0.0.1", "--port", str(self.port),
+                    "--log-level", "error", "--lifespan", "on",
+                ],
+                env={**env, **SERVER_ENV},
+            )  # fmt: skip
+            _LAUNCHED.add(self)
         self._ready = False
 
     def wait(self, timeout: float | None = None) -> None:
@@ -113,6 +123,63 @@ class EmbeddedAPI:
 
 _API: EmbeddedAPI | None = None
 _DECLINED = False
+_LAUNCHED: weakref.WeakSet[EmbeddedAPI] = weakref.WeakSet()
+"""Every server this process launched and still holds; the signal handler stops them."""
+_STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+_launch_depth = 0
+_deferred: list[int] = []
+
+
+def _stop_then_die(signum: int, frame: FrameType | None) -> None:
+    """Stop the servers this process launched, then die of ``signum`` as without this handler.
+
+    Python's default for SIGTERM and SIGHUP ends the process without running ``atexit``, so a
+    command stopped by ``kill``, a service manager or a closed terminal left its server running
+    (issue 21). Of the two existing ways to tie a child to its parent, this is the one taken:
+    a handler that runs the cleanup of a normal exit (:meth:`EmbeddedAPI.stop`) and then
+    restores the default and re-sends the signal, so the command ends exactly as before (killed
+    by the signal, nothing else run), on every POSIX system. ``prctl(PR_SET_PDEATHSIG)`` was
+    not: it would also cover a SIGKILL of the command, which no handler can, but it is Linux
+    only (this would still be needed elsewhere), it fires when the *thread* that forked the
+    child ends rather than the process, and setting it in the child needs ``preexec_fn``
+    (unsafe in a process with threads) or a wrapper around uvicorn's command.
+    A Prefect flow running in the main thread swaps in its own SIGTERM handler, marks the run
+    crashed on the still-running server, then re-sends the signal to this one.
+    """
+    if _launch_depth:  # inside Popen: the server is not known yet; act once it is
+        _deferred.append(signum)
+        return
+    for api in list(_LAUNCHED):
+        api.stop()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+@contextmanager
+def _launching() -> Iterator[None]:
+    """Hold a stop signal that arrives while a server is launched until it is registered."""
+    global _launch_depth
+    _launch_depth += 1
+    try:
+        yield
+    finally:
+        _launch_depth -= 1
+        if not _launch_depth and _deferred:
+            _stop_then_die(_deferred.pop(), None)
+
+
+def _stop_on_signals() -> None:
+    """Install :func:`_stop_then_die` for SIGTERM and SIGHUP where they have their default.
+
+    Only the main thread may set handlers; a handler someone else installed is left alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in _STOP_SIGNALS:
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _stop_then_die)
 
 
 def start() -> EmbeddedAPI | None:
@@ -132,6 +199,7 @@ def start() -> EmbeddedAPI | None:
         return _API  # its wait() says so if it has exited
     if os.environ.get("PREFECT_API_URL"):
         return None
+    _stop_on_signals()  # before the launch, so that no signal falls between the two
     api = EmbeddedAPI()
     from prefect.context import refresh_global_settings_context
     from prefect.settings import get_current_settings

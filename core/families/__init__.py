@@ -281,8 +281,14 @@ def check_columns(records: pd.DataFrame, columns: dict[str, str]) -> pd.DataFram
         try:
             if kind == "float64":
                 out[col] = pd.to_numeric(series, errors="raise").astype("float64")
-            elif kind == "int64":
-                out[col] = pd.to_numeric(series, errors="raise").astype("int64")
+            elif kind == "int64":  # astype alone turns 7.9 into 7 and 1e20 into -2**63
+                num = pd.to_numeric(series, errors="raise")
+                real = num[np.isfinite(num)] if num.dtype.kind == "f" else num[:0]
+                if len(bad := real[real % 1 != 0]):
+                    raise ValueError(f"{float(bad.iloc[0])!r} is not a whole number")
+                if len(bad := real[real.abs() >= 2**63]):
+                    raise ValueError(f"{float(bad.iloc[0])!r} is out of the int64 range")
+                out[col] = num.astype("int64")
             elif kind == "timestamp":
                 out[col] = pd.to_datetime(series, errors="raise")
             else:

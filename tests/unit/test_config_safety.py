@@ -174,6 +174,116 @@ def test_scrub_masks_urls_inside_text() -> None:
     assert "http://mlflow:***@127.0.0.1:1/api" in scrub(text)
 
 
+# Issue 21: unencoded passwords with # ? / (the URL parser ended the userinfo there), parts of
+# passwords after ; or , in text, Authorization headers, tokens in paths and user names.
+SLACK = "hBq8x2LmP0wZ7kRt5YvN3cJd"
+TELEGRAM = "AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
+GITHUB = "ghp_16C7e42F292c6912E7710c838347Ae178B4a"
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://etl:s3c#retPW@db:5432/api", "postgresql://etl:***@db:5432/api"),
+        (
+            "postgresql://etl:s3c?retPW@db/api?sslmode=require",
+            "postgresql://etl:***@db/api?sslmode=require",
+        ),
+        ("postgresql+psycopg://etl:s3c/retPW@db/api", "postgresql+psycopg://etl:***@db/api"),
+        ("mysql://etl:s3c@r/e#tPW@db/api", "mysql://etl:***@db/api"),
+        (
+            f"https://hooks.slack.com/services/T00000000/B00000000/{SLACK}",
+            "https://hooks.slack.com/services/T00000000/B00000000/***",
+        ),
+        (
+            f"https://api.telegram.org/bot123456789:{TELEGRAM}/sendMessage",
+            "https://api.telegram.org/bot123456789:***/sendMessage",
+        ),
+        (f"https://{GITHUB}@github.com/org/repo.git", "https://***@github.com/org/repo.git"),
+        (
+            f"https://{GITHUB}:x-oauth-basic@github.com/org/repo.git",
+            "https://***:***@github.com/org/repo.git",
+        ),
+    ],
+    ids=[
+        "hash",
+        "question-mark",
+        "slash",
+        "at-and-hash",
+        "path-token",
+        "path-token-after-colon",
+        "user-token",
+        "user-token-and-password",
+    ],
+)
+def test_unencoded_passwords_and_tokens_in_paths_and_user_names_are_masked(
+    url: str, masked: str
+) -> None:
+    assert mask_url(url) == masked
+    assert (
+        scrub(f"could not connect to {url}: timeout") == f"could not connect to {masked}: timeout"
+    )
+    for part in ("s3c", "retPW", SLACK, TELEGRAM, GITHUB):
+        assert part not in mask_database_url(url)
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        (
+            "connect to postgresql://etl:s3c;retPW@db/api failed",
+            "connect to postgresql://etl:***@db/api failed",
+        ),
+        (
+            "connect to postgresql://etl:s3c,retPW@db/api, retrying",
+            "connect to postgresql://etl:***@db/api, retrying",
+        ),
+        ("dsn host=db password=s3c;retPW user=etl", "dsn host=db password=*** user=etl"),
+        ("Server=db;Password=s3c,retPW", "Server=db;Password=***"),
+        (
+            "options {'password': 's3c; retPW', 'user': 'etl'}",
+            "options {'password': '***', 'user': 'etl'}",
+        ),
+        (
+            "-H 'Authorization: Bearer s3c.retPW-x_y' was refused",
+            "-H 'Authorization: Bearer ***' was refused",
+        ),
+        (
+            "headers={'Authorization': 'Basic czNjcmV0UFc='}",
+            "headers={'Authorization': 'Basic ***'}",
+        ),
+        ("authorization=s3cretPW", "authorization=***"),
+        ("sent Bearer s3c.retPW-x_y upstream", "sent Bearer *** upstream"),
+    ],
+    ids=[
+        "semicolon-in-url",
+        "comma-in-url",
+        "semicolon-in-pair",
+        "comma-in-pair",
+        "quoted-pair",
+        "bearer-header",
+        "basic-header",
+        "bare-header",
+        "bare-bearer",
+    ],
+)
+def test_scrub_masks_whole_passwords_and_authorization_headers_in_text(
+    text: str, masked: str
+) -> None:
+    assert scrub(text) == masked
+    assert "retPW" not in scrub(text) and "czNjcmV0UFc" not in scrub(text)
+
+
+def test_ids_hashes_and_ordinary_urls_stay_readable() -> None:
+    text = (
+        "s3://bucket/snapshots/limit_optimiser/20260101T000000Z-abcdef12/part-0.parquet "
+        "runs:/0123456789abcdef0123456789abcdef/model https://blog.example/@author "
+        "postgresql://etl@db:5432/api file:///tmp/test_Authorization_Bearer0/x"
+    )
+    assert scrub(text) == text
+    assert split_userinfo("http://mlflow:pa#ss@h:1/x") == ("http://h:1/x", "mlflow", "pa#ss")
+
+
 def test_tracking_credentials_move_to_mlflow_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://mlflow:{SECRET}@127.0.0.1:1")
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)

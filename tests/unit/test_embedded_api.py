@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 from adapters import prefect_server
+from core.settings import PROJECT_ROOT
 from tests.fixtures.prefect import run_without_server, without_server
 
 
@@ -90,3 +98,60 @@ def test_a_server_named_in_prefects_settings_wins_over_the_embedded_api(
     (server,) = launched  # launched first (to overlap the imports), then stopped at once
     assert server.process.poll() is not None
     assert prefect_server.start() is None  # and not launched again by this process
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie left for a non-reaping init counts as gone)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _await(condition: Callable[[], bool], what: str, limit: float) -> None:
+    """Poll ``condition()`` until true; fail naming ``what`` after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {limit:.0f} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_command_stopped_by_a_signal_stops_its_embedded_api(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Issue 21: ``kill <mlops pid>`` ended the command and left its Prefect API running."""
+    mlops = Path(sys.executable).with_name("mlops")  # the installed entry point
+    command = [str(mlops)] if mlops.exists() else [sys.executable, "-c", "import cli; cli.main()"]
+    log = tmp_path / "stderr.log"
+    with log.open("wb") as stderr:
+        child = subprocess.Popen(
+            [*command, "monitor", "--no-trigger"],
+            cwd=PROJECT_ROOT,
+            env=without_server(tmp_path),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    servers: list[psutil.Process] = []
+
+    def launched() -> bool:
+        assert child.poll() is None, log.read_text()[-3000:]
+        servers.extend(
+            p
+            for p in psutil.Process(child.pid).children()
+            if "prefect.server.api.server:create_app" in " ".join(p.cmdline())
+        )
+        return bool(servers)
+
+    try:
+        _await(launched, "the command launched its embedded API", 180)
+        child.send_signal(signum)  # while the command imports its flows or runs them
+        assert child.wait(timeout=120) == -signum, log.read_text()[-3000:]  # ended by it
+        _await(lambda: not _running(servers[0].pid), "the API's process ended", 120)
+    finally:  # nothing outlives the test, whatever failed
+        for server in servers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                server.kill()
+        if child.poll() is None:
+            child.kill()
+        child.wait(timeout=60)

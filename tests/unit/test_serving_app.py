@@ -215,8 +215,22 @@ def test_missing_content_type_is_415(limits: TestClient) -> None:
         ({"avg_rps": "NaN"}, None, "'avg_rps'"),
         ({"tier": "platinum"}, None, "'tier'"),
         ({"endpoints_used": 2**70}, None, "out of the int64 range"),
+        # Issue 21: a fraction for a count was truncated (7.9 answered as 7), a float past
+        # int64 wrapped to -2**63.
+        ({"account_age_days": 7.9}, None, "'account_age_days' must be int64: 7.9 is not a whole"),
+        ({"endpoints_used": 1e20}, None, "'endpoints_used' must be int64: 1e+20 is out of the"),
     ],
-    ids=["missing", "string-for-float", "string-for-int", "null", "nan", "unknown-tier", "huge"],
+    ids=[
+        "missing",
+        "string-for-float",
+        "string-for-int",
+        "null",
+        "nan",
+        "unknown-tier",
+        "huge",
+        "fraction-for-int",
+        "huge-float-for-int",
+    ],
 )
 def test_missing_or_mistyped_columns_are_400_naming_the_column(
     tiny: dict[str, TinyModel],
@@ -231,6 +245,17 @@ def test_missing_or_mistyped_columns_are_400_naming_the_column(
     response = post_json(limits, [_record(tiny), record])
     assert response.status_code == 400, response.text
     assert reason in response.json()["error"]
+
+
+def test_a_fraction_in_a_csv_count_is_400_and_a_whole_float_is_a_count(
+    tiny: dict[str, TinyModel], limits: TestClient
+) -> None:
+    csv = pd.DataFrame([_record(tiny), _record(tiny, account_age_days="7.9")]).to_csv(index=False)
+    response = limits.post("/invocations", content=csv, headers={"content-type": "text/csv"})
+    assert response.status_code == 400, response.text
+    assert "'account_age_days' must be int64: 7.9 is not a whole number" in response.text
+    whole = post_json(limits, [_record(tiny, account_age_days=7)])
+    assert post_json(limits, [_record(tiny, account_age_days=7.0)]).json() == whole.json()
 
 
 def test_extra_columns_are_ignored(tiny: dict[str, TinyModel], limits: TestClient) -> None:
