@@ -30,9 +30,9 @@ from core.experiment import (
     Observations,
     decide,
     new_experiment,
-    observe,
 )
 from core.families import get_family
+from core.observations import observe
 from tasks.rollout import _log, resolve_version
 
 EVENT = "intelli-rate.experiment.evaluated"
