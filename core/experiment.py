@@ -254,11 +254,13 @@ class Observations:
         requests: arm (``champion``/``challenger``) -> captured answers.
         labelled: arm -> answers with a label joined.
         values: metric -> (champion's values, challenger's values); aligned pairs in shadow mode.
+        skipped: reason -> captured records left out of the look (malformed, hostile, ...).
     """
 
     requests: dict[str, int]
     labelled: dict[str, int]
     values: dict[str, tuple[np.ndarray, np.ndarray]]
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 def _arm_summary(values: np.ndarray) -> dict[str, Any]:
@@ -357,6 +359,7 @@ def decide(exp: Experiment, obs: Observations, now: datetime) -> tuple[Experimen
         "days": round(days, 3),
         "requests": obs.requests,
         "labelled": obs.labelled,
+        "skipped": dict(obs.skipped),
         "metric": exp.metric,
         "champion": _arm_summary(a),
         "challenger": _arm_summary(b),

@@ -150,7 +150,16 @@ def gather_observations(
     since = started.replace(tzinfo=None) - (_label_lookback(cfg))
     labels = label_rows(source_url, cfg.dataset, str(family.label_column), since)
     key_types = {k: cfg.dataset.columns[k] for k in cfg.dataset.key_columns}
-    return observe(exp, captured.frame, labels, family, key_types)
+    obs = observe(exp, captured.frame, labels, family, key_types, captured.reasons)
+    if obs.skipped:
+        _log(f"{exp.id}: {skipped_line(obs.skipped)}")
+    return obs
+
+
+def skipped_line(skipped: dict[str, int]) -> str:
+    """``3 captured record(s) skipped: not a capture record (2), ...`` (log and artifact)."""
+    reasons = "; ".join(f"{why} ({n})" for why, n in sorted(skipped.items()))
+    return f"{sum(skipped.values())} captured record(s) skipped: {reasons}"
 
 
 def _label_lookback(cfg: ModelConfig) -> Any:
@@ -185,6 +194,7 @@ def look_markdown(exp: Experiment, look: dict[str, Any]) -> str:
         "",
         f"**{look['verdict']}**: {look['reason']}",
         "",
+        *([skipped_line(look["skipped"]), ""] if look.get("skipped") else []),
         f"| arm | version | requests | labelled | {exp.metric} (95 % CI) |",
         "|---|---|---|---|---|",
         f"| champion | {exp.champion} | {look['requests']['champion']} | "
