@@ -10,8 +10,10 @@ Nothing a caller sends or a crash leaves can fail the reading: a line that is no
 record (a half-written file from a crash loses its last line, not the day), and a request
 record that is not a flat object of plain values or that names a column the analysis owns
 (``arm``, ``error``, ``inference_id``, ``__label``, ...), is skipped and counted by reason
-(:attr:`CaptureRead.reasons`). An answer that is not ``{"predictions": [...]}`` with one
-prediction per request record counts as an error of its arm (the ``error`` guardrail).
+(:attr:`CaptureRead.reasons`). JSON and CSV bodies are both read, with the serving app's own
+codec (:mod:`serving.codec`), so CSV traffic counts like JSON traffic. An answer that is not
+``{"predictions": [...]}`` (or a CSV table) with one prediction per request record, or whose
+status is 4xx/5xx, counts as an error of its arm (the ``error`` guardrail).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import pandas as pd
 
 from adapters.store import Store
+from serving.codec import JSON, BadRequest, parse_csv, request_format
 
 _HOUR_PATH = re.compile(r"/(\d{4})/(\d{2})/(\d{2})/(\d{2})/[^/]+\.jsonl$")
 
@@ -87,11 +90,38 @@ def _attributes(text: Any) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
+def _format(part: dict[str, Any]) -> str:
+    """``json`` or ``csv``: the captured body's content type, as the serving app reads it."""
+    try:
+        return request_format(part.get("observedContentType") or JSON)
+    except BadRequest as exc:
+        raise ValueError(exc.reason) from exc
+
+
 def _data(part: dict[str, Any]) -> Any:
+    """A captured body, read as the serving app reads it: JSON, or CSV with a header row.
+
+    CSV goes through the app's own parser (:func:`serving.codec.parse_csv`, every cell as
+    text) and comes back as a list of records, numbers as numbers where a column is numeric.
+
+    Raises:
+        ValueError: not a body the app reads (an unknown content type, bad JSON or CSV).
+    """
     raw = part.get("data", "")
     if part.get("encoding") == "BASE64":
         raw = base64.b64decode(raw).decode()
-    return json.loads(raw)
+    if _format(part) == "json":
+        return json.loads(raw)
+    try:
+        frame = parse_csv(str(raw).encode())
+    except BadRequest as exc:
+        raise ValueError(exc.reason) from exc
+    for column in frame.columns:
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        if numbers.notna().sum() == frame[column].notna().sum():
+            frame[column] = numbers
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
 
 
 def _request_records(payload: Any) -> list[Any]:
@@ -143,8 +173,9 @@ def _read_line(line: str, experiment_id: str) -> LineRead:
     }
     status = int(attrs.get("status", "200"))
     try:
-        answer = _data(doc["captureData"]["endpointOutput"])
-        predictions = answer["predictions"]
+        output = doc["captureData"]["endpointOutput"]
+        answer = _data(output)  # a CSV answer is the predictions' table itself
+        predictions = answer if _format(output) == "csv" else answer["predictions"]
         ok = isinstance(predictions, list) and len(predictions) == len(records)
     except _UNREADABLE:
         ok, predictions = False, []
