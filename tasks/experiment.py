@@ -15,12 +15,13 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 
 from adapters.capture import read_captures
 from adapters.experiments import begin_experiment, read_experiment, save_experiment
 from adapters.layout import PublishError, timestamp
 from adapters.pointer import read_latest
-from adapters.prefect_api import emit_event, publish_markdown
+from adapters.prefect_api import emit_event, publish_markdown, publish_table
 from adapters.store import Store
 from core.config import ModelConfig
 from core.endpoint import EndpointTarget, RolloutFailed, TrafficPlan
@@ -33,6 +34,7 @@ from core.experiment import (
 )
 from core.families import get_family
 from core.observations import observe
+from core.secrets import scrub
 from tasks.rollout import _log, resolve_version
 
 EVENT = "intelli-rate.experiment.evaluated"
@@ -176,6 +178,32 @@ def evaluate_experiment(
     """One look (:func:`core.experiment.decide`), appended to the record (compare-and-set)."""
     updated, look = decide(exp, obs, now or _now())
     return save_experiment(store, updated, expected=exp), look
+
+
+FAILED = "failed: "
+
+
+def look_outcome(state: State) -> str | None:
+    """A model's outcome from its evaluation subflow's final state (None: nothing to look at).
+
+    A failed (or crashed) subflow becomes ``failed: <why>``, its secrets scrubbed.
+    """
+    if state.is_completed():
+        result = state.result()
+        return None if result is None else str(result)
+    error = state.result(raise_on_failure=False)
+    why = str(error) if isinstance(error, BaseException) else state.message or state.name
+    return FAILED + scrub(why or "failed")
+
+
+@task(name="summarise-looks", cache_policy=NO_CACHE)
+def summarise_looks(outcomes: dict[str, str]) -> list[str]:
+    """A table artifact of every model's outcome; returns ``model: why`` of those that failed."""
+    rows = [{"model": model, "outcome": outcome} for model, outcome in outcomes.items()]
+    failed = [f"{m}: {o.removeprefix(FAILED)}" for m, o in outcomes.items() if o.startswith(FAILED)]
+    title = f"{len(outcomes)} experiment(s) evaluated, {len(failed)} failed"
+    publish_table("experiment-evaluate", rows, title)
+    return failed
 
 
 def _fmt(summary: dict[str, Any]) -> str:
