@@ -98,11 +98,12 @@ def _format(part: dict[str, Any]) -> str:
         raise ValueError(exc.reason) from exc
 
 
-def _data(part: dict[str, Any]) -> Any:
+def _data(part: dict[str, Any], numbers: bool = False) -> Any:
     """A captured body, read as the serving app reads it: JSON, or CSV with a header row.
 
     CSV goes through the app's own parser (:func:`serving.codec.parse_csv`, every cell as
-    text) and comes back as a list of records, numbers as numbers where a column is numeric.
+    text, so a key such as ``007`` stays itself) and comes back as a list of records; with
+    ``numbers`` (an answer), a column whose every cell is a number becomes numbers.
 
     Raises:
         ValueError: not a body the app reads (an unknown content type, bad JSON or CSV).
@@ -116,10 +117,10 @@ def _data(part: dict[str, Any]) -> Any:
         frame = parse_csv(str(raw).encode())
     except BadRequest as exc:
         raise ValueError(exc.reason) from exc
-    for column in frame.columns:
-        numbers = pd.to_numeric(frame[column], errors="coerce")
-        if numbers.notna().sum() == frame[column].notna().sum():
-            frame[column] = numbers
+    for column in frame.columns if numbers else ():
+        parsed = pd.to_numeric(frame[column], errors="coerce")
+        if parsed.notna().sum() == frame[column].notna().sum():
+            frame[column] = parsed
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
 
@@ -174,7 +175,7 @@ def _read_line(line: str, experiment_id: str) -> LineRead:
     status = int(attrs.get("status", "200"))
     try:
         output = doc["captureData"]["endpointOutput"]
-        answer = _data(output)  # a CSV answer is the predictions' table itself
+        answer = _data(output, numbers=True)  # a CSV answer is the predictions' table
         predictions = answer if _format(output) == "csv" else answer["predictions"]
         ok = isinstance(predictions, list) and len(predictions) == len(records)
     except _UNREADABLE:

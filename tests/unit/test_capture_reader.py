@@ -106,7 +106,7 @@ def test_hostile_request_records_are_skipped_and_counted_the_rest_of_the_request
 def test_csv_requests_and_their_server_errors_count_like_json_ones(tmp_path: Path) -> None:
     """CSV bodies are read with the serving app's codec; a 5xx to a CSV request is an error of
     its arm (the ``error`` guardrail) exactly as one to a JSON request."""
-    csv_in = b"client_id,day,x\nc1,2026-12-01,1\nc2,2026-12-01,2\n"
+    csv_in = b"client_id,day,x\nc1,2026-12-01,1\n007,2026-12-01,2\n"
     lines = [
         line(csv_in, b"y\n1.5\n2.5\n", content_type="text/csv", response_type="text/csv"),
         line(b"client_id,x\nc3,3\n", b'{"error": "down"}', content_type="text/csv", status=503),
@@ -115,8 +115,8 @@ def test_csv_requests_and_their_server_errors_count_like_json_ones(tmp_path: Pat
     captured = read(tmp_path, [json.dumps(x) for x in lines])
     assert captured.skipped == 0, captured.reasons
     frame = captured.frame.set_index("client_id")
-    assert list(frame.index) == ["c1", "c2", "c3", "c4"]
-    assert list(frame["x"]) == [1, 2, 3, 4]
+    assert list(frame.index) == ["c1", "007", "c3", "c4"]  # request cells as the app reads them
+    assert list(frame["x"]) == ["1", "2", "3", 4]
     assert list(frame["y"].iloc[:2]) == [1.5, 2.5]
     assert list(frame["error"]) == [0, 0, 1, 1]
     assert list(frame["day"].iloc[:2]) == ["2026-12-01", "2026-12-01"]
