@@ -15,12 +15,13 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 
 from adapters.capture import read_captures
 from adapters.experiments import begin_experiment, read_experiment, save_experiment
 from adapters.layout import PublishError, timestamp
 from adapters.pointer import read_latest
-from adapters.prefect_api import emit_event, publish_markdown
+from adapters.prefect_api import emit_event, publish_markdown, publish_table
 from adapters.store import Store
 from core.config import ModelConfig
 from core.endpoint import EndpointTarget, RolloutFailed, TrafficPlan
@@ -30,9 +31,10 @@ from core.experiment import (
     Observations,
     decide,
     new_experiment,
-    observe,
 )
 from core.families import get_family
+from core.observations import observe
+from core.secrets import scrub
 from tasks.rollout import _log, resolve_version
 
 EVENT = "intelli-rate.experiment.evaluated"
@@ -150,7 +152,16 @@ def gather_observations(
     since = started.replace(tzinfo=None) - (_label_lookback(cfg))
     labels = label_rows(source_url, cfg.dataset, str(family.label_column), since)
     key_types = {k: cfg.dataset.columns[k] for k in cfg.dataset.key_columns}
-    return observe(exp, captured.frame, labels, family, key_types)
+    obs = observe(exp, captured.frame, labels, family, key_types, captured.reasons)
+    if obs.skipped:
+        _log(f"{exp.id}: {skipped_line(obs.skipped)}")
+    return obs
+
+
+def skipped_line(skipped: dict[str, int]) -> str:
+    """``3 captured record(s) skipped: not a capture record (2), ...`` (log and artifact)."""
+    reasons = "; ".join(f"{why} ({n})" for why, n in sorted(skipped.items()))
+    return f"{sum(skipped.values())} captured record(s) skipped: {reasons}"
 
 
 def _label_lookback(cfg: ModelConfig) -> Any:
@@ -169,6 +180,32 @@ def evaluate_experiment(
     return save_experiment(store, updated, expected=exp), look
 
 
+FAILED = "failed: "
+
+
+def look_outcome(state: State) -> str | None:
+    """A model's outcome from its evaluation subflow's final state (None: nothing to look at).
+
+    A failed (or crashed) subflow becomes ``failed: <why>``, its secrets scrubbed.
+    """
+    if state.is_completed():
+        result = state.result()
+        return None if result is None else str(result)
+    error = state.result(raise_on_failure=False)
+    why = str(error) if isinstance(error, BaseException) else state.message or state.name
+    return FAILED + scrub(why or "failed")
+
+
+@task(name="summarise-looks", cache_policy=NO_CACHE)
+def summarise_looks(outcomes: dict[str, str]) -> list[str]:
+    """A table artifact of every model's outcome; returns ``model: why`` of those that failed."""
+    rows = [{"model": model, "outcome": outcome} for model, outcome in outcomes.items()]
+    failed = [f"{m}: {o.removeprefix(FAILED)}" for m, o in outcomes.items() if o.startswith(FAILED)]
+    title = f"{len(outcomes)} experiment(s) evaluated, {len(failed)} failed"
+    publish_table("experiment-evaluate", rows, title)
+    return failed
+
+
 def _fmt(summary: dict[str, Any]) -> str:
     if summary.get("mean") is None:
         return "-"
@@ -185,6 +222,7 @@ def look_markdown(exp: Experiment, look: dict[str, Any]) -> str:
         "",
         f"**{look['verdict']}**: {look['reason']}",
         "",
+        *([skipped_line(look["skipped"]), ""] if look.get("skipped") else []),
         f"| arm | version | requests | labelled | {exp.metric} (95 % CI) |",
         "|---|---|---|---|---|",
         f"| champion | {exp.champion} | {look['requests']['champion']} | "

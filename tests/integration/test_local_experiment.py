@@ -335,3 +335,51 @@ def test_a_failing_or_slow_shadow_costs_the_caller_nothing(endpoint: Endpoint) -
     assert not is_alive(real["pid"], real["token"])
     after = target.traffic(MODEL)
     assert after is not None and after["shadow"] is None
+
+
+def test_csv_requests_reach_the_analysis_and_shadow_pairs_join_on_the_inference_id(
+    endpoint: Endpoint,
+) -> None:
+    """Through the real router: CSV requests (CSV answers too) are read like JSON ones, and
+    every shadow answer pairs with the champion's answer to the same request."""
+    import pandas as pd
+
+    from adapters.capture import read_captures
+    from core.observations import observe
+    from tests.fixtures.experiments import FAMILY, record
+
+    target = endpoint.target
+    target.start_experiment(plan(endpoint, "shadow", 99, "exp-csv"), lambda _m: None)
+    columns = list(endpoint.records[0])
+    lines = [",".join(columns)] + [",".join(str(r[c]) for c in columns) for r in endpoint.records]
+    body = ("\n".join(lines) + "\n").encode()
+    csv_headers = {"Content-Type": "text/csv", "Accept": "text/csv"}
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        answers = send(client, endpoint, 10) + [
+            client.post(target.address(MODEL), content=body, headers=csv_headers) for _ in range(10)
+        ]
+    assert [r.status_code for r in answers] == [200] * 20
+    assert answers[-1].headers["content-type"].startswith("text/csv")
+    store = LocalStore(Path(target.store_uri))
+    per_request = len(endpoint.records)
+    deadline = time.monotonic() + 15
+    while True:  # the champion's answers, then the shadow's (answered from a queue)
+        read = read_captures(store, target.capture_prefix(MODEL), "exp-csv")
+        arms = Counter(read.frame["arm"]) if len(read.frame) else Counter()
+        if arms["champion"] == 20 * per_request and arms["shadow"] >= 10 * per_request:
+            break
+        assert time.monotonic() < deadline, arms
+        time.sleep(0.3)
+    target.stop_experiment(MODEL, lambda _m: None)
+    assert read.skipped == 0, read.reasons
+    assert (read.frame["error"] == 0).all()
+    kinds = {
+        r["captureData"]["endpointInput"]["observedContentType"]
+        for r in captured(target.capture_prefix(MODEL), 0)
+        if attributes(r)["experiment_id"] == "exp-csv"
+    }
+    assert kinds == {"application/json", "text/csv"}
+    no_labels = pd.DataFrame({"client_id": [], "best_limit": []})
+    obs = observe(record(mode="shadow"), read.frame, no_labels, FAMILY, {"client_id": "string"})
+    champion, shadow = obs.values["latency_ms"]
+    assert len(champion) == len(shadow) == arms["shadow"], arms

@@ -25,8 +25,12 @@ MAY_IMPORT = {
 }
 """Which of our packages each package may import (at module level or inside functions)."""
 
-ALSO_MAY_IMPORT = {"adapters.endpoints.local": {"serving.routes"}}
-"""Named exceptions: the local endpoint writes the route table whose format the router owns."""
+ALSO_MAY_IMPORT = {
+    "adapters.endpoints.local": {"serving.routes"},
+    "adapters.capture": {"serving.codec"},
+}
+"""Named exceptions: the local endpoint writes the route table whose format the router owns;
+the capture reader parses captured bodies with the serving app's own codec."""
 
 CLIENTS = {
     "boto3": (

@@ -28,8 +28,8 @@ from core.experiment import (
     ExperimentError,
     ExperimentPolicy,
     decide,
-    observe,
 )
+from core.observations import observe
 from tasks.experiment import (
     experiment_status,
     look_markdown,
