@@ -50,7 +50,8 @@ for image in "${images[@]}"; do
     name="localhost/intelli-rate-${image}"
     start=$(date +%s.%N)
     cache=(--layers)
-    [[ "${MLOPS_IMAGE_NO_CACHE:-}" == 1 ]] && cache=(--no-cache)
+    # --layers with --no-cache: every step runs again, and its layer is kept for the next build.
+    [[ "${MLOPS_IMAGE_NO_CACHE:-}" == 1 ]] && cache=(--no-cache --layers)
     buildah bud --quiet --isolation chroot "${cache[@]}" \
         --build-arg "BASE=${base}" \
         --volume "${ca}:/etc/ssl/certs:ro" \

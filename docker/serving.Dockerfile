@@ -43,8 +43,9 @@ RUN --mount=type=cache,target=/root/.cache/uv \
  # The libraries' own test suites (256 MB with their bytecode; nothing imports them to serve).
  && find /opt/app/.venv/lib -type d -name tests -prune -exec rm -rf {} +
 # Only the modules the server imports: the families, the model package checks, the layout's
-# error type and the store's sha256 helper.
-COPY adapters/__init__.py adapters/layout.py adapters/package.py adapters/store.py ./adapters/
+# error type and the store's sha256 helper (with the errors it imports). The check below fails
+# the build when a copied module imports, at module level, a project module not copied here.
+COPY adapters/__init__.py adapters/layout.py adapters/package.py adapters/store.py adapters/store_errors.py ./adapters/
 # The training entry point (imports only core; the boto3 side of adapters/training stays out).
 COPY adapters/training/__init__.py adapters/training/container.py ./adapters/training/
 COPY core/__init__.py ./core/

@@ -69,7 +69,8 @@ def check() -> int:
     """Import the app, uvicorn and every family module; print JSON; 0 when all import.
 
     Also 1 when a module of the project, under the directory that holds this package, imports
-    a library this interpreter lacks, wherever the import sits (the report names it and where).
+    a library this interpreter lacks, wherever the import sits, or imports at module level a
+    project module that directory lacks (the report names each and where).
     """
     import importlib
     import json
@@ -85,8 +86,9 @@ def check() -> int:
     import core.families
     import serving.app  # noqa: F401  (importing is the check)
     from core.families import Family
-    from serving.image_check import missing_libraries
+    from serving.image_check import missing_libraries, unresolved_project_modules
 
+    app = Path(__file__).resolve().parents[1]
     families: dict[str, str] = {}
     for module in pkgutil.iter_modules(core.families.__path__):
         try:
@@ -104,11 +106,14 @@ def check() -> int:
         "httptools": httptools.__version__,
         "orjson": orjson.__version__,
         "families": families,
-        "missing_libraries": missing_libraries(Path(__file__).resolve().parents[1]),
+        "missing_libraries": missing_libraries(app),
+        "missing_project_modules": unresolved_project_modules(app),
     }
     print(json.dumps(report))  # noqa: T201  (this JSON line is the command's output)
     ok = families and all(v == "ok" for v in families.values())
-    return 0 if ok and not report["missing_libraries"] else 1
+    return (
+        0 if ok and not report["missing_libraries"] and not report["missing_project_modules"] else 1
+    )
 
 
 def router(host: str, port: int, state_file: str, log_level: str) -> int:

@@ -15,7 +15,11 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 from core.settings import PROJECT_ROOT
-from serving.image_check import imported_libraries, missing_libraries
+from serving.image_check import (
+    imported_libraries,
+    missing_libraries,
+    unresolved_project_modules,
+)
 
 DOCKERFILE = PROJECT_ROOT / "docker" / "serving.Dockerfile"
 
@@ -96,3 +100,23 @@ def test_the_build_check_finds_a_library_imported_inside_a_function(tmp_path: Pa
     )
     assert missing_libraries(app) == {"not_installed_anywhere": ["core/lazy.py"]}
     assert set(imported_libraries(app)) == {"not_installed_anywhere", "numpy"}
+
+
+def test_every_project_module_the_image_code_imports_is_copied(tmp_path: Path) -> None:
+    # A module the Dockerfile copies that imports, at module level, one it does not copy fails
+    # at the first request that loads it (adapters/store.py's errors once did).
+    app = _copied_tree(tmp_path / "app")
+    assert unresolved_project_modules(app) == {}
+
+
+def test_the_build_check_finds_a_project_module_the_image_lacks(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    (app / "adapters").mkdir(parents=True)
+    (app / "adapters" / "__init__.py").write_text("")
+    (app / "adapters" / "store.py").write_text(
+        "from adapters.store_errors import StoreError\n"
+        "import adapters.present\n"
+        "def s3():\n    from adapters import bucket\n    return bucket, StoreError\n"
+    )
+    (app / "adapters" / "present.py").write_text("")
+    assert unresolved_project_modules(app) == {"adapters.store_errors": ["adapters/store.py"]}
