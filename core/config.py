@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,6 +83,15 @@ class DatasetConfig(Strict):
             "suite, so a null can never pass validation and then break training."
         ),
     )
+    future_tolerance_hours: float = Field(
+        default=24.0,
+        ge=0.0,
+        le=24.0 * 30,
+        description=(
+            "How far past the run's start an event_time may be (clock skew, a day stamped "
+            "ahead). A row dated later fails validation and never moves the training window."
+        ),
+    )
 
     @field_validator("columns")
     @classmethod
@@ -110,6 +120,16 @@ class DatasetConfig(Strict):
         if self.columns[self.watermark] != "int64":
             raise ValueError(f"watermark column {self.watermark!r} must be int64")
         return self
+
+    def latest_event_time(self, started: datetime) -> datetime:
+        """The newest event time a run started at ``started`` accepts, naive UTC as the rows.
+
+        Args:
+            started: the run's start, timezone-aware (naive is read as UTC).
+        """
+        if started.tzinfo is not None:
+            started = started.astimezone(UTC).replace(tzinfo=None)
+        return started + timedelta(hours=self.future_tolerance_hours)
 
     @property
     def query(self) -> str:

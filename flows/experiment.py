@@ -18,6 +18,7 @@ from prefect import flow
 from prefect.states import Completed, Failed, State
 
 from adapters.experiments import read_experiment
+from adapters.registry import Registry
 from adapters.store import store_from_settings
 from core.config import load_model_configs, load_platform_config
 from core.experiment import ExperimentError
@@ -44,7 +45,8 @@ def start(model: str, challenger: str, **overrides: Any) -> State:
     target = target_for(settings, load_platform_config(settings.config_dir), cfg)
     if target is None:
         raise ExperimentError(f"{model}: no endpoint is configured; nothing to split")
-    exp = start_experiment(store_from_settings(settings), cfg, target, challenger, **overrides)
+    store, registry = store_from_settings(settings), Registry.from_settings(settings)
+    exp = start_experiment(store, registry, cfg, target, challenger, **overrides)
     if exp.state == "failed":
         return Failed(message=f"{exp.id}: {exp.decision}; the champion serves alone")
     share = f"{exp.share_percent:g} %"

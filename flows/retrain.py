@@ -9,6 +9,8 @@ they run at once, and a forecaster's services fan out over the same kind of runn
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
@@ -41,6 +43,7 @@ def retrain_model(model: str, force: bool = False, reason: str = "scheduled") ->
     The family's independent parts (a forecaster's services) run on the ``runner:`` of
     ``platform.yaml``, the same kind of runner the parent runs the models on.
     """
+    started = datetime.now(UTC)  # no row may be dated after it (plus the dataset's tolerance)
     settings = load_settings()
     (cfg,) = load_model_configs(settings.config_dir, [model])
     runner = load_platform_config(settings.config_dir).runner
@@ -56,8 +59,8 @@ def retrain_model(model: str, force: bool = False, reason: str = "scheduled") ->
     if snapshot is None and not force:
         return outcome(model, "skipped", note=NO_NEW_DATA)
     new_id = snapshot.snapshot_id if snapshot else None
-    window = load_training_window(store, cfg, new_id)
-    validate_data(store, cfg, window, new_id)
+    window = load_training_window(store, cfg, new_id, started)
+    validate_data(store, cfg, window, new_id, started)
     data = split_holdout(cfg, window)
 
     lineage = describe_lineage(cfg, data, reason)

@@ -19,12 +19,13 @@ from prefect.states import State
 
 from adapters.capture import read_captures
 from adapters.experiments import begin_experiment, read_experiment, save_experiment
-from adapters.layout import PublishError, timestamp
+from adapters.layout import IntegrityError, PublishError, timestamp
 from adapters.pointer import read_latest
 from adapters.prefect_api import emit_event, publish_markdown, publish_table
+from adapters.registry import Registry
 from adapters.store import Store
 from core.config import ModelConfig
-from core.endpoint import EndpointTarget, RolloutFailed, TrafficPlan
+from core.endpoint import EndpointTarget, RolloutFailed, TrafficPlan, VersionToServe
 from core.experiment import (
     Experiment,
     ExperimentError,
@@ -35,7 +36,7 @@ from core.experiment import (
 from core.families import get_family
 from core.observations import observe
 from core.secrets import scrub
-from tasks.rollout import _log, resolve_version
+from tasks.rollout import _log, registered_version, resolve_version
 
 EVENT = "intelli-rate.experiment.evaluated"
 
@@ -47,6 +48,7 @@ def _now() -> datetime:
 @task(name="start-experiment", cache_policy=NO_CACHE)
 def start_experiment(
     store: Store,
+    registry: Registry,
     cfg: ModelConfig,
     target: EndpointTarget,
     challenger: str,
@@ -54,8 +56,14 @@ def start_experiment(
 ) -> Experiment:
     """Check everything, record the experiment, then split the endpoint's traffic.
 
+    Both versions are verified as a rollout verifies the version it deploys: the manifest's
+    sha256 against the store's records (:func:`tasks.rollout.resolve_version`) and against the
+    MLflow tag recorded at publication (:func:`tasks.rollout.registered_version`), the record
+    a writer of the store cannot change.
+
     Args:
         store: the model store.
+        registry: the MLflow registry holding each version's ``manifest_sha256`` tag.
         cfg: the model's config (its ``experiment:`` defaults).
         target: the endpoint target.
         challenger: ``vN``, a published version.
@@ -67,8 +75,9 @@ def start_experiment(
         refused the split and serves the champion alone again.
 
     Raises:
-        ExperimentError: the challenger is not published, nothing serves, the model is in an
-            experiment already, or a bad mode, share or metric; nothing was changed.
+        ExperimentError: the challenger is not published, or was changed in the store after
+            it was (the message names the version and both hashes), nothing serves, the model
+            is in an experiment already, or a bad mode, share or metric; nothing was changed.
     """
     family = get_family(cfg.family)
     latest = read_latest(store, cfg.name)
@@ -76,6 +85,8 @@ def start_experiment(
         raise ExperimentError(f"{cfg.name}: no champion yet; an experiment needs one serving")
     try:
         wanted = resolve_version.fn(store, cfg, challenger)
+    except IntegrityError as exc:
+        raise ExperimentError(f"{cfg.name} {challenger} may not serve: {exc}") from exc
     except (PublishError, ValueError) as exc:
         raise ExperimentError(f"{cfg.name} {challenger} is not a published version: {exc}") from exc
     exp = new_experiment(
@@ -94,6 +105,8 @@ def start_experiment(
             f"first: mlops experiment stop {cfg.name}"
         )
     champion = resolve_version.fn(store, cfg, exp.champion)
+    for version in (champion, wanted):  # before the endpoint is asked anything
+        _check_registered(registry, cfg, version)
     serving = target.describe(cfg.name)
     if serving is None or serving.version != exp.champion:
         raise ExperimentError(
@@ -110,6 +123,14 @@ def start_experiment(
         )
         return save_experiment(store, failed, expected=exp)
     return save_experiment(store, exp.with_state("running"), expected=exp)
+
+
+def _check_registered(registry: Registry, cfg: ModelConfig, version: VersionToServe) -> None:
+    """The rollout's MLflow check of ``version``; its refusal as an :class:`ExperimentError`."""
+    try:
+        registered_version.fn(registry, cfg, version)
+    except PublishError as exc:  # IntegrityError included: the message has both hashes
+        raise ExperimentError(f"{cfg.name} {version.version} may not serve: {exc}") from exc
 
 
 @task(name="stop-experiment", cache_policy=NO_CACHE)

@@ -13,7 +13,7 @@ import logging
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -144,13 +144,35 @@ class WindowData:
     snapshots: list[SnapshotRef] = field(default_factory=list)
 
 
+def _ends(manifest: dict[str, Any]) -> pd.Timestamp:
+    return pd.Timestamp(manifest["event_time"]["max"])
+
+
+def _newest_up_to(event_time: dict[str, Any], latest: pd.Timestamp) -> pd.Timestamp | None:
+    """The newest event time up to ``latest`` a snapshot surely holds (its min or its max)."""
+    for bound in (event_time.get("max"), event_time.get("min")):
+        if bound is not None and pd.Timestamp(bound) <= latest:
+            return pd.Timestamp(bound)
+    return None
+
+
+def _horizon(cfg: ModelConfig, newest: pd.Timestamp) -> pd.Timestamp:
+    """The first event time of the window whose newest row is ``newest``."""
+    end = newest.floor("D") + timedelta(days=1)
+    return end - timedelta(days=cfg.split.holdout_days + cfg.split.training_days)
+
+
 @task(name="load-training-window", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def load_training_window(store: Store, cfg: ModelConfig, new_snapshot: str | None) -> WindowData:
+def load_training_window(
+    store: Store, cfg: ModelConfig, new_snapshot: str | None, started: datetime | None = None
+) -> WindowData:
     """Read the accepted snapshots in the training window, plus the new one.
 
     The new snapshot is included before it is validated: validation runs on exactly this frame
     so that duplicates across snapshots are caught too. Rows without an event time stay in so
-    that validation can report them.
+    that validation can report them, and so do rows from the future: the window ends at the
+    newest event time no later than ``started`` (the run's start, default now) plus
+    ``dataset.future_tolerance_hours``, so a row dated years ahead cannot move it.
     """
     manifests = [
         m
@@ -159,12 +181,17 @@ def load_training_window(store: Store, cfg: ModelConfig, new_snapshot: str | Non
     ]
     if not manifests:
         raise ValueError(f"{cfg.name}: no snapshots of {cfg.dataset.name}; run an export first")
-    newest = max(pd.Timestamp(m["event_time"]["max"]) for m in manifests)
-    horizon = newest.floor("D") + timedelta(days=1)
-    horizon -= timedelta(days=cfg.split.holdout_days + cfg.split.training_days)
-    used = [m for m in manifests if pd.Timestamp(m["event_time"]["max"]) >= horizon]
-    frame = read_snapshots(store, cfg.dataset, [m["snapshot_id"] for m in used])
+    latest = pd.Timestamp(cfg.dataset.latest_event_time(started or datetime.now(UTC)))
+    # The window ends at the newest row not from the future. The manifests bound it from below
+    # (a snapshot whose max is past ``latest`` has rows from its min on): read from there.
+    bounds = [_newest_up_to(m["event_time"], latest) for m in manifests]
+    floor = max((b for b in bounds if b is not None), default=latest)
+    read = [m for m in manifests if _ends(m) >= _horizon(cfg, floor)]
+    frame = read_snapshots(store, cfg.dataset, [m["snapshot_id"] for m in read])
     times = pd.to_datetime(frame[cfg.dataset.event_time])
+    present = times[times <= latest]
+    horizon = _horizon(cfg, present.max() if len(present) else floor)
+    used = [m for m in read if _ends(m) >= horizon]
     frame = frame[(times >= horizon) | times.isna()].reset_index(drop=True)
     return WindowData(
         frame=frame,

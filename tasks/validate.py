@@ -2,7 +2,8 @@
 
 The suite lives in ``configs/models/<model>.yaml`` (``validation:``), one entry per
 expectation with the reason it exists, plus a not-null expectation for every column of
-``dataset.columns`` that ``dataset.nullable`` does not name (:func:`schema_expectations`).
+``dataset.columns`` that ``dataset.nullable`` does not name, and an upper bound on the event
+time: the run's start plus ``dataset.future_tolerance_hours`` (:func:`schema_expectations`).
 :func:`validate_frame` runs it on a pandas frame with an ephemeral GX context and returns a
 :class:`ValidationReport` that names each failed expectation, its column(s) and sample bad
 values.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -49,6 +51,7 @@ class Failure:
     unexpected_percent: float | None
     sample: list[Any]
     observed: Any = None
+    rows: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,10 @@ class ValidationReport:
         for f in self.failures:
             count = "" if f.unexpected_count is None else f" {f.unexpected_count} bad rows;"
             sample = f" sample {f.sample!r}" if f.sample else f" observed {f.observed!r}"
+            rows = f"; rows {f.rows!r}" if f.rows else ""
             lines.append(
-                f"  - {f.expectation} on {', '.join(f.columns) or 'table'}:{count}{sample}"
+                f"  - {f.expectation} on {', '.join(f.columns) or 'table'}:{count}{sample}{rows}"
+                + (f" ({f.why})" if f.why else "")
             )
         return "\n".join(lines)
 
@@ -109,20 +114,27 @@ def _class_name(expectation: str) -> str:
     return "".join(part.capitalize() for part in expectation.split("_"))
 
 
-def schema_expectations(cfg: ModelConfig) -> list[ExpectationConfig]:
-    """A not-null expectation for every column of ``dataset.columns`` not declared nullable.
+def schema_expectations(
+    cfg: ModelConfig, started: datetime | None = None
+) -> list[ExpectationConfig]:
+    """Not-null for every column not declared nullable; no event time from the future.
 
-    Listed after the config's own expectations, and only for columns that do not already have
-    one there (whose ``why`` is more specific). Range checks skip nulls, and the families
-    refuse them: a null that passed validation would be accepted into a snapshot and break
-    every training window that holds it.
+    The event time is bounded by the run's start plus ``dataset.future_tolerance_hours``
+    (:func:`future_expectation`). The not-null expectations come after the config's own, and
+    only for columns that do not already have one there (whose ``why`` is more specific).
+    Range checks skip nulls, and the families refuse them: a null that passed validation would
+    be accepted into a snapshot and break every training window that holds it.
+
+    Args:
+        cfg: the model's config.
+        started: the run's start (default: now).
     """
     covered = {
         item.kwargs.get("column")
         for item in cfg.validation
         if item.expectation == "expect_column_values_to_not_be_null"
     }
-    return [
+    not_null = [
         ExpectationConfig(
             expectation="expect_column_values_to_not_be_null",
             kwargs={"column": column},
@@ -131,10 +143,35 @@ def schema_expectations(cfg: ModelConfig) -> list[ExpectationConfig]:
         for column in cfg.dataset.columns
         if column not in covered and column not in cfg.dataset.nullable
     ]
+    return [*not_null, future_expectation(cfg, started or datetime.now(UTC))]
 
 
-def build_suite(cfg: ModelConfig) -> ExpectationSuite:
+def future_expectation(cfg: ModelConfig, started: datetime) -> ExpectationConfig:
+    """No ``event_time`` later than ``started`` plus the dataset's tolerance.
+
+    A row from the future would otherwise become the training window's newest row: the
+    window would hold almost nothing, and every later run would fail on it.
+    """
+    dataset = cfg.dataset
+    limit = dataset.latest_event_time(started)
+    return ExpectationConfig(
+        expectation="expect_column_values_to_be_between",
+        kwargs={"column": dataset.event_time, "max_value": limit},
+        why=(
+            f"No {dataset.event_time} after the run's start "
+            f"{started.astimezone(UTC):%Y-%m-%d %H:%M} UTC plus dataset.future_tolerance_hours "
+            f"({dataset.future_tolerance_hours:g} h), i.e. after {limit:%Y-%m-%d %H:%M}: "
+            "a row from the future; correct or delete it in the source"
+        ),
+    )
+
+
+def build_suite(cfg: ModelConfig, started: datetime | None = None) -> ExpectationSuite:
     """Turn the config's ``validation`` list into a ``gx.ExpectationSuite``.
+
+    Args:
+        cfg: the model's config.
+        started: the run's start, which bounds the event time (default: now).
 
     Raises:
         SuiteError: an expectation type GX does not know, or arguments it rejects.
@@ -142,7 +179,7 @@ def build_suite(cfg: ModelConfig) -> ExpectationSuite:
     import great_expectations as gx
 
     expectations = []
-    for i, item in enumerate([*cfg.validation, *schema_expectations(cfg)]):
+    for i, item in enumerate([*cfg.validation, *schema_expectations(cfg, started)]):
         cls = getattr(gx.expectations, _class_name(item.expectation), None)
         if cls is None:
             raise SuiteError(
@@ -174,9 +211,18 @@ def _jsonable(value: Any) -> Any:
 
 
 def validate_frame(
-    frame: pd.DataFrame, cfg: ModelConfig, snapshot_id: str | None = None
+    frame: pd.DataFrame,
+    cfg: ModelConfig,
+    snapshot_id: str | None = None,
+    started: datetime | None = None,
 ) -> ValidationReport:
-    """Run the model's suite on ``frame``.
+    """Run the model's suite on ``frame``; bad rows are named by ``dataset.key_columns``.
+
+    Args:
+        frame: the rows.
+        cfg: the model's config.
+        snapshot_id: named in the report.
+        started: the run's start, which bounds the event time (default: now).
 
     Returns:
         The report; ``success`` is False when any expectation failed on the data.
@@ -188,16 +234,19 @@ def validate_frame(
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    suite = build_suite(cfg)
+    suite = build_suite(cfg, started)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     asset = context.data_sources.add_pandas("snapshot").add_dataframe_asset(cfg.dataset.name)
     batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(
         batch_parameters={"dataframe": frame}
     )
-    result = batch.validate(
-        suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_VALUES}
-    )
+    result_format = {
+        "result_format": "SUMMARY",
+        "partial_unexpected_count": SAMPLE_VALUES,
+        "unexpected_index_column_names": list(cfg.dataset.key_columns),
+    }
+    result = batch.validate(suite, result_format=result_format)
     failures: list[Failure] = []
     broken: list[str] = []
     for res in result.results:
@@ -227,6 +276,9 @@ def validate_frame(
                 unexpected_percent=details.get("unexpected_percent"),
                 sample=_jsonable(sample[:SAMPLE_VALUES]),
                 observed=_jsonable(details.get("observed_value")),
+                rows=_jsonable(
+                    (details.get("partial_unexpected_index_list") or [])[:SAMPLE_VALUES]
+                ),
             )
         )
     if broken:
@@ -279,15 +331,21 @@ class ValidationFailed(RuntimeError):
 
 @task(name="validate-snapshot", cache_policy=NO_CACHE)
 def validate_data(
-    store: Store, cfg: ModelConfig, window: WindowData, new_snapshot: str | None
+    store: Store,
+    cfg: ModelConfig,
+    window: WindowData,
+    new_snapshot: str | None,
+    started: datetime | None = None,
 ) -> ValidationReport:
     """Run the suite on the training window; record the outcome next to the new snapshot.
 
     A failed validation marks the snapshot rejected (so the watermark does not move past its
     rows), publishes the report as an artifact and raises :class:`ValidationFailed`, which
-    stops this model's path before training.
+    stops this model's path before training. ``started`` is the run's start (default: now):
+    rows dated past it plus ``dataset.future_tolerance_hours`` fail.
     """
-    report = validate_frame(window.frame, cfg, new_snapshot or window.newest_snapshot)
+    snapshot = new_snapshot or window.newest_snapshot
+    report = validate_frame(window.frame, cfg, snapshot, started)
     if new_snapshot:
         if report.success:
             _refuse_if_superseded(store, cfg, new_snapshot)

@@ -10,6 +10,7 @@ captured answers, so which arm is better is known without depending on the tiny 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -214,3 +215,34 @@ def test_a_worse_challenger_is_stopped_and_the_champion_keeps_all_traffic(story:
     exp = read_experiment(story.store, MODEL)
     assert exp is not None and exp.decision is not None and exp.decision["verdict"] == "stop"
     assert json.loads(json.dumps(exp.to_dict()))["looks"][-1]["verdict"] == "stop"
+
+
+def test_a_rewritten_challenger_is_refused_by_the_command_and_nothing_starts(story: Story) -> None:
+    """Issue 21: v3 rewritten in the store (a manifest made to match); MLflow's tag left alone.
+
+    A rollout refused it; the experiment start accepted it and half the callers got it.
+    """
+    from adapters.layout import capture_prefix
+
+    prefix = f"models/{MODEL}/v3"
+    old_body = story.store.get_bytes(f"{prefix}/manifest.json")
+    schema = json.loads(story.store.get_bytes(f"{prefix}/schema.json"))
+    schema["example_request"] = schema["example_request"][:1]
+    data = json.dumps(schema).encode()
+    story.store.put_bytes(f"{prefix}/schema.json", data)
+    manifest = json.loads(old_body)
+    manifest["files"]["schema.json"] = {"sha256": hashlib.sha256(data).hexdigest(),
+                                        "bytes": len(data)}  # fmt: skip
+    body = json.dumps(manifest).encode()
+    story.store.put_bytes(f"{prefix}/manifest.json", body)
+    recorded, rewritten = hashlib.sha256(old_body).hexdigest(), hashlib.sha256(body).hexdigest()
+
+    record = read_experiment(story.store, MODEL)  # the story's last, or None run alone
+    traffic = story.target.traffic(MODEL)
+    captured = sorted(story.store.list(capture_prefix(MODEL)))
+    said = refused("--challenger", "v3", "--mode", "ab", "--share", "50")
+    assert f"{MODEL} v3 was changed in the store after it was published" in said, said
+    assert rewritten in said and recorded in said, said
+    assert read_experiment(story.store, MODEL) == record
+    assert story.target.traffic(MODEL) == traffic  # the champion alone: no variant of v3, no split
+    assert sorted(story.store.list(capture_prefix(MODEL))) == captured

@@ -7,6 +7,7 @@ rows in one table (that model fails, the others go on, nothing of it moves), the
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,63 @@ def test_weekly_cycle(mlops_home: Path) -> None:
     assert statuses == ["accepted", "rejected", "accepted"]
     final = {r["model"]: r for r in status_of(settings)}
     assert all(r["agree"] for r in final.values()), final
+
+
+def test_a_row_from_the_future_is_refused_and_never_moves_the_window(mlops_home: Path) -> None:
+    """Issue 21: one source row dated five years ahead passed validation and became the
+    window's newest row; every later run then failed on "row count observed 1"."""
+    settings = load_settings()
+    seed_source(settings.source_url, weeks=3, **SMALL_SOURCE)
+    state, out = run(models=["limit_optimiser"], reason="first")
+    assert out["limit_optimiser"]["status"] == "promoted", out["limit_optimiser"]
+    before = pointers(settings, "limit_optimiser")
+
+    # A new week arrives, and with it one row dated five years past the run's start.
+    seed_source(settings.source_url, append_weeks=1, **SMALL_SOURCE)
+    future = datetime.now(UTC).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
+    future += timedelta(days=5 * 365)
+    engine = sa.create_engine(settings.source_url)
+    columns = "client_id, tier, avg_rps, p95_rps, p99_rps, burst_ratio, error_rate, " + (
+        "account_age_days, endpoints_used, best_limit"
+    )
+    with engine.begin() as conn:
+        row_id = conn.execute(sa.text("SELECT max(id) FROM client_limits")).scalar_one() + 1
+        conn.execute(
+            sa.text(
+                f"INSERT INTO client_limits (id, day, {columns}) SELECT :id, :day, {columns} "
+                "FROM client_limits WHERE id = :source"
+            ),
+            {"id": row_id, "day": f"{future:%Y-%m-%d %H:%M:%S}.000000", "source": row_id - 1},
+        )
+        client = conn.execute(
+            sa.text("SELECT client_id FROM client_limits WHERE id = :id"), {"id": row_id}
+        ).scalar_one()
+    state, out = run(models=["limit_optimiser"], reason="future row")
+    assert state.is_failed()
+    note = out["limit_optimiser"]["note"]
+    # The one failure names the column, the row (its key and date) and the tolerance; the
+    # window still holds the other rows (no "row count": the anchor did not move).
+    assert "1 of " in note and "expect_table_row_count" not in note, note
+    assert "expect_column_values_to_be_between on day: 1 bad rows" in note, note
+    assert f"'day': '{future:%Y-%m-%d %H:%M:%S}', 'client_id': '{client}'" in note, note
+    assert "dataset.future_tolerance_hours (168 h)" in note, note
+    assert pointers(settings, "limit_optimiser") == before
+    store = store_from_settings(settings)
+    assert [s["status"] for s in list_snapshots(store, "client_limits")] == [
+        "accepted",
+        "rejected",
+    ]
+
+    # The row is deleted at the source: the next run re-exports the week and trains on it.
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM client_limits WHERE id = :id"), {"id": row_id})
+    engine.dispose()
+    state, out = run(models=["limit_optimiser"], reason="row deleted")
+    assert state.is_completed(), state.message
+    assert out["limit_optimiser"]["status"] in ("promoted", "rejected"), out["limit_optimiser"]
+    assert out["limit_optimiser"]["champion_version"] == "v1"
+    statuses = [s["status"] for s in list_snapshots(store, "client_limits")]
+    assert statuses == ["accepted", "rejected", "accepted"]
 
 
 def _gate_record(settings: Any, run_id: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ evaluation is tested without the traffic half (tests/integration has the end to 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -20,9 +21,11 @@ from adapters.capture import read_captures
 from adapters.endpoints.local import LocalTarget
 from adapters.experiments import begin_experiment, read_experiment, save_experiment
 from adapters.pointer import move_latest
+from adapters.registry import Registry
 from adapters.source.read import label_rows
 from adapters.store import LocalStore
-from adapters.versions import publish_version
+from adapters.versions import publish_version, version_manifest_sha256
+from core.endpoint import Serving, TrafficPlan
 from core.experiment import (
     Experiment,
     ExperimentError,
@@ -118,24 +121,123 @@ def published(tmp_path: Path) -> tuple[LocalStore, LocalTarget]:
     ],
 )
 def test_start_refuses_bad_input_and_changes_nothing(
-    published: tuple[LocalStore, LocalTarget], challenger: str, kw: dict[str, Any], message: str
+    published: tuple[LocalStore, LocalTarget],
+    tmp_path: Path,
+    challenger: str,
+    kw: dict[str, Any],
+    message: str,
 ) -> None:
     store, target = published
+    registry = Registry(f"sqlite:///{tmp_path / 'unused.db'}")  # refused before it is asked
     before = sorted(store.list(""))
     with pytest.raises(ExperimentError, match=message):
-        start_experiment.fn(store, CFG, target, challenger, **kw)
+        start_experiment.fn(store, registry, CFG, target, challenger, **kw)
     assert sorted(store.list("")) == before and target.describe(MODEL) is None
 
 
 def test_start_refuses_a_model_already_in_an_experiment(
-    published: tuple[LocalStore, LocalTarget],
+    published: tuple[LocalStore, LocalTarget], tmp_path: Path
 ) -> None:
     store, target = published
+    registry = Registry(f"sqlite:///{tmp_path / 'unused.db'}")
     running = begin_experiment(store, record())
     before = store.get_bytes("models/limit_optimiser/experiment.json")
     with pytest.raises(ExperimentError, match=f"already in experiment {running.id}"):
-        start_experiment.fn(store, CFG, target, "v2")
+        start_experiment.fn(store, registry, CFG, target, "v2")
     assert store.get_bytes("models/limit_optimiser/experiment.json") == before
+
+
+class ServingTarget(LocalTarget):
+    """A local target whose endpoint serves ``v1``; it records the splits it is asked for.
+
+    The split itself (variants, capture) is the router's, tested with real processes in
+    tests/integration; here the question is whether start asks for one at all.
+    """
+
+    def __init__(self, home: Path, store_uri: str) -> None:
+        super().__init__(home=home, store_uri=store_uri)
+        self.splits: list[TrafficPlan] = []
+
+    def describe(self, model: str) -> Serving | None:
+        return Serving(model, f"{model}-ep", "running", "v1", "http://127.0.0.1:1/x")
+
+    def start_experiment(self, plan: TrafficPlan, progress: Any) -> None:
+        self.splits.append(plan)
+
+
+@pytest.fixture
+def registered(
+    published: tuple[LocalStore, LocalTarget], tmp_path: Path
+) -> tuple[LocalStore, Registry, ServingTarget]:
+    """v1 the champion, v2 promoted once before (the store has records of it), both
+    registered in MLflow with the manifest hash of their publication."""
+    from mlflow import MlflowClient
+
+    store, _ = published
+    registry = Registry(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "art").as_uri())
+    run_id = (
+        MlflowClient(registry.tracking_uri)
+        .create_run(registry.ensure_experiment(MODEL))
+        .info.run_id
+    )
+    for version in ("v1", "v2"):
+        tags = {"store_version": version,
+                "manifest_sha256": version_manifest_sha256(store, MODEL, version)}  # fmt: skip
+        registry.register_version(MODEL, store.url(f"models/{MODEL}/{version}"), run_id, tags)
+    move_latest(store, MODEL, "v2", reason="test")
+    move_latest(store, MODEL, "v1", reason="test")
+    target = ServingTarget(home=tmp_path / "home", store_uri=str(store.root))
+    return store, registry, target
+
+
+def rewrite_challenger(store: LocalStore) -> tuple[str, str]:
+    """What a writer of the store does to v2: a new schema.json, a manifest made to match it,
+    and the store's promotion records of v2 made to match that; MLflow's tag is left alone."""
+    prefix = f"models/{MODEL}/v2"
+    old_body = store.get_bytes(f"{prefix}/manifest.json")
+    schema = json.loads(store.get_bytes(f"{prefix}/schema.json"))
+    schema["example_request"] = [{"tier": "enterprise"}]
+    data = json.dumps(schema).encode()
+    store.put_bytes(f"{prefix}/schema.json", data)
+    manifest = json.loads(old_body)
+    manifest["files"]["schema.json"] = {"sha256": hashlib.sha256(data).hexdigest(),
+                                        "bytes": len(data)}  # fmt: skip
+    body = json.dumps(manifest).encode()
+    store.put_bytes(f"{prefix}/manifest.json", body)
+    old, new = hashlib.sha256(old_body).hexdigest(), hashlib.sha256(body).hexdigest()
+    for key in store.list(f"models/{MODEL}/promotions"):
+        doc = json.loads(store.get_bytes(key))
+        if doc.get("version") == "v2":
+            store.put_bytes(key, json.dumps({**doc, "manifest_sha256": new}).encode())
+    return old, new
+
+
+def test_a_challenger_mlflow_knows_starts(
+    registered: tuple[LocalStore, Registry, ServingTarget],
+) -> None:
+    store, registry, target = registered
+    exp = start_experiment.fn(store, registry, CFG, target, "v2", mode="ab", share_percent=50)
+    assert exp.state == "running"
+    (plan,) = target.splits
+    assert plan.challenger.version == "v2" and plan.champion.version == "v1"
+
+
+def test_a_rewritten_challenger_is_refused_against_mlflow_and_nothing_starts(
+    registered: tuple[LocalStore, Registry, ServingTarget],
+) -> None:
+    """Issue 21: the store's records agree with the rewrite; the MLflow tag does not."""
+    store, registry, target = registered
+    recorded, rewritten = rewrite_challenger(store)
+    before = sorted(store.list(""))
+    with pytest.raises(ExperimentError) as refused:
+        start_experiment.fn(store, registry, CFG, target, "v2", mode="ab", share_percent=50)
+    message = str(refused.value)
+    assert f"{MODEL} v2 was changed in the store after it was published" in message
+    assert f"has sha256 {rewritten}" in message and f"tag) recorded {recorded}" in message
+    # Nothing started: no split asked of the endpoint (no variant, no capture), no record.
+    assert target.splits == []
+    assert read_experiment(store, MODEL) is None
+    assert sorted(store.list("")) == before
 
 
 # --- looks at captured answers ---------------------------------------------------------------

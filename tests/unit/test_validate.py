@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -111,3 +111,47 @@ def test_every_column_is_not_null_unless_declared_nullable() -> None:
             if e.expectation == "expect_column_values_to_not_be_null"
         }
         assert checked == set(c.dataset.columns) - set(c.dataset.nullable), name
+
+
+RUN_START = datetime(2026, 1, 13, 6, 0, tzinfo=UTC)  # the frames end on 2026-01-12
+
+
+@pytest.mark.parametrize(
+    ("model", "table", "column", "key"),
+    [
+        ("abuse_detector", "client_windows", "window_start", "client_id"),
+        ("limit_optimiser", "client_limits", "day", "client_id"),
+        ("traffic_forecaster", "service_traffic", "ts", "service"),
+    ],
+)
+def test_a_row_from_the_future_fails_naming_column_rows_and_tolerance(
+    model: str, table: str, column: str, key: str
+) -> None:
+    """Issue 21: a row dated five years past the run's start used to pass validation."""
+    c = cfg(model)
+    df = frame(table, days=8)
+    df.loc[3, column] = pd.Timestamp("2031-01-13")
+    report = validate_frame(df, c, "snap-future", started=RUN_START)
+    assert not report.success
+    (failure,) = report.failures
+    assert failure.expectation == "expect_column_values_to_be_between"
+    assert failure.columns == [column] and failure.unexpected_count == 1
+    assert failure.rows == [{key: df.loc[3, key], column: "2031-01-13 00:00:00"}]
+    text = report.summary()
+    tolerance = f"dataset.future_tolerance_hours ({c.dataset.future_tolerance_hours:g} h)"
+    assert f"on {column}: 1 bad rows" in text and tolerance in text
+    assert "2031-01-13" in text and str(df.loc[3, key]) in text and "2026-01-13 06:00" in text
+
+
+def test_the_tolerance_is_the_boundary() -> None:
+    c = cfg("limit_optimiser")
+    assert c.dataset.future_tolerance_hours == 168  # the demo's appended week validates
+    df = frame("client_limits", days=8)
+    edge = RUN_START.replace(tzinfo=None) + timedelta(hours=168)
+    df.loc[3, "day"] = pd.Timestamp(edge)
+    assert validate_frame(df, c, "s", started=RUN_START).success
+    df.loc[3, "day"] = pd.Timestamp(edge) + pd.Timedelta(seconds=1)
+    assert not validate_frame(df, c, "s", started=RUN_START).success
+    # Bounded in config: at most 30 days.
+    with pytest.raises(ValueError, match="future_tolerance_hours"):
+        c.dataset.model_validate({**c.dataset.model_dump(), "future_tolerance_hours": 24 * 31})
