@@ -37,7 +37,9 @@ _HOUR_PATH = re.compile(r"/(\d{4})/(\d{2})/(\d{2})/(\d{2})/[^/]+\.jsonl$")
 NOT_A_RECORD = "not a capture record"
 BAD_RECORD = "request record not a flat object of plain values"
 HOSTILE_RECORD = "request record names a column the analysis owns"
-OWN_COLUMNS = frozenset(("inference_id", "arm", "variant", "version", "latency_ms", "row", "error"))
+OWN_COLUMNS = frozenset(
+    ("inference_id", "arm", "variant", "version", "latency_ms", "row", "error", "chosen")
+)
 """The reader's columns; a request key among them (or starting ``__``, the analysis' private
 names) would overwrite or collide with them downstream, so its record is skipped."""
 _PLAIN = (str, int, float, bool, type(None))
@@ -51,7 +53,8 @@ class CaptureRead:
     Attributes:
         frame: one row per request record: ``inference_id``, ``arm``, ``variant``, ``version``,
             ``row`` (the record's place in its request), ``error`` (0/1), ``latency_ms`` (NaN
-            when not captured), the request's columns and the answer's columns.
+            when not captured), ``chosen`` (the caller named the variant: ``chosen=1`` in the
+            record's attributes), the request's columns and the answer's columns.
         skipped: lines and request records left out (the sum of ``reasons``).
         reasons: why, with how many of each.
     """
@@ -171,6 +174,7 @@ def _read_line(line: str, experiment_id: str) -> LineRead:
         "variant": attrs.get("variant", ""),
         "version": attrs.get("version", ""),
         "latency_ms": float(attrs["latency_ms"]) if "latency_ms" in attrs else float("nan"),
+        "chosen": attrs.get("chosen") == "1",
     }
     status = int(attrs.get("status", "200"))
     try:

@@ -224,6 +224,8 @@ class TrafficPlan:
         challenger: the published version under test.
         share_percent: in (0, 100).
         experiment_id: goes into every captured record, so analysis never mixes experiments.
+        allow_target_variant: whether a caller may name the variant that answers it while the
+            experiment runs (the model's ``experiment.allow_target_variant``; off by default).
     """
 
     model: str
@@ -232,3 +234,4 @@ class TrafficPlan:
     challenger: VersionToServe
     share_percent: float
     experiment_id: str
+    allow_target_variant: bool = False

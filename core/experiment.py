@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from core.sequential import compare, mixture_tau, non_inferiority_p, planned_sample_size
 
@@ -72,6 +72,14 @@ class ExperimentPolicy(BaseModel):
     min_samples: int = Field(default=500, ge=2, description="Labelled samples per arm, at least.")
     max_samples: int | None = Field(
         default=None, ge=2, description="Ends undecided after this; default twice the plan."
+    )
+    allow_target_variant: StrictBool = Field(
+        default=False,
+        description=(
+            "Whether a caller may name the variant that answers it (InvokeEndpoint's "
+            "TargetVariant) while an experiment runs. Off: the arm is drawn for every request. "
+            "On: a named request is captured as chosen and left out of the decision."
+        ),
     )
 
 

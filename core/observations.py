@@ -16,6 +16,7 @@ from core.experiment import PLATFORM_METRICS, Experiment, Observations
 
 UNREADABLE_KEY = "request key unreadable: left unlabelled"
 REPEATED_ID = "inference id repeated within an arm: left unpaired"
+CHOSEN_ARM = "arm chosen by the caller, not drawn: left out"
 PAIR_ON = ("inference_id", "row")
 """A shadow pair: the two arms' answers to one record of one request (its inference id)."""
 
@@ -60,7 +61,9 @@ def observe(
 
     Args:
         exp: the experiment (its mode decides whether values are paired).
-        captured: :func:`adapters.capture.read_captures`' frame (one row per request record).
+        captured: :func:`adapters.capture.read_captures`' frame (one row per request record);
+            rows whose arm the caller ``chosen`` are left out of every count and value, and
+            counted under :data:`CHOSEN_ARM`.
         labels: the source rows: the key columns and the family's label column.
         family: the model's :class:`core.families.Family`.
         key_types: the dataset's key columns and their types (the join key).
@@ -81,6 +84,11 @@ def observe(
     missing = [k for k in keys if k not in captured.columns]
     frame = captured.assign(arm=captured["arm"].replace({"shadow": "challenger"}))
     frame = frame[frame["arm"].isin(["champion", "challenger"])]
+    if "chosen" in frame.columns:  # a caller who picks its arm is no randomised unit
+        chosen = frame["chosen"].fillna(False).astype(bool)
+        if chosen.any():
+            counts[CHOSEN_ARM] = counts.get(CHOSEN_ARM, 0) + int(chosen.sum())
+        frame = frame[~chosen]
     requests = {arm: int((frame["arm"] == arm).sum()) for arm in ("champion", "challenger")}
     label = _private("__label", frame.columns)
     if missing:  # requests without their key columns can never be labelled

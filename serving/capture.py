@@ -52,6 +52,7 @@ class Captured:
     at: float
     latency_ms: float | None = None  # the caller's wait (the shadow's for a shadow copy)
     status: int = 200  # a 5xx is captured too, so the error guardrail sees it
+    chosen: bool = False  # the caller named the variant: not a drawn arm
 
 
 def capture_key(endpoint: str, variant: str, at: float, suffix: str) -> str:
@@ -79,6 +80,8 @@ def capture_line(item: Captured) -> dict[str, Any]:
     )
     if item.latency_ms is not None:
         attributes += f";latency_ms={item.latency_ms:.3f}"
+    if item.chosen:
+        attributes += ";chosen=1"
     return {
         "captureData": {
             "endpointInput": side("INPUT", item.content_type, item.request),

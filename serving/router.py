@@ -4,11 +4,12 @@ One small process on ``MLOPS_ENDPOINT_HOST:MLOPS_ENDPOINT_PORT`` (127.0.0.1:8080
 answers what SageMaker's runtime answers, so a client written for one works with the other
 (boto3's ``sagemaker-runtime`` client with ``endpoint_url`` pointing here, for example):
 
-- ``POST /endpoints/{model}/invocations``: forwarded to one of the model's variants, chosen by
-  weight (or named by the ``X-Amzn-SageMaker-Target-Variant`` header, or pinned by the
-  caller's ``X-Caller-Key``); the answer names the variant in
-  ``X-Amzn-Invoked-Production-Variant`` and carries ``X-Inference-Id``. During an experiment
-  the answers are captured and a share is mirrored to a shadow, both off the request path
+- ``POST /endpoints/{model}/invocations``: forwarded to one of the model's variants, drawn by
+  weight (or, as :func:`serving.experiment_routing.pick` allows, named by the
+  ``X-Amzn-SageMaker-Target-Variant`` header or pinned by the caller's ``X-Caller-Key``); the
+  answer names the variant in ``X-Amzn-Invoked-Production-Variant`` and carries
+  ``X-Inference-Id``. During an experiment the answers are captured and a share is mirrored to
+  a shadow, both off the request path
   (:mod:`serving.experiment_routing`, :mod:`serving.capture`, :mod:`serving.shadow`).
 - ``GET /endpoints/{model}``: what serves (variants, versions, weights, requests in flight).
 - ``GET /endpoints``: every model; ``GET /ping``: the router itself.
@@ -56,7 +57,7 @@ from serving.experiment_routing import (
     ExperimentRoute,
     mirrored,
     model_latency_ms,
-    split,
+    pick,
     unknown_variant,
 )
 from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -84,25 +85,6 @@ _FORWARD_RESPONSE = (
     "x-model-family",
     "x-model-latency-ms",
 )
-
-
-def choose(
-    upstreams: tuple[Upstream, ...],
-    avoid: set[str],
-    wanted: str | None,
-    caller_key: str | None = None,
-    experiment_id: str = "",
-) -> Upstream | None:
-    """Pick a variant by weight, preferring ones not in ``avoid``; ``wanted`` names one.
-
-    A ``caller_key`` picks the same variant every time (:func:`serving.experiment_routing.split`).
-    """
-    if wanted:
-        named = [u for u in upstreams if u.name == wanted]
-        return named[0] if named else None
-    live = [u for u in upstreams if u.weight > 0]
-    fresh = [u for u in live if u.name not in avoid] or live
-    return split(fresh, caller_key=caller_key, experiment_id=experiment_id)
 
 
 def _error(status: int, reason: str, **extra: Any) -> JSONResponse:
@@ -226,7 +208,7 @@ class Forwarder:
             if not upstreams:
                 return _error(404, f"endpoint {model} not found"), None
             experiment = table.experiments.get(model, NO_EXPERIMENT)
-            choice = choose(upstreams, tried, wanted, caller_key, experiment.experiment_id)
+            choice, chosen = pick(upstreams, tried, experiment, wanted, caller_key)
             if choice is None and wanted:
                 names = [u.name for u in upstreams]
                 return _error(400, unknown_variant(model, wanted, names), variants=names), None
@@ -240,7 +222,15 @@ class Forwarder:
                     waited = (time.perf_counter() - started) * 1000.0
                     latency = model_latency_ms(answer.headers, waited)
                     self._after(
-                        model, experiment, choice, body, headers, answer, inference_id, latency
+                        model,
+                        experiment,
+                        choice,
+                        body,
+                        headers,
+                        answer,
+                        inference_id,
+                        latency,
+                        chosen=chosen,
                     )
                 return answer, choice.name
             last = answer
@@ -260,11 +250,14 @@ class Forwarder:
         answer: Response,
         inference_id: str,
         latency_ms: float,
+        chosen: bool = False,
     ) -> None:
         """Capture the answer and mirror the request: no await, so the caller waits for neither.
 
         A 2xx and a 5xx are captured (with the status and the variant's latency, which the
         experiment's error and latency guardrails read); a 4xx is the caller's fault, not the arm's.
+        An answer whose variant the caller named (``chosen``, see
+        :func:`serving.experiment_routing.pick`) is captured as such.
         """
         ok_or_ours = 200 <= answer.status_code < 300 or answer.status_code >= 500
         if experiment.capture is not None and ok_or_ours:
@@ -283,6 +276,7 @@ class Forwarder:
                     at=time.time(),
                     latency_ms=latency_ms,
                     status=answer.status_code,
+                    chosen=chosen,
                 )
             )
         if mirrored(experiment.shadow):

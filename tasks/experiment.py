@@ -114,7 +114,8 @@ def start_experiment(
             f"the champion {exp.champion}; roll out first (mlops rollout {cfg.name})"
         )
     begin_experiment(store, exp)
-    plan = TrafficPlan(cfg.name, exp.mode, champion, wanted, exp.share_percent, exp.id)
+    allow = cfg.experiment.allow_target_variant
+    plan = TrafficPlan(cfg.name, exp.mode, champion, wanted, exp.share_percent, exp.id, allow)
     try:
         target.start_experiment(plan, _log)
     except RolloutFailed as exc:

@@ -49,7 +49,7 @@ def test_20000_random_requests_at_90_10_land_inside_the_99_percent_interval() ->
 def test_20000_distinct_callers_at_90_10_land_inside_the_99_percent_interval() -> None:
     # Sticky keys must still split by weight: the hash spreads callers uniformly.
     picks = Counter(
-        split([CHAMPION, CHALLENGER], caller_key=f"client-{i}", experiment_id="exp-1").name  # type: ignore[union-attr]
+        split([CHAMPION, CHALLENGER], caller_key=f"client-{i}", secret="secret-of-exp-1").name  # type: ignore[union-attr]
         for i in range(N)
     )
     low, high = interval_99(N, 0.10)
@@ -67,13 +67,13 @@ def test_weight_over_the_sum_not_over_100() -> None:
 
 def test_a_caller_key_always_lands_on_the_same_arm_and_a_new_experiment_reshuffles() -> None:
     keys = [f"client-{i}" for i in range(500)]
-    first = {k: split([CHAMPION, CHALLENGER], caller_key=k, experiment_id="exp-1") for k in keys}
+    first = {k: split([CHAMPION, CHALLENGER], caller_key=k, secret="secret-of-exp-1") for k in keys}
     for _ in range(5):
         again = {
-            k: split([CHAMPION, CHALLENGER], caller_key=k, experiment_id="exp-1") for k in keys
+            k: split([CHAMPION, CHALLENGER], caller_key=k, secret="secret-of-exp-1") for k in keys
         }
         assert again == first
-    other = {k: split([CHAMPION, CHALLENGER], caller_key=k, experiment_id="exp-2") for k in keys}
+    other = {k: split([CHAMPION, CHALLENGER], caller_key=k, secret="secret-of-exp-2") for k in keys}
     # Independent assignment: about 2 * 0.9 * 0.1 = 18 % of callers change arm.
     moved = sum(other[k] != first[k] for k in keys)
     assert 40 <= moved <= 140

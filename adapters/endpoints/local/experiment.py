@@ -9,6 +9,10 @@ mechanism with two more keys the router reads (:mod:`serving.experiment_routing`
   route's ``shadow`` with ``percent = share``: the router copies that share of the requests
   to it and discards its answers.
 
+The route's ``experiment`` also carries a secret drawn for this experiment, the key of the
+callers' sticky hash, and whether callers may name a variant (``allow_target_variant``); the
+router never shows the secret (nor does :meth:`LocalExperiments.traffic`).
+
 Both arms' answers are captured under ``{store}/capture/{model}`` (SageMaker's Data Capture
 layout, :mod:`serving.capture`). Starting is a deploy of the challenger without the swap:
 download and verify, start the process, smoke-test it on its own port (through the router the
@@ -20,6 +24,7 @@ stays on), then drains and stops the challenger's.
 
 from __future__ import annotations
 
+import secrets
 import shutil
 from typing import TYPE_CHECKING, Any
 
@@ -141,7 +146,15 @@ class LocalExperiments:
         else:
             variants = [{**champion, "weight": 1.0}]
             extra["shadow"] = {**record, "percent": plan.share_percent}
-        extra["experiment"] = {"id": plan.experiment_id, "mode": plan.mode, "arms": arms}
+        extra["experiment"] = {
+            "id": plan.experiment_id,
+            "mode": plan.mode,
+            "arms": arms,
+            # The callers' sticky hash is keyed by this, new per experiment, read by the router
+            # only: a caller cannot compute which key lands on which arm.
+            "secret": secrets.token_hex(32),
+            "allow_target_variant": plan.allow_target_variant,
+        }
         return variants, extra
 
     def _smoke(self, plan: TrafficPlan, record: dict[str, Any]) -> None:
