@@ -1,7 +1,7 @@
 """Experiments on the local endpoint with real processes: the router, champion and challenger.
 
 One endpoint is shared by the tests of this module, which run in file order: v1 serves; an A/B
-test of v2 at 10 % (split, stickiness, a named variant, capture of both arms); stop; a start
+test of v2 at 10 % (split, stickiness, a named variant drawn, capture of both arms); stop; a start
 that fails halfway; a shadow test of v2 whose shadow then fails and then sleeps 5 s. Each test
 says what state it leaves; every process started here is stopped at the end.
 """
@@ -144,13 +144,15 @@ def test_ab_splits_sticks_targets_and_captures_both_arms(endpoint: Endpoint) -> 
     assert all(r.json()["version"] == version_of[r.headers[VARIANT]] for r in answers)
     # Sticky: every caller key saw one variant in its three requests.
     assert all(len(seen) == 1 for seen in sticky.values())
-    assert {r.headers[VARIANT] for r in named} == {names["challenger"]}
-    assert unknown.status_code == 400
-    assert names["champion"] in unknown.text and names["challenger"] in unknown.text
+    # A named variant is drawn like any request during an experiment (the model's
+    # experiment.allow_target_variant is off): an unknown name too.
+    low, high = plausible(len(named), 0.10)
+    assert low <= sum(r.headers[VARIANT] == names["challenger"] for r in named) <= high
+    assert unknown.status_code == 200
 
     # Capture: one record per answer (sticky and named ones too), in SageMaker's layout.
     ok = [*answers, *named]
-    total = len(answers) + 20 * 3 + len(named)
+    total = len(answers) + 20 * 3 + len(named) + 1  # the unknown name was drawn and answered
     prefix = target.capture_prefix(MODEL)
     assert prefix == str(Path(target.store_uri) / "capture" / MODEL)
     records = captured(prefix, total)
