@@ -5,6 +5,9 @@ SageMaker's own mechanisms, so the console, CloudWatch and Data Capture show the
 - ``ab``: an endpoint config with two production variants, the champion's (its existing
   ``AllTraffic`` variant, weight ``100 - share``) and ``Challenger`` (weight ``share``); a
   variant answers weight / sum of weights, and InvokeEndpoint's ``TargetVariant`` can name one.
+  SageMaker has no switch for that and its capture does not record it, so the project's
+  ``experiment.allow_target_variant`` cannot be enforced here: the start says so
+  (:data:`TARGET_VARIANT_LIMIT`), and ``docs/sagemaker.md`` names the limit.
 - ``shadow``: one production variant and one ``ShadowProductionVariants`` entry, ``Shadow``;
   SageMaker copies ``shadow weight / production weight`` of the requests to it and discards
   its answers. So the production variant keeps weight 1 and the shadow gets ``share / 100``.
@@ -72,6 +75,14 @@ _CAPTURE_OPTIONS = {
     "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
     "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]},
 }
+
+
+TARGET_VARIANT_LIMIT = (
+    "{name}: SageMaker cannot refuse InvokeEndpoint's TargetVariant, and Data Capture does not "
+    "record it: a caller allowed to invoke the endpoint can pick {variant}, unseen by the "
+    "analysis; keep InvokeEndpoint to trusted callers (docs/sagemaker.md)"
+)
+"""What an A/B start on SageMaker says when the experiment does not allow named variants."""
 
 
 class SageMakerExperiments:
@@ -155,6 +166,8 @@ class SageMakerExperiments:
             f"{plan.model}: experiment {plan.experiment_id} runs on {name}; capture to "
             f"{request['DataCaptureConfig']['DestinationS3Uri']}"
         )
+        if plan.mode == "ab" and not plan.allow_target_variant:
+            progress(TARGET_VARIANT_LIMIT.format(name=name, variant=CHALLENGER))
 
     def _config_request(
         self, plan: TrafficPlan, config: dict[str, Any], challenger: dict[str, Any]
