@@ -136,6 +136,8 @@ def read_state(path: Path) -> dict[str, Any]:
 def write_state(path: Path, state: dict[str, Any]) -> None:
     """Replace ``routes.json`` atomically: the router sees the old file or the new, never half.
 
+    The file is readable by its owner only (the deployer and the router run as one user).
+
     Raises:
         ValueError: ``state`` is not a valid route table (nothing is written).
     """
@@ -144,7 +146,8 @@ def write_state(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with tmp.open("w") as fh:
+        # Owner only: a running experiment's route holds the secret of its callers' hash.
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
             json.dump(state, fh, indent=2, sort_keys=True)
             fh.write("\n")
             fh.flush()

@@ -186,3 +186,13 @@ def test_the_setting_is_off_by_default_and_strict() -> None:
     assert ExperimentPolicy(allow_target_variant=True).allow_target_variant is True
     with pytest.raises(ValidationError):
         ExperimentPolicy(allow_target_variant="yes")  # type: ignore[arg-type]
+
+
+def test_the_route_table_holding_the_secret_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    from serving.routes import write_state
+
+    state = tmp_path / "routes.json"
+    experiment = {"id": "e", "arms": {"champ": "champion"}, "secret": "ab" * 32}
+    route = {"variants": [{"name": "champ", "version": "v1", "port": 1}], "experiment": experiment}
+    write_state(state, {"generation": 1, "models": {"m": route}})
+    assert state.stat().st_mode & 0o777 == 0o600
