@@ -220,6 +220,17 @@ def test_a_challenger_mlflow_knows_starts(
     assert exp.state == "running"
     (plan,) = target.splits
     assert plan.challenger.version == "v2" and plan.champion.version == "v1"
+    assert plan.allow_target_variant is False  # callers may not name an arm by default
+
+
+def test_the_models_target_variant_setting_reaches_the_endpoint(
+    registered: tuple[LocalStore, Registry, ServingTarget],
+) -> None:
+    store, registry, target = registered
+    policy = CFG.experiment.model_copy(update={"allow_target_variant": True})
+    cfg = CFG.model_copy(update={"experiment": policy})
+    start_experiment.fn(store, registry, cfg, target, "v2", mode="ab", share_percent=50)
+    assert [p.allow_target_variant for p in target.splits] == [True]
 
 
 def test_a_rewritten_challenger_is_refused_against_mlflow_and_nothing_starts(
