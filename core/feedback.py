@@ -207,3 +207,33 @@ def apply_feedback(frame: Any, feedback: Any, label: str) -> Any:
     if "row" in frame.columns:
         reported = reported.where(frame["row"] == 0)
     return frame.assign(**{label: reported.combine_first(frame[label].astype(float))})
+
+
+def feedback_metrics(captured: Any, feedback: Any, family: Any, version: str) -> dict[str, float]:
+    """The live error of ``version`` on the answers whose outcome was reported.
+
+    Args:
+        captured: the capture reader's frame (any experiment).
+        feedback: reported outcomes (``inference_id``, ``outcome``).
+        family: the model's :class:`core.families.Family` (its :meth:`request_losses`).
+        version: the version whose answers count (the champion).
+
+    Returns:
+        ``feedback_<metric>`` (the mean of each :attr:`experiment_metrics`) and
+        ``feedback_labelled`` (how many answers it is over); empty when none is labelled.
+    """
+    if captured is None or len(captured) == 0 or feedback is None or len(feedback) == 0:
+        return {}
+    if not {"version", "error", "inference_id"} <= set(captured.columns):
+        return {}
+    mine = captured[(captured["version"] == version) & (captured["error"] == 0)]
+    label = "__feedback_label"
+    while label in mine.columns:
+        label = "_" + label
+    mine = apply_feedback(mine.assign(**{label: float("nan")}), feedback, label)
+    done = mine[mine[label].notna()]
+    if not len(done):
+        return {}
+    losses = family.request_losses(done, done[label])
+    out = {f"feedback_{m}": float(losses[m].mean()) for m in family.experiment_metrics}
+    return {**out, "feedback_labelled": float(len(done))}

@@ -26,10 +26,12 @@ from adapters.endpoints.local import LocalTarget
 from adapters.endpoints.local.processes import free_port
 from adapters.source import seed_source
 from adapters.store import LocalStore
+from core.drift import Champion
 from core.endpoint import TrafficPlan
 from core.experiment import Experiment
 from core.settings import load_settings
 from tasks.experiment import gather_observations
+from tasks.monitor import score_feedback
 from tests.fixtures.experiments import CFG, record
 from tests.fixtures.home import isolated_env
 from tests.fixtures.serving import build_model_dir, our_processes, publish_tiny
@@ -226,3 +228,13 @@ def test_a_bulk_import_records_new_outcomes_and_lists_each_refusal(
     assert sum(obs.labelled.values()) == 21  # the imported outcome labels the last answer
     errors = [*obs.values["abs_error"][0], *obs.values["abs_error"][1]]
     assert all(abs(e - OFFSET) < 1e-6 for e in errors)
+
+
+def test_the_monitor_measures_the_champion_on_the_reported_outcomes(endpoint: Endpoint) -> None:
+    """The monitor's live error, beside the source table's: the champion's reported answers."""
+    champion = Champion(MODEL, "v1", None, [], None)
+    metrics, _ = score_feedback.fn(endpoint.store, CFG, champion, ({}, None), 1)
+    labelled = look(endpoint).labelled["champion"]
+    assert labelled > 0
+    assert metrics["feedback_labelled"] == labelled
+    assert metrics["feedback_abs_error"] == pytest.approx(OFFSET)

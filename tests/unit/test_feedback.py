@@ -21,6 +21,7 @@ from core.feedback import (
     FeedbackRefused,
     Outcome,
     apply_feedback,
+    feedback_metrics,
     file_format,
     parse_body,
     parse_import,
@@ -183,3 +184,70 @@ def test_outcomes_label_requests_that_carry_no_key_columns() -> None:
     obs = observe(record(mode="ab"), captured, labels(c1=110.0), FAMILY, KEYS, None, feedback)
     assert obs.labelled["champion"] == 1
     assert list(obs.values["abs_error"][0]) == [50.0]
+
+
+# --- the monitor's live error -------------------------------------------------------------------
+
+
+def test_the_live_error_counts_the_champions_reported_answers_only() -> None:
+    captured = pd.DataFrame(
+        [
+            {**row("champion", "c1", 100.0, 5, "i1"), "version": "v1"},
+            {**row("champion", "c2", 100.0, 5, "i2"), "version": "v1"},
+            {**row("champion", "c3", 100.0, 5, "i3"), "version": "v1", "error": 1},
+            {**row("challenger", "c4", 500.0, 5, "i4"), "version": "v2"},
+            {**row("champion", "c5", 100.0, 5, "i5"), "version": "v1"},  # not reported
+        ]
+    )
+    outcomes = {"i1": 110.0, "i2": 80.0, "i3": 1.0, "i4": 1.0}
+    feedback = pd.DataFrame({"inference_id": list(outcomes), "outcome": list(outcomes.values())})
+    metrics = feedback_metrics(captured, feedback, FAMILY, "v1")
+    # i3 failed (no answer to judge), i4 is another version's, i5 has no outcome.
+    assert metrics["feedback_labelled"] == 2.0
+    assert metrics["feedback_abs_error"] == pytest.approx(15.0)
+
+
+def test_no_reported_answer_adds_no_live_metric() -> None:
+    captured = pd.DataFrame([{**row("champion", "c1", 100.0, 5, "i1"), "version": "v1"}])
+    feedback = pd.DataFrame({"inference_id": ["other"], "outcome": [1.0]})
+    assert feedback_metrics(captured, feedback, FAMILY, "v1") == {}
+    assert feedback_metrics(pd.DataFrame(), feedback, FAMILY, "v1") == {}
+
+
+def test_the_monitor_adds_the_reported_live_error_beside_the_source_metrics(tmp_path: Path) -> None:
+    """What ``flows.monitor`` does per model: the store's capture joined to the store's outcomes."""
+    import time
+
+    from core.drift import Champion
+    from serving.capture import Captured, capture_key, capture_line
+    from serving.experiment_routing import CaptureRoute
+    from tasks.monitor import score_feedback
+    from tests.fixtures.experiments import CFG
+
+    store = LocalStore(tmp_path)
+    route = CaptureRoute(uri=store.url("capture/limit_optimiser"), endpoint="limit_optimiser")
+    now = time.time()
+
+    def line(inference_id: str, limit: float) -> str:
+        item = Captured(
+            route=route, variant="a", version="v1", arm="champion", experiment_id="",
+            inference_id=inference_id, content_type="application/json",
+            request=json.dumps({"instances": [{"client_id": "c1", "day": "2026-12-01"}]}).encode(),
+            response=json.dumps({"predictions": [{"recommended_limit": limit}]}).encode(),
+            response_type="application/json", at=now,
+        )  # fmt: skip
+        return json.dumps(capture_line(item))
+
+    key = "capture/limit_optimiser/" + capture_key("limit_optimiser", "a", now, "part")
+    store.put_bytes(key, (line("i1", 100.0) + "\n" + line("i2", 200.0) + "\n").encode())
+    reported = Outcome(inference_id="i1", outcome=104.0)
+    record_outcome(store, "limit_optimiser", reported, "router", AT)
+    champion = Champion("limit_optimiser", "v1", None, [], None)
+    metrics, note = score_feedback.fn(store, CFG, champion, ({"mae": 3.0}, None), 7)
+    assert note is None
+    assert metrics == {
+        "mae": 3.0,
+        "feedback_abs_error": 4.0,
+        "feedback_abs_pct_error": pytest.approx(4.0 / 104.0),
+        "feedback_labelled": 1.0,
+    }
