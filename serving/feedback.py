@@ -32,7 +32,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,6 +45,7 @@ from core.feedback import (
     Outcome,
     parse_body,
 )
+from serving.metrics import feedback_counter
 from serving.routes import RouteFollower
 
 log = logging.getLogger("serving.feedback")
@@ -57,8 +58,9 @@ _ID_HEADER = b"x-inference-id"
 class FeedbackSettings(BaseSettings):
     """The router's feedback settings, from ``MLOPS_ROUTER_FEEDBACK_*``."""
 
+    # hide_input_in_errors: a token too short must not be quoted in the router's log.
     model_config = SettingsConfigDict(
-        env_prefix="MLOPS_ROUTER_FEEDBACK_", extra="forbid", frozen=True
+        env_prefix="MLOPS_ROUTER_FEEDBACK_", extra="forbid", frozen=True, hide_input_in_errors=True
     )
 
     token: SecretStr | None = Field(
@@ -142,14 +144,7 @@ class FeedbackRoute:
         self.follower = follower
         self.settings = settings
         self.answered = AnsweredIds(settings.remember)
-        self.counter = Counter(
-            "mlops_router_feedback",
-            "Outcome reports by result: accepted, or the reason they were refused.",
-            ("result",),
-            registry=registry,
-        )
-        for result in ("accepted", *REFUSALS):
-            self.counter.labels(result=result)  # every series at 0: a rate from the start
+        self.counter = feedback_counter(registry, ("accepted", *REFUSALS))
         self._store: Any = None
 
     def refuse(self, status: int, exc: FeedbackRefused) -> JSONResponse:
