@@ -149,8 +149,8 @@ def record_problem(record: Any) -> str | None:
     return None
 
 
-def read_line(line: str, experiment_id: str) -> LineRead:
-    """The request rows of one capture line of ``experiment_id`` (none for another experiment).
+def read_line(line: str, experiment_id: str | None) -> LineRead:
+    """The request rows of one capture line of ``experiment_id`` (None: of any experiment).
 
     Never raises: a line that is not a capture record is one skipped ``NOT_A_RECORD``, a
     request record that :func:`record_problem` refuses is one skipped of its reason.
@@ -161,11 +161,11 @@ def read_line(line: str, experiment_id: str) -> LineRead:
         return LineRead([], {NOT_A_RECORD: 1})
 
 
-def _read_line(line: str, experiment_id: str) -> LineRead:
+def _read_line(line: str, experiment_id: str | None) -> LineRead:
     doc = json.loads(line)
     meta = doc["eventMetadata"]
     attrs = _attributes(meta.get("customAttributes"))
-    if attrs.get("experiment_id") != experiment_id:
+    if experiment_id is not None and attrs.get("experiment_id") != experiment_id:
         return LineRead([], {})
     records = _request_records(_data(doc["captureData"]["endpointInput"]))
     base = {
@@ -207,14 +207,15 @@ def parse_line(line: str, experiment_id: str) -> list[dict[str, Any]] | None:
 
 
 def read_captures(
-    store: Store, prefix_url: str, experiment_id: str, since: datetime | None = None
+    store: Store, prefix_url: str, experiment_id: str | None, since: datetime | None = None
 ) -> CaptureRead:
     """Every captured request row of ``experiment_id`` under ``prefix_url``.
 
     Args:
         store: the store the capture lives in.
         prefix_url: the target's ``capture_prefix(model)``.
-        experiment_id: rows of other experiments (or none) are left out.
+        experiment_id: rows of other experiments (or none) are left out; None keeps every
+            row (the monitor's live error from reported outcomes).
         since: skip hour folders before this hour (the experiment's start).
     """
     prefix = store_key(store, prefix_url)

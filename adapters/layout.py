@@ -17,6 +17,8 @@ Keys are relative to the store root (a local directory or ``s3://bucket/prefix``
     models/{model}/experiment.json              the model's current (or last) online experiment
     models/{model}/experiments/{id}.json        each ended experiment, as it ended
 
+    feedback/{model}/{sha256(inference id)}.json  one reported outcome, created once (idempotence)
+
     training-jobs/{job}/input/train/part-NNNNN.parquet   a SageMaker training job's channel
     training-jobs/{job}/output/{job}/output/model.tar.gz what the job wrote (S3ModelArtifacts)
 
@@ -28,6 +30,7 @@ fixed part of the on-store format (``tests/unit/test_layout.py`` pins each one).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -56,6 +59,8 @@ PROMOTIONS = "promotions"
 EXPERIMENT = "experiment.json"
 EXPERIMENTS = "experiments"
 CAPTURE = "capture"
+FEEDBACK = "feedback"
+"""Top-level prefix of the outcomes reported after a decision (``POST /feedback/{model}``)."""
 
 VALIDATION = "validation.json"
 
@@ -139,6 +144,33 @@ def capture_prefix(model: str) -> str:
         PublishError: ``model`` is not a plain name.
     """
     return f"{CAPTURE}/{model_prefix(model).split('/', 1)[1]}"
+
+
+# --- reported outcomes ---------------------------------------------------------------------------
+
+
+def feedback_prefix(model: str) -> str:
+    """``feedback/{model}``: the outcomes reported for the model's answers.
+
+    Raises:
+        PublishError: ``model`` is not a plain name.
+    """
+    return f"{FEEDBACK}/{model_prefix(model).split('/', 1)[1]}"
+
+
+def feedback_key(model: str, inference_id: str) -> str:
+    """``feedback/{model}/{sha256 of the inference id}.json``: one outcome, created once.
+
+    The id is hashed: a caller may choose its own (``X-Amzn-SageMaker-Inference-Id``), and
+    no spelling of it can then make a path of its own.
+
+    Raises:
+        PublishError: ``model`` is not a plain name, or the id is empty.
+    """
+    if not isinstance(inference_id, str) or not inference_id:
+        raise PublishError(f"invalid inference id {inference_id!r}")
+    digest = hashlib.sha256(inference_id.encode()).hexdigest()
+    return f"{feedback_prefix(model)}/{digest}.json"
 
 
 # --- model keys ---------------------------------------------------------------------------------

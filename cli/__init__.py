@@ -10,19 +10,21 @@
     mlops monitor [--model NAME ...] [--trigger/--no-trigger]
     mlops experiment start MODEL --challenger vN [--mode ab|shadow] [--share P] [--metric M] ...
     mlops experiment status|stop MODEL
+    mlops feedback import FILE --model MODEL
     mlops store setup [--store s3://bucket/prefix] [--region R] [--dry-run]
 
 Prefect's embedded state is pointed at ``$MLOPS_HOME`` before Prefect is imported, so the
 imports of flows and tasks happen inside the commands.
 """
 
-from cli import data, endpoint, experiment, models, monitor, status, store
+from cli import data, endpoint, experiment, feedback, models, monitor, status, store
 from cli.common import app, console
 
 app.add_typer(endpoint.app, name="endpoint")
 app.add_typer(experiment.app, name="experiment")
+app.add_typer(feedback.app, name="feedback")
 app.add_typer(store.app, name="store")
-__all__ = ["app", "data", "experiment", "main", "models", "monitor", "status", "store"]
+__all__ = ["app", "data", "experiment", "feedback", "main", "models", "monitor", "status", "store"]
 
 
 def main() -> None:

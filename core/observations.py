@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from core.experiment import PLATFORM_METRICS, Experiment, Observations
+from core.feedback import apply_feedback
 
 UNREADABLE_KEY = "request key unreadable: left unlabelled"
 REPEATED_ID = "inference id repeated within an arm: left unpaired"
@@ -56,6 +57,7 @@ def observe(
     family: Any,
     key_types: Mapping[str, str],
     skipped: Mapping[str, int] | None = None,
+    feedback: Any = None,
 ) -> Observations:
     """Join captured answers to their late labels and compute each arm's per-request values.
 
@@ -68,6 +70,8 @@ def observe(
         family: the model's :class:`core.families.Family`.
         key_types: the dataset's key columns and their types (the join key).
         skipped: what the reader skipped, by reason; carried into the observations.
+        feedback: reported outcomes (``inference_id``, ``outcome``), beside the source rows:
+            :func:`core.feedback.apply_feedback`.
 
     Returns:
         Requests and labelled answers per arm; for every family metric, ``latency_ms`` and
@@ -100,6 +104,7 @@ def observe(
         lab, _ = _normalise_keys(labels, key_types)
         lab = lab.rename(columns={family.label_column: label}).dropna(subset=keys)
         frame = frame.merge(lab[[*keys, label]].drop_duplicates(keys), on=keys, how="left")
+    frame = apply_feedback(frame, feedback, label)
     done = frame[(frame["error"] == 0) & frame[label].notna()]
     losses = family.request_losses(done, done[label]) if len(done) else None
     pair_on = [c for c in PAIR_ON if c in frame.columns]

@@ -25,6 +25,7 @@ from tasks.monitor import (
     publish_monitor_metrics,
     report_findings,
     request_retrain,
+    score_feedback,
     score_live,
 )
 
@@ -54,6 +55,7 @@ def monitor(
         recent = load_recent(settings.source_url, cfg, policy.recent_days)
         drift = compare_distributions(cfg, reference, recent, policy)
         live = score_live(store, cfg, champion, recent, reference, settings.work_dir)
+        live = score_feedback(store, cfg, champion, live, policy.recent_days)
         findings.append(assess_model(cfg, policy, champion, reference, recent, drift, live))
 
     wanted = [f.model for f in findings if f.triggered]

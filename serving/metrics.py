@@ -476,3 +476,19 @@ class RouterMetrics:
         """The router's metrics in the Prometheus text format."""
         self.flush()
         return generate_latest(self.registry)
+
+
+def feedback_counter(registry: CollectorRegistry, results: tuple[str, ...]) -> Counter:
+    """``mlops_router_feedback_total{result}``: outcome reports, accepted or refused by reason.
+
+    Every ``results`` series starts at 0, so a rate is defined before the first report.
+    """
+    counter = Counter(
+        "mlops_router_feedback",
+        "Outcome reports (POST /feedback/{model}) by result: accepted, or why refused.",
+        ("result",),
+        registry=registry,
+    )
+    for result in results:
+        counter.labels(result=result)
+    return counter

@@ -60,6 +60,7 @@ from serving.experiment_routing import (
     pick,
     unknown_variant,
 )
+from serving.feedback import mount_feedback
 from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from serving.metrics import RouterMetrics
 from serving.routes import RouteFollower, RouteTable, Upstream
@@ -479,5 +480,6 @@ def create_router(
         handler=invoke,
         on_error=lambda exc: _error(500, f"router: internal error: {exc!r}"),
     )
+    mount_feedback(app, follower, forwarder.metrics.registry, _invocation_model)  # outermost
 
     return app

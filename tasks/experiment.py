@@ -19,6 +19,7 @@ from prefect.states import State
 
 from adapters.capture import read_captures
 from adapters.experiments import begin_experiment, read_experiment, save_experiment
+from adapters.feedback import read_outcomes
 from adapters.layout import IntegrityError, PublishError, timestamp
 from adapters.pointer import read_latest
 from adapters.prefect_api import emit_event, publish_markdown, publish_table
@@ -165,7 +166,12 @@ def stop_experiment(
 def gather_observations(
     store: Store, source_url: str, cfg: ModelConfig, target: EndpointTarget, exp: Experiment
 ) -> Observations:
-    """The experiment's captured answers joined to their late labels, per arm."""
+    """The experiment's captured answers joined to their late labels, per arm.
+
+    Labels come from the source table (on the dataset's key) and from the outcomes reported
+    by inference id (``POST /feedback/{model}``, ``mlops feedback import``), which win where
+    both label one answer.
+    """
     from adapters.source.read import label_rows
 
     family = get_family(cfg.family)
@@ -174,7 +180,9 @@ def gather_observations(
     since = started.replace(tzinfo=None) - (_label_lookback(cfg))
     labels = label_rows(source_url, cfg.dataset, str(family.label_column), since)
     key_types = {k: cfg.dataset.columns[k] for k in cfg.dataset.key_columns}
-    obs = observe(exp, captured.frame, labels, family, key_types, captured.reasons)
+    reported = read_outcomes(store, cfg.name)  # outcomes reported by inference id
+    skipped = {**captured.reasons, **reported.skipped}
+    obs = observe(exp, captured.frame, labels, family, key_types, skipped, reported.frame)
     if obs.skipped:
         _log(f"{exp.id}: {skipped_line(obs.skipped)}")
     return obs

@@ -131,6 +131,39 @@ def score_live(
     return dict(evaluation.metrics), None
 
 
+@task(name="score-reported-outcomes", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def score_feedback(
+    store: Store,
+    cfg: ModelConfig,
+    champion: Champion,
+    live: tuple[dict[str, float], str | None],
+    days: int,
+) -> tuple[dict[str, float], str | None]:
+    """Add the champion's error on outcomes reported by inference id to its live metrics.
+
+    Beside the source table's rows (:func:`score_live`): the router's captured answers of the
+    last ``days`` joined to the outcomes reported for them (``POST /feedback/{model}``,
+    ``mlops feedback import``), as ``feedback_<metric>`` and ``feedback_labelled``.
+    """
+    from datetime import UTC, datetime
+
+    from adapters.capture import read_captures
+    from adapters.feedback import read_outcomes
+    from adapters.layout import capture_prefix
+    from core.families import get_family
+    from core.feedback import feedback_metrics
+
+    metrics, note = live
+    reported = read_outcomes(store, cfg.name)
+    if reported.frame.empty:
+        return live
+    since = datetime.now(UTC) - timedelta(days=days)
+    captured = read_captures(store, store.url(capture_prefix(cfg.name)), None, since)
+    family = get_family(cfg.family)
+    extra = feedback_metrics(captured.frame, reported.frame, family, champion.version)
+    return {**metrics, **extra}, note
+
+
 @task(name="assess-model", cache_policy=NO_CACHE)
 def assess_model(
     cfg: ModelConfig,

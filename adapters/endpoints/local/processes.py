@@ -303,6 +303,26 @@ def aws_env(*, endpoint_url: str | None, profile: str | None, region: str | None
     return env
 
 
+FEEDBACK_TOKEN_ENV = "MLOPS_ROUTER_FEEDBACK_TOKEN"
+"""The bearer token of the router's ``POST /feedback/{model}`` (:mod:`serving.feedback`)."""
+
+
+def feedback_env(store_uri: str, kms_key_id: str | None) -> dict[str, str]:
+    """The router's feedback settings: where outcomes go, and the token, if this process has it.
+
+    The token is a secret of the deploying process's environment (or of whatever fills it
+    there: a Prefect Secret block in a flow-runner's job variables); it is passed to the
+    router only, never written to a file the endpoint keeps. Without it feedback is off.
+    """
+    env = {"MLOPS_ROUTER_FEEDBACK_STORE_URI": store_uri}
+    if kms_key_id:
+        env["MLOPS_ROUTER_FEEDBACK_KMS_KEY_ID"] = kms_key_id
+    token = os.environ.get(FEEDBACK_TOKEN_ENV)
+    if token:
+        env[FEEDBACK_TOKEN_ENV] = token
+    return env
+
+
 def _serving_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k in _ALLOWED_ENV or _ALLOWED_ENV_PREFIX.match(k)}
     path = env.get("PYTHONPATH")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from adapters.endpoints.local.processes import (
     ServingProcesses,
     aws_env,
+    feedback_env,
     http_client,
     http_get,
     is_alive,
@@ -102,6 +103,7 @@ class LocalTarget:
             if store_uri.startswith("s3://")
             else {}
         )
+        router_env.update(feedback_env(store_uri, kms_key_id))
         self.router = RouterControl(
             self.root, host, port, self.processes, router_seconds, router_env
         )
