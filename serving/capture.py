@@ -8,11 +8,13 @@ one JSON object per line (``captureData.endpointInput`` / ``endpointOutput``, ``
 with ``eventId``, ``inferenceId``, ``inferenceTime`` and ``customAttributes``
 ``experiment_id=...;variant=...;version=vN;arm=champion|challenger|shadow``).
 
-The request path only appends a tuple to a bounded buffer (:meth:`CaptureWriter.record`, no
-I/O, no encoding); a background task encodes and writes the buffer every second, or sooner once
-``flush_records`` wait, in a worker thread so the event loop never blocks on a disk or S3. A
-write that fails is logged and counted, never raised: capture loses records rather than
-requests. A full buffer (the store slower than the traffic) drops new records and counts them.
+The request path only appends a record to a buffer capped in bytes (:meth:`CaptureWriter.record`,
+no I/O, no encoding); a background task groups, encodes and writes the buffer every second, or
+sooner once ``flush_records`` or a quarter of the byte cap wait, all in a worker thread so the
+event loop never blocks on the JSON encoder, a disk or S3. A write that fails is logged and
+counted, never raised: capture loses records rather than requests. A record over the record
+cap, a full buffer (the store slower than the traffic) and records past an endpoint's hourly
+byte budget are dropped and counted (:mod:`serving.capture_limits`).
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from adapters.store import Store
+    from serving.capture_limits import CaptureLimits
     from serving.experiment_routing import CaptureRoute
 
 log = logging.getLogger("serving.capture")
@@ -101,27 +105,61 @@ class CaptureWriter:
         flush_seconds: longest a record waits in the buffer.
         flush_records: a buffer this long is written at once.
         max_buffered: records held at most; more are dropped (and counted).
+        limits: the byte caps (buffer, record, bytes written per endpoint and hour).
     """
 
     def __init__(
-        self, flush_seconds: float = 1.0, flush_records: int = 1000, max_buffered: int = 100_000
+        self,
+        flush_seconds: float = 1.0,
+        flush_records: int = 1000,
+        max_buffered: int = 100_000,
+        limits: CaptureLimits | None = None,
     ) -> None:
+        from serving.capture_limits import CaptureLimits
+
         self.flush_seconds = flush_seconds
         self.flush_records = flush_records
         self.max_buffered = max_buffered
+        self.limits = limits or CaptureLimits()
         self._buffer: list[Captured] = []
+        self._buffered_bytes = 0
         self._wake: asyncio.Event | None = None
         self._stores: dict[tuple[str, str | None], Store] = {}
+        self._hour_written: dict[tuple[str, str], int] = {}
+        self._writing = threading.Lock()  # the last flush at shutdown may meet a running one
         self.stats = {"captured": 0, "written": 0, "dropped": 0, "failed_writes": 0}
+        self.written_bytes = 0
+        self.dropped: dict[str, list[int]] = {}
+        """Reason (``buffer_full``, ``record_too_large``, ``hourly_cap``) -> [records, bytes]."""
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of requests and answers waiting to be written."""
+        return self._buffered_bytes
+
+    def _drop(self, reason: str, size: int, records: int = 1) -> None:
+        counts = self.dropped.setdefault(reason, [0, 0])
+        counts[0] += records
+        counts[1] += size
+        self.stats["dropped"] += records
 
     def record(self, item: Captured) -> None:
-        """Queue one answer for writing; never blocks, never raises."""
-        if len(self._buffer) >= self.max_buffered:
-            self.stats["dropped"] += 1
+        """Queue one answer for writing; never blocks, never raises, never encodes."""
+        size = len(item.request) + len(item.response)
+        if size > self.limits.record_bytes:
+            self._drop("record_too_large", size)
+            return
+        if (
+            len(self._buffer) >= self.max_buffered
+            or self._buffered_bytes + size > self.limits.buffer_bytes
+        ):
+            self._drop("buffer_full", size)
             return
         self._buffer.append(item)
+        self._buffered_bytes += size
         self.stats["captured"] += 1
-        if len(self._buffer) >= self.flush_records and self._wake is not None:
+        full = self._buffered_bytes * 4 >= self.limits.buffer_bytes
+        if (len(self._buffer) >= self.flush_records or full) and self._wake is not None:
             self._wake.set()
 
     @contextlib.asynccontextmanager
@@ -147,27 +185,63 @@ class CaptureWriter:
             await self.flush()
 
     async def flush(self) -> int:
-        """Write everything buffered now; return how many records were written."""
+        """Write everything buffered now; return how many records were written.
+
+        Grouping, encoding and writing all run in one worker thread: a batch of large records
+        takes the JSON encoder seconds, which the event loop (and ``/ping``) must not wait for.
+        """
         if not self._buffer:
             return 0
-        items, self._buffer = self._buffer, []
+        items, self._buffer, self._buffered_bytes = self._buffer, [], 0
+        outcome = await asyncio.to_thread(self._encode_and_write, items)
+        self.stats["written"] += outcome.written
+        self.stats["failed_writes"] += outcome.failed
+        self.written_bytes += outcome.written_bytes
+        for reason, (records, size) in outcome.dropped.items():
+            self._drop(reason, size, records)
+        return outcome.written
+
+    def _encode_and_write(self, items: list[Captured]) -> _Outcome:
+        """Encode ``items`` into one file per endpoint, variant and hour; write each (a thread)."""
+        with self._writing:
+            return self._encode_and_write_locked(items)
+
+    def _encode_and_write_locked(self, items: list[Captured]) -> _Outcome:
+        outcome = _Outcome()
         files: dict[tuple[CaptureRoute, str, str], list[Captured]] = defaultdict(list)
         for item in items:
             hour = time.strftime("%Y%m%d%H", time.gmtime(item.at))
             files[(item.route, item.variant, hour)].append(item)
-        written = 0
-        for (route, variant, _hour), batch in files.items():
-            key = capture_key(route.endpoint, variant, batch[0].at, uuid.uuid4().hex[:12])
-            body = "".join(json.dumps(capture_line(i), separators=(",", ":")) + "\n" for i in batch)
-            try:
-                await asyncio.to_thread(self._write, route, key, body.encode())
-            except Exception as exc:  # a capture failure never fails a request
-                self.stats["failed_writes"] += len(batch)
-                log.error("capture of %d records to %s failed: %r", len(batch), route.uri, exc)
+        for (route, variant, hour), batch in files.items():
+            lines: list[bytes] = []
+            budget_key = (route.endpoint, hour)
+            spent = self._hour_written.get(budget_key, 0)
+            for item in batch:
+                line = (json.dumps(capture_line(item), separators=(",", ":")) + "\n").encode()
+                if spent + len(line) > self.limits.hourly_bytes:
+                    outcome.drop("hourly_cap", len(line))
+                    continue
+                spent += len(line)
+                lines.append(line)
+            if not lines:
                 continue
-            written += len(batch)
-        self.stats["written"] += written
-        return written
+            body = b"".join(lines)
+            key = capture_key(route.endpoint, variant, batch[0].at, uuid.uuid4().hex[:12])
+            try:
+                self._write(route, key, body)
+            except Exception as exc:  # a capture failure never fails a request
+                outcome.failed += len(lines)
+                log.error("capture of %d records to %s failed: %r", len(lines), route.uri, exc)
+                continue
+            # Only what reached the store counts against the hour: a failed write is retried
+            # by nothing, so it must not use up the budget either.
+            self._hour_written[budget_key] = self._hour_written.get(budget_key, 0) + len(body)
+            outcome.written += len(lines)
+            outcome.written_bytes += len(body)
+        current = time.strftime("%Y%m%d%H", time.gmtime())
+        for old in [k for k in self._hour_written if k[1] < current]:
+            del self._hour_written[old]
+        return outcome
 
     def _write(self, route: CaptureRoute, key: str, body: bytes) -> None:
         from adapters.store import store_from_uri
@@ -177,3 +251,18 @@ class CaptureWriter:
             store = store_from_uri(route.uri, kms_key_id=route.kms_key_id)
             self._stores[(route.uri, route.kms_key_id)] = store
         store.put_bytes(key, body)
+
+
+@dataclass
+class _Outcome:
+    """What one flush did, handed from the writer thread back to the event loop."""
+
+    written: int = 0
+    written_bytes: int = 0
+    failed: int = 0
+    dropped: dict[str, list[int]] = field(default_factory=dict)
+
+    def drop(self, reason: str, size: int) -> None:
+        counts = self.dropped.setdefault(reason, [0, 0])
+        counts[0] += 1
+        counts[1] += size
