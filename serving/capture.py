@@ -14,7 +14,8 @@ sooner once ``flush_records`` or a quarter of the byte cap wait, all in a worker
 event loop never blocks on the JSON encoder, a disk or S3. A write that fails is logged and
 counted, never raised: capture loses records rather than requests. A record over the record
 cap, a full buffer (the store slower than the traffic) and records past an endpoint's hourly
-byte budget are dropped and counted (:mod:`serving.capture_limits`).
+byte budget are dropped and counted (:mod:`serving.capture_limits`); once a record does not
+fit an endpoint's hour, the rest of that hour is dropped before it is buffered or encoded.
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ class CaptureWriter:
         self._wake: asyncio.Event | None = None
         self._stores: dict[tuple[str, str | None], Store] = {}
         self._hour_written: dict[tuple[str, str], int] = {}
+        self._closed_hours: set[tuple[str, str]] = set()
+        """(endpoint, hour) whose budget a record did not fit: later ones are not even buffered."""
         self._writing = threading.Lock()  # the last flush at shutdown may meet a running one
         self.stats = {"captured": 0, "written": 0, "dropped": 0, "failed_writes": 0}
         self.written_bytes = 0
@@ -148,6 +151,11 @@ class CaptureWriter:
         size = len(item.request) + len(item.response)
         if size > self.limits.record_bytes:
             self._drop("record_too_large", size)
+            return
+        if (item.route.endpoint, time.strftime("%Y%m%d%H", time.gmtime(item.at))) in (
+            self._closed_hours
+        ):
+            self._drop("hourly_cap", size)
             return
         if (
             len(self._buffer) >= self.max_buffered
@@ -217,9 +225,13 @@ class CaptureWriter:
             budget_key = (route.endpoint, hour)
             spent = self._hour_written.get(budget_key, 0)
             for item in batch:
+                if budget_key in self._closed_hours:  # not encoded: the encoder holds the GIL
+                    outcome.drop("hourly_cap", len(item.request) + len(item.response))
+                    continue
                 line = (json.dumps(capture_line(item), separators=(",", ":")) + "\n").encode()
                 if spent + len(line) > self.limits.hourly_bytes:
                     outcome.drop("hourly_cap", len(line))
+                    self._closed_hours.add(budget_key)
                     continue
                 spent += len(line)
                 lines.append(line)
@@ -241,6 +253,7 @@ class CaptureWriter:
         current = time.strftime("%Y%m%d%H", time.gmtime())
         for old in [k for k in self._hour_written if k[1] < current]:
             del self._hour_written[old]
+        self._closed_hours = {k for k in self._closed_hours if k[1] >= current}
         return outcome
 
     def _write(self, route: CaptureRoute, key: str, body: bytes) -> None:
