@@ -1,5 +1,8 @@
 """Prediction capture in the router: every answer of an experiment's arms, off the request path.
 
+A record keeps the model's declared input columns of the request (:mod:`serving.capture_filter`),
+the answer, the inference id, the arm and the time; nothing else the caller sent.
+
 Records are written in SageMaker Data Capture's layout, so one reader serves both targets::
 
     {capture uri}/{endpoint}/{variant}/{yyyy}/{mm}/{dd}/{hh}/{time}-{uuid}.jsonl
@@ -24,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import threading
 import time
 import uuid
@@ -31,6 +35,8 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from serving.capture_filter import keep_columns
 
 if TYPE_CHECKING:
     from adapters.store import Store
@@ -84,9 +90,11 @@ def capture_line(item: Captured) -> dict[str, Any]:
     )
     if item.latency_ms is not None:
         attributes += f";latency_ms={item.latency_ms:.3f}"
+    # Only the model's declared input columns: nothing else a caller adds is kept.
+    request = keep_columns(item.request, item.content_type, item.route.columns)
     return {
         "captureData": {
-            "endpointInput": side("INPUT", item.content_type, item.request),
+            "endpointInput": side("INPUT", item.content_type, request),
             "endpointOutput": side("OUTPUT", item.response_type, item.response),
         },
         "eventMetadata": {
@@ -147,7 +155,13 @@ class CaptureWriter:
         self.stats["dropped"] += records
 
     def record(self, item: Captured) -> None:
-        """Queue one answer for writing; never blocks, never raises, never encodes."""
+        """Queue one answer for writing; never blocks, never raises, never encodes.
+
+        Only ``route.percent`` of the answers are kept (all of them during an experiment).
+        """
+        if item.route.percent < 100.0 and random.random() * 100.0 >= item.route.percent:
+            self.stats["not_sampled"] = self.stats.get("not_sampled", 0) + 1
+            return
         size = len(item.request) + len(item.response)
         if size > self.limits.record_bytes:
             self._drop("record_too_large", size)

@@ -52,7 +52,7 @@ def test_a_record_over_the_record_cap_is_dropped_and_counted() -> None:
 def test_capture_written_per_endpoint_and_hour_stays_within_the_hourly_cap(
     tmp_path: Path,
 ) -> None:
-    route = CaptureRoute(str(tmp_path / "capture" / "m"), "m")
+    route = CaptureRoute(str(tmp_path / "capture" / "m"), "m", columns=("x",))
     cap = 4 * MiB
     writer = CaptureWriter(limits=CaptureLimits(hourly_bytes=cap))
     at = time.time()
