@@ -152,3 +152,17 @@ def test_dropped_capture_and_shadow_copies_are_counted_in_metrics(tmp_path: Path
     )
     assert samples[("mlops_router_capture_dropped_records_total", "buffer_full")] == 0
     assert samples[("mlops_router_shadow_dropped_total", None)] == 0
+
+
+def test_the_deployers_capture_caps_reach_the_router_and_nothing_secret_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from adapters.endpoints.local.processes import _serving_env
+
+    monkeypatch.setenv("MLOPS_CAPTURE_HOURLY_BYTES", str(16 * MiB))
+    monkeypatch.setenv("MLOPS_SHADOW_QUEUE_BYTES", str(8 * MiB))
+    monkeypatch.setenv("MLOPS_DATABASE_URL", "postgresql://u:secret@db/x")
+    env = _serving_env({})
+    limits = CaptureLimits.from_env(env)
+    assert (limits.hourly_bytes, limits.shadow_queue_bytes) == (16 * MiB, 8 * MiB)
+    assert "MLOPS_DATABASE_URL" not in env
