@@ -127,12 +127,11 @@ class Forwarder:
         limits: CaptureLimits | None = None,
     ) -> None:
         limits = limits or CaptureLimits()
-        self.follower = follower
-        self.capture = capture or CaptureWriter(limits=limits)
+        self.follower, self.metrics = follower, metrics or RouterMetrics()
+        self.capture = capture or CaptureWriter(limits=limits, encoder_processes=1)
         self.shadow = ShadowMirror(
-            self.capture, timeout=shadow_timeout, queue_bytes=limits.shadow_queue_bytes
+            self.capture, shadow_timeout, queue_bytes=limits.shadow_queue_bytes
         )
-        self.metrics = metrics or RouterMetrics()
         self.metrics.registry.register(CaptureCollector(self.capture, self.shadow))
         self._inflight: dict[tuple[str, str], int] = defaultdict(int)
         self._client: aiohttp.ClientSession | None = None

@@ -9,6 +9,7 @@ real router.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from pathlib import Path
@@ -92,32 +93,30 @@ def test_a_cap_out_of_its_bounds_is_refused_naming_it(env: dict[str, str], field
     assert CaptureLimits.from_env({"MLOPS_CAPTURE_HOURLY_BYTES": str(MiB)}).hourly_bytes == MiB
 
 
-def test_the_router_answers_ping_while_the_capture_encoder_is_held(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Encoding runs in a worker thread: an encoder held for seconds never holds ``/ping``."""
+def test_the_router_answers_ping_while_the_capture_encoder_is_held(tmp_path: Path) -> None:
+    """Encoding runs off the event loop: an encoder held for seconds never holds ``/ping``."""
     from fastapi.testclient import TestClient
 
-    import serving.capture
+    from serving.capture import encode_line
     from serving.router import create_router
     from serving.routes import write_state
 
     entered, release, done = threading.Event(), threading.Event(), threading.Event()
-    real = serving.capture.capture_line
 
-    def held(captured: Captured) -> dict[str, object]:
+    def held(captured: Captured) -> bytes:
         entered.set()
         release.wait(20.0)  # on the event loop this holds /ping for the whole 20 s
         done.set()
-        return real(captured)
+        return encode_line(captured)
 
-    monkeypatch.setattr(serving.capture, "capture_line", held)
     state = tmp_path / "routes.json"
     write_state(state, {"generation": 1, "models": {}})
     app = create_router(state)
+    writer = app.state.forwarder.capture
+    writer._encode = held  # the writer's one call per record, wherever it encodes
     with TestClient(app) as client:
         client.portal.call(  # record on the router's own loop, as the forwarder does
-            app.state.forwarder.capture.record, item(CaptureRoute(str(tmp_path / "c"), "m"))
+            writer.record, item(CaptureRoute(str(tmp_path / "c"), "m", columns=("x",)))
         )
         assert entered.wait(30.0), "the flusher never started encoding"
         answer = client.get("/ping")
@@ -125,6 +124,28 @@ def test_the_router_answers_ping_while_the_capture_encoder_is_held(
         release.set()
         assert answer.status_code == 200
         assert answered_while_held, "/ping waited for the capture encoder"
+    assert writer.stats["written"] == 1
+
+
+def test_an_encoder_process_writes_the_same_records_as_the_thread(tmp_path: Path) -> None:
+    route = CaptureRoute(str(tmp_path / "capture" / "m"), "m", columns=("x",))
+
+    async def write(writer: CaptureWriter) -> None:
+        async with writer.running():
+            writer.record(item(route, body=b'{"instances": [{"x": 1, "api_key": "k"}]}', at=0.0))
+
+    asyncio.run(write(CaptureWriter(encoder_processes=1)))
+    asyncio.run(write(CaptureWriter()))
+    lines = [
+        json.loads(line)
+        for path in sorted(Path(route.uri).rglob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+    assert len(lines) == 2
+    for line in lines:
+        del line["eventMetadata"]["eventId"]
+    assert lines[0] == lines[1]
+    assert lines[0]["captureData"]["endpointInput"]["data"] == '{"instances":[{"x":1}]}'
 
 
 def test_dropped_capture_and_shadow_copies_are_counted_in_metrics(tmp_path: Path) -> None:
