@@ -204,17 +204,10 @@ class CaptureWriter:
     async def running(self) -> AsyncIterator[None]:
         """Run the background flusher while the server runs; flush what is left at the end.
 
-        With ``encoder_processes``, the encoder's processes start here and stop after the last
-        flush.
+        With ``encoder_processes``, the encoder's processes start with the first record to
+        encode (a router that captures nothing starts none) and stop after the last flush.
         """
         self._wake = asyncio.Event()
-        if self.encoder_processes:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            self._pool = ProcessPoolExecutor(
-                self.encoder_processes, mp_context=multiprocessing.get_context("spawn")
-            )
         self._stopping = False
         task = asyncio.create_task(self._loop())
         try:
@@ -232,9 +225,16 @@ class CaptureWriter:
 
     def _encode(self, item: Captured) -> bytes:
         """One record's line, in an encoder process when there is one (called in a thread)."""
-        if self._pool is not None:
-            return self._pool.submit(encode_line, item).result()
-        return encode_line(item)
+        if not self.encoder_processes:
+            return encode_line(item)
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(
+                self.encoder_processes, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._pool.submit(encode_line, item).result()
 
     async def _loop(self) -> None:
         assert self._wake is not None

@@ -147,3 +147,17 @@ def test_the_filling_load_stays_within_the_capture_cap_and_ping_answers(
     assert samples[("mlops_router_capture_written_bytes_total", None)] == on_disk
     assert dropped == stats["dropped"] > 0
     assert pings, "no /ping answered during the load"
+
+
+def test_stopping_the_endpoint_ends_the_routers_encoder_too(
+    loaded: tuple[LocalTarget, bytes],
+) -> None:
+    """The router's capture encoder process (and its helpers) end with the router."""
+    target, _body = loaded
+    home = target.root.parent
+    assert our_processes(home)
+    target.stop()
+    deadline = time.monotonic() + 30
+    while (left := our_processes(home)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == {}
