@@ -48,7 +48,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 COPY adapters/__init__.py adapters/layout.py adapters/package.py adapters/store.py adapters/store_errors.py ./adapters/
 # The training entry point (imports only core; the boto3 side of adapters/training stays out).
 COPY adapters/training/__init__.py adapters/training/container.py ./adapters/training/
-COPY core/__init__.py ./core/
+COPY core/__init__.py core/feedback.py core/strict.py ./core/
 COPY core/families ./core/families
 COPY serving ./serving
 # Fail the build, not the endpoint: import the server and every family, and find every library

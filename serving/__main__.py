@@ -111,9 +111,11 @@ def check() -> int:
     }
     print(json.dumps(report))  # noqa: T201  (this JSON line is the command's output)
     ok = families and all(v == "ok" for v in families.values())
-    return (
-        0 if ok and not report["missing_libraries"] and not report["missing_project_modules"] else 1
-    )
+    if ok and not report["missing_libraries"] and not report["missing_project_modules"]:
+        return 0
+    # Also on stderr: a build tool that keeps only the failing step's errors still shows why.
+    print(f"serving check failed: {json.dumps(report)}", file=sys.stderr)  # noqa: T201
+    return 1
 
 
 def router(host: str, port: int, state_file: str, log_level: str) -> int:
