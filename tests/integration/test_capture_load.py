@@ -12,8 +12,6 @@ that gives it).
 from __future__ import annotations
 
 import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -30,7 +28,7 @@ from adapters.endpoints.local import LocalTarget
 from adapters.endpoints.local.processes import free_port
 from adapters.store import LocalStore
 from core.endpoint import TrafficPlan
-from tests.fixtures.serving import build_model_dir, our_processes, publish_tiny
+from tests.fixtures.serving import build_model_dir, kill_leftovers, our_processes, publish_tiny
 
 pytestmark = pytest.mark.integration
 
@@ -82,9 +80,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalTarg
         yield target, body_of(tiny1.example_request)
     finally:
         target.stop()
-        for pid in our_processes(home):  # a safety net: nothing may outlive the tests
-            with_group = os.getpgid(pid) == pid
-            (os.killpg if with_group else os.kill)(pid, signal.SIGKILL)
+        kill_leftovers(home)
 
 
 def test_the_filling_load_stays_within_the_capture_cap_and_ping_answers(

@@ -10,8 +10,6 @@ end.
 from __future__ import annotations
 
 import json
-import os
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +32,7 @@ from tasks.experiment import gather_observations
 from tasks.monitor import score_feedback
 from tests.fixtures.experiments import CFG, record
 from tests.fixtures.home import isolated_env
-from tests.fixtures.serving import build_model_dir, our_processes, publish_tiny
+from tests.fixtures.serving import build_model_dir, kill_leftovers, publish_tiny
 from tests.integration.test_local_experiment import captured
 
 pytestmark = pytest.mark.integration
@@ -81,9 +79,7 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
             yield Endpoint(target, store, settings.source_url, exp)
         finally:
             target.stop()
-            for pid in our_processes(home):  # a safety net: nothing may outlive the tests
-                with_group = os.getpgid(pid) == pid
-                (os.killpg if with_group else os.kill)(pid, signal.SIGKILL)
+            kill_leftovers(home)
 
 
 def report(

@@ -35,6 +35,7 @@ from core.endpoint import RolloutFailed, VersionToServe
 from tests.fixtures.serving import (
     TinyModel,
     build_model_dir,
+    kill_leftovers,
     our_processes,
     post_until,
     publish_tiny,
@@ -76,9 +77,7 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
         yield Endpoint(target, home, store, tiny, v1, v2, v3, port)
     finally:
         target.stop()
-        for pid in our_processes(home):  # a safety net: nothing may outlive the tests
-            with_group = os.getpgid(pid) == pid
-            (os.killpg if with_group else os.kill)(pid, signal.SIGKILL)
+        kill_leftovers(home)
 
 
 def post(url: str, records: list[dict[str, Any]]) -> httpx.Response:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import threading
 import time
 from collections import Counter
@@ -31,7 +30,7 @@ from adapters.endpoints.local.router_control import extras
 from adapters.store import LocalStore
 from core.endpoint import RolloutFailed, TrafficPlan, VersionToServe
 from core.families import get_family
-from tests.fixtures.serving import build_model_dir, our_processes, publish_tiny
+from tests.fixtures.serving import build_model_dir, kill_leftovers, our_processes, publish_tiny
 
 pytestmark = pytest.mark.integration
 
@@ -64,9 +63,7 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
         yield Endpoint(target, home, v1, v2, tiny2.example_request[:2])
     finally:
         target.stop()
-        for pid in our_processes(home):  # a safety net: nothing may outlive the tests
-            with_group = os.getpgid(pid) == pid
-            (os.killpg if with_group else os.kill)(pid, signal.SIGKILL)
+        kill_leftovers(home)
 
 
 def plan(

@@ -168,14 +168,7 @@ class EndpointScaling:
         wanted = policy_configuration(config)
         found = dict(current.policies).get(name) if current else None
         if not _same_policy(found, wanted):
-            self.client.put_scaling_policy(
-                PolicyName=name,
-                ServiceNamespace=NAMESPACE,
-                ResourceId=rid,
-                ScalableDimension=DIMENSION,
-                PolicyType=POLICY_TYPE,
-                TargetTrackingScalingPolicyConfiguration=wanted,
-            )
+            self._put_policy(name, rid, wanted)
             changed.append(
                 f"policy {name} holds {config.target_invocations_per_instance:g} invocations "
                 f"per instance a minute (cooldowns: in {config.scale_in_cooldown_seconds}s, "
@@ -211,14 +204,18 @@ class EndpointScaling:
             MaxCapacity=registration.max_capacity,
         )
         for name, configuration in registration.policies:
-            self.client.put_scaling_policy(
-                PolicyName=name,
-                ServiceNamespace=NAMESPACE,
-                ResourceId=rid,
-                ScalableDimension=DIMENSION,
-                PolicyType=POLICY_TYPE,
-                TargetTrackingScalingPolicyConfiguration=configuration,
-            )
+            self._put_policy(name, rid, configuration)
+
+    def _put_policy(self, name: str, rid: str, configuration: dict[str, Any]) -> None:
+        """Create or replace the target-tracking policy ``name`` of the variant ``rid``."""
+        self.client.put_scaling_policy(
+            PolicyName=name,
+            ServiceNamespace=NAMESPACE,
+            ResourceId=rid,
+            ScalableDimension=DIMENSION,
+            PolicyType=POLICY_TYPE,
+            TargetTrackingScalingPolicyConfiguration=configuration,
+        )
 
     @staticmethod
     def _ignore_missing(call: Callable[..., Any], **request: Any) -> None:
