@@ -167,9 +167,16 @@ def render(
     """The BENCHMARKS.md section."""
     lines = [
         MARK_START,
+        "## Images (`make bench-image`)",
         "",
-        f"Measured {measured_on()} by `make bench-image` "
-        f"(`bench/bench_image.py --rounds {rounds} --seconds {seconds}`).",
+        "Measured {date} on {cpu} (load {load}, Python {python}) by `make bench-image` ".format(
+            **measured_on()
+        )
+        + f"(`bench/bench_image.py --rounds {rounds} --seconds {seconds}`).",
+        "",
+        "Sizes as buildah reports them (uncompressed); build times of `docker/build-images.sh` "
+        "on a base already made (cold: every step again, packages from the build's download "
+        "cache; cached: nothing changed; code change: one file of `serving/` touched).",
         "",
         "| image | size | cold build | cached build | after a code change |",
         "|---|---:|---:|---:|---:|",
