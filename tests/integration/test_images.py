@@ -44,6 +44,7 @@ from tests.fixtures.images import (
     Container,
     Image,
     ServingContainer,
+    readable_by_all,
     serve,
     unpack,
 )
@@ -236,6 +237,7 @@ def _training_layout(root: Path, family: str) -> None:
         json.dumps({"train": {"ContentType": "application/x-parquet", "TrainingInputMode": "File"}})
     )
     training_frame(family).to_parquet(data / "part-00000.parquet", index=False)
+    readable_by_all(root)
     # SageMaker's agent owns these; the image's user must be able to write them.
     for directory in (root / "model", root / "output"):
         os.chown(directory, IMAGE_UID, IMAGE_UID)
