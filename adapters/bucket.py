@@ -84,7 +84,14 @@ class StoreBucket:
     def account(self) -> str:
         """The account of the credentials (STS ``GetCallerIdentity``), asked once."""
         if self._account is None:
-            self._account = str(self.sts.get_caller_identity()["Account"])
+            try:
+                self._account = str(self.sts.get_caller_identity()["Account"])
+            except Exception as exc:  # no credentials, no network: say so, in one line
+                raise BucketError(
+                    f"cannot ask AWS whose credentials these are ({type(exc).__name__}: {exc}); "
+                    "set AWS_PROFILE (or credentials allowed to set the bucket up) and run "
+                    "`mlops store setup` again. Nothing was created or changed."
+                ) from exc
         return self._account
 
     def read(self) -> BucketState:

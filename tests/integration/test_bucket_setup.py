@@ -421,3 +421,23 @@ def test_cleanup_tags_a_superseded_snapshot_so_the_lifecycle_rule_matches_it(
             tags = s3.get_object_tagging(Bucket=store.bucket, Key=key)["TagSet"]
             assert (tags == wanted["Tags"]) is tagged, (key, tags)
             assert s3.head_object(Bucket=store.bucket, Key=key)["ContentLength"] == 1
+
+
+def test_no_credentials_is_a_one_line_refusal(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch, capfd: Any
+) -> None:
+    # Before, `mlops store setup` without credentials ended in botocore's traceback.
+    import botocore.exceptions
+
+    class NoCredentials:
+        def get_caller_identity(self) -> dict[str, str]:
+            raise botocore.exceptions.NoCredentialsError()
+
+    def without_credentials(cls: Any, scope: BucketScope, **_: Any) -> StoreBucket:
+        return StoreBucket(scope, s3=None, sts=NoCredentials())
+
+    monkeypatch.setattr(StoreBucket, "from_clients_of", classmethod(without_credentials))
+    code, output = _run_cli(monkeypatch, capfd, "store", "setup", "--store", f"s3://{_name()}/s")
+    assert code == 1, output
+    assert "Unable to locate credentials" in output and "AWS_PROFILE" in output
+    assert "Traceback" not in output
