@@ -17,7 +17,6 @@ What the keys are (``models/...``, ``snapshots/...``) is :mod:`adapters.layout`'
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import os
@@ -169,17 +168,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-FILE_MODE = 0o600
-DIR_MODE = 0o700
-"""The local store holds models, snapshots of the source data and captured requests: its files
-and folders are its owner's only, whatever the umask (the umask can only take bits away)."""
-
-
 class LocalStore:
-    """A directory with the S3 key layout; writes go through a temp file and a rename.
-
-    Every file it writes is ``0600`` and every folder it makes ``0700`` (:data:`FILE_MODE`).
-    """
+    """A directory with the S3 key layout; writes go through a temp file and a rename."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
@@ -192,28 +182,14 @@ class LocalStore:
         """The absolute path of ``key`` under the root."""
         return str(self._path(key))
 
-    def _mkdirs(self, folder: Path) -> None:
-        """Make ``folder`` and its missing parents as :data:`DIR_MODE` (not ``parents=True``).
-
-        ``mkdir(parents=True)`` would make the parents with the umask's mode.
-        """
-        missing: list[Path] = []
-        while not folder.is_dir():
-            missing.append(folder)
-            if folder.parent == folder:
-                break
-            folder = folder.parent
-        for path in reversed(missing):
-            with contextlib.suppress(FileExistsError):
-                path.mkdir(mode=DIR_MODE)
-
     def _open_temp(self, dest: Path) -> tuple[int, str]:
         # A concurrent delete() may remove the freshly made, still empty parent: make it again.
         for attempt in range(5):
-            self._mkdirs(dest.parent)
+            dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = str(dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp")
             try:
-                return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), tmp
+                # 0o666 and the umask, like any other file (mkstemp would force 0o600).
+                return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
             except FileNotFoundError:
                 if attempt == 4:
                     raise
@@ -227,9 +203,9 @@ class LocalStore:
         if if_match is not None:
             # Compare-and-swap under an exclusive lock on a hidden file beside the key: a
             # directory has no ETag, so the lock is what makes the check and the rename one step.
-            self._mkdirs(dest.parent)
+            dest.parent.mkdir(parents=True, exist_ok=True)
             lock = dest.parent / f".{dest.name}.lock"
-            with os.fdopen(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)) as fh:
+            with lock.open("a") as fh:
                 fcntl.flock(fh, fcntl.LOCK_EX)
                 try:
                     current = _etag_of(dest.read_bytes()) if dest.is_file() else None

@@ -17,8 +17,6 @@ Prefect's embedded state is pointed at ``$MLOPS_HOME`` before Prefect is importe
 imports of flows and tasks happen inside the commands.
 """
 
-import os
-
 from cli import data, endpoint, experiment, feedback, models, monitor, status, store
 from cli.common import app, console
 
@@ -39,9 +37,6 @@ def main() -> None:
     from core.config import ConfigError
     from core.settings import SettingsError
 
-    # Everything the command writes (the SQLite databases, logs, the local store, the processes
-    # it starts, which inherit the mask) is its owner's only: it holds source data and captures.
-    os.umask(0o077)
     try:
         app()
     except (ConfigError, SettingsError) as exc:

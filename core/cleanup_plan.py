@@ -21,20 +21,16 @@ carries the plan out. The rules, in the words of the plan:
   names and that does not hold the export's watermark, is superseded. Applying hands it to the
   store's expiry (:func:`superseded_snapshots`): on S3 its files are tagged for the bucket's
   lifecycle rule (``docs/aws-account.md``), a directory deletes them.
-- Captured requests on a local store (``capture/{model}/...``, SageMaker's hourly folders):
-  an hour's folder is deleted once the hour ended ``store.retention.captured_requests_days``
-  ago (on S3 the bucket's lifecycle rule expires them with the same number of days).
 
-Deletion runs in the order endpoint, alarm, endpoint config, model, store version, registry
-version, snapshot, capture, and re-checks "in use" right before each delete (something may have
-moved since the plan).
+Deletion runs in the order endpoint, alarm, endpoint config, model, store version, registry version,
+snapshot, and re-checks "in use" right before each delete (something may have moved since the plan).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from core.config import RetentionPolicy
@@ -48,7 +44,6 @@ ORDER = (
     "store-version",
     "registry-version",
     "snapshot",
-    "capture",
 )
 STALE_CLAIM = timedelta(days=1)
 
@@ -122,8 +117,6 @@ class Inventory:
     resources: list[Resource]
     now: datetime
     datasets: list[DatasetInventory] = field(default_factory=list)
-    captures: list[str] = field(default_factory=list)
-    """Keys under ``capture/`` of a local store (empty on S3: its lifecycle rule expires them)."""
 
 
 def _protected(inv: ModelInventory, keep_last: int, serving: set[str]) -> dict[str, str]:
@@ -153,7 +146,6 @@ def plan_cleanup(
     *,
     clean_store: bool = False,
     include_orphans: bool = False,
-    capture_days: int | None = None,
 ) -> list[PlanItem]:
     """Decide what to delete and what to keep, with a reason for each. Pure.
 
@@ -162,7 +154,6 @@ def plan_cleanup(
         retention: keep_last and idle_days.
         clean_store: also plan store versions and their registry versions (``--clean-s3``).
         include_orphans: also plan endpoints of models no longer configured (``--all``).
-        capture_days: days captured requests are kept (``store.retention``); None plans none.
     """
     serving_by_model: dict[str, set[str]] = {}
     for res in inventory.resources:
@@ -188,8 +179,6 @@ def plan_cleanup(
             used |= {s for v, ids in inv.lineage.items() if v not in deleted for s in ids}
         for dataset in inventory.datasets:
             plan += superseded_snapshots(dataset, used)
-    if capture_days is not None:
-        plan += expired_captures(inventory.captures, inventory.now, capture_days)
     rank = {kind: i for i, kind in enumerate(("idle-endpoint", *ORDER))}
     return sorted(plan, key=lambda p: (rank.get(p.kind, 99), p.model, p.name))
 
@@ -326,53 +315,6 @@ def superseded_snapshots(dataset: DatasetInventory, used: set[str]) -> list[Plan
             PlanItem("snapshot", f"{dataset.dataset}/{sid}", dataset.dataset, None, "delete", why)
         )
     return plan
-
-
-def capture_hour(key: str) -> tuple[str, str, datetime] | None:
-    """``(model, hour folder, hour start)`` of a capture key; None for any other key.
-
-    The layout is ``capture/{model}/{endpoint}/{variant}/{yyyy}/{mm}/{dd}/{hh}/{file}``.
-    """
-    parts = key.split("/")
-    if len(parts) != 9 or parts[0] != "capture":
-        return None
-    try:
-        year, month, day, hour = (int(p) for p in parts[4:8])
-        start = datetime(year, month, day, hour, tzinfo=UTC)
-    except ValueError:
-        return None
-    return parts[1], "/".join(parts[:8]) + "/", start
-
-
-def expired_captures(keys: Iterable[str], now: datetime, days: int) -> list[PlanItem]:
-    """One ``delete`` item per hourly capture folder whose hour ended ``days`` ago or more.
-
-    Args:
-        keys: the store's keys under ``capture/``.
-        now: the time of the plan.
-        days: the retention of captured requests.
-    """
-    hours: dict[str, tuple[str, datetime, int]] = {}
-    for key in keys:
-        found = capture_hour(key)
-        if found is None:
-            continue
-        model, folder, start = found
-        _m, _s, files = hours.get(folder, (model, start, 0))
-        hours[folder] = (model, start, files + 1)
-    return [
-        PlanItem(
-            kind="capture",
-            name=folder,
-            model=model,
-            version=None,
-            action="delete",
-            reason=f"captured requests older than the {days}-day retention",
-            details={"files": files, "hour": start.isoformat()},
-        )
-        for folder, (model, start, files) in sorted(hours.items())
-        if start + timedelta(hours=1) + timedelta(days=days) <= now
-    ]
 
 
 def scope_plan(

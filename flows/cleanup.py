@@ -61,11 +61,7 @@ def cleanup(
         windows[c.dataset.name] = max(windows.get(c.dataset.name, 0), days)
     inventory = take_inventory(store, registry, configured, target, all_models, windows)
     plan = plan_cleanup(
-        inventory,
-        platform.retention,
-        clean_store=clean_store,
-        include_orphans=all_models,
-        capture_days=platform.store.retention.captured_requests_days,
+        inventory, platform.retention, clean_store=clean_store, include_orphans=all_models
     )
     plan = scope_plan(plan, models, confirmed=None)
     mode = "applied plan" if apply else "dry run"

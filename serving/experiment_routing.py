@@ -26,8 +26,7 @@ The route table keeps this under a model's route (layout in :mod:`serving.routes
     "experiment": {"id": "exp-...", "arms": {"<variant name>": "champion" | "challenger"},
                    "secret": "<hex, the caller key's HMAC key>", "allow_target_variant": false},
     "shadow": {"name": ..., "version": ..., "port": ..., "percent": 10.0, ...},
-    "capture": {"uri": "<store url>/capture/<model>", "endpoint": "<model>",
-                "columns": ["<input column>", ...], "percent": 100.0}
+    "capture": {"uri": "<store url>/capture/<model>", "endpoint": "<model>"}
 
 Plain Python; the router imports it, and so can a test that draws 20,000 requests in process.
 """
@@ -89,15 +88,11 @@ class CaptureRoute:
         uri: store URL of the capture prefix (a local directory or ``s3://...``).
         endpoint: the endpoint name, the first folder under the prefix (SageMaker's layout).
         kms_key_id: the store's KMS key, when the capture goes to an encrypted S3 store.
-        columns: the model's declared input columns, the only request keys captured.
-        percent: share of answers captured, in [0, 100] (an experiment captures all).
     """
 
     uri: str
     endpoint: str
     kms_key_id: str | None = None
-    columns: tuple[str, ...] = ()
-    percent: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -175,17 +170,10 @@ def parse_experiment(where: str, route: dict[str, Any], names: set[str]) -> Expe
         ):
             raise ValueError(f"{where}.capture needs 'uri' and 'endpoint' strings")
         kms = raw_capture.get("kms_key_id")
-        columns, percent = raw_capture.get("columns", []), raw_capture.get("percent", 100.0)
-        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
-            raise ValueError(f"{where}.capture.columns must be a list of column names")
-        if not isinstance(percent, int | float) or not 0 <= percent <= 100:
-            raise ValueError(f"{where}.capture.percent must be in [0, 100]")
         capture = CaptureRoute(
             uri=raw_capture["uri"],
             endpoint=raw_capture["endpoint"],
             kms_key_id=kms if isinstance(kms, str) and kms else None,
-            columns=tuple(columns),
-            percent=float(percent),
         )
     return ExperimentRoute(experiment_id, dict(arms), shadow, capture, secret, allow)
 

@@ -47,8 +47,6 @@ from fastapi.responses import JSONResponse, Response
 
 from serving.asgi import FastRoute, RawRequest, quiet_fastapi
 from serving.capture import Captured, CaptureWriter
-from serving.capture_limits import CaptureLimits
-from serving.capture_metrics import CaptureCollector
 from serving.codec import BadRequest, read_body
 from serving.experiment_routing import (
     CALLER_KEY_HEADER,
@@ -107,15 +105,11 @@ class Forwarder:
         capture: CaptureWriter | None = None,
         shadow_timeout: float = SHADOW_TIMEOUT,
         metrics: RouterMetrics | None = None,
-        limits: CaptureLimits | None = None,
     ) -> None:
-        limits = limits or CaptureLimits()
-        self.follower, self.metrics = follower, metrics or RouterMetrics()
-        self.capture = capture or CaptureWriter(limits=limits, encoder_processes=1)
-        self.shadow = ShadowMirror(
-            self.capture, shadow_timeout, queue_bytes=limits.shadow_queue_bytes
-        )
-        self.metrics.registry.register(CaptureCollector(self.capture, self.shadow))
+        self.follower = follower
+        self.capture = capture or CaptureWriter()
+        self.shadow = ShadowMirror(self.capture, timeout=shadow_timeout)
+        self.metrics = metrics or RouterMetrics()
         self._inflight: dict[tuple[str, str], int] = defaultdict(int)
         self._client: aiohttp.ClientSession | None = None
 
@@ -382,7 +376,6 @@ def create_router(
     state_file: Path,
     max_body_bytes: int = MAX_BODY_BYTES,
     shadow_timeout: float = SHADOW_TIMEOUT,
-    limits: CaptureLimits | None = None,
 ) -> FastAPI:
     """Build the router app following ``state_file``.
 
@@ -393,12 +386,9 @@ def create_router(
         state_file: the ``routes.json`` to follow.
         max_body_bytes: largest request body; more is a 413 before it is read whole.
         shadow_timeout: seconds a shadow copy may take.
-        limits: capture's and the shadow queue's byte caps (default: from the environment,
-            :meth:`CaptureLimits.from_env`).
     """
     follower = RouteFollower(Path(state_file))
-    limits = limits or CaptureLimits.from_env(os.environ)
-    forwarder = Forwarder(follower, shadow_timeout=shadow_timeout, limits=limits)
+    forwarder = Forwarder(follower, shadow_timeout=shadow_timeout)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -412,7 +402,6 @@ def create_router(
         docs_url=None,
         **quiet_fastapi(),
     )
-    app.state.forwarder = forwarder  # for a test that holds the capture encoder
 
     def view(model: str, table: RouteTable) -> dict[str, Any]:
         ups = table.models.get(model, ())

@@ -1,12 +1,12 @@
 """The shadow mirror: copies of a share of the requests go to a shadow variant, never awaited.
 
 The caller's answer never depends on the shadow (SageMaker's shadow variants and Seldon's
-``mirror`` promise the same): the request path does one ``put_nowait`` on a queue capped in
-records and in bytes, and goes on; a few worker tasks send the copies on an HTTP client of
-their own (so a slow shadow cannot hold the connections the callers' requests need), each
-with a timeout, and capture the shadow's answers as ``arm=shadow``. Every failure (refused,
-reset, timeout, an error status) is counted and dropped; a full queue (a shadow slower than
-the traffic) drops the copy and counts it. Nothing here raises into the router.
+``mirror`` promise the same): the request path does one ``put_nowait`` on a bounded queue and
+goes on; a few worker tasks send the copies on an HTTP client of their own (so a slow shadow
+cannot hold the connections the callers' requests need), each with a timeout, and capture the
+shadow's answers as ``arm=shadow``. Every failure (refused, reset, timeout, an error status)
+is counted and dropped; a full queue (a shadow slower than the traffic) drops the copy and
+counts it. Nothing here raises into the router.
 """
 
 from __future__ import annotations
@@ -48,8 +48,6 @@ class ShadowMirror:
         timeout: seconds one copy may take, connection included.
         queue_size: copies waiting at most; more are dropped.
         workers: copies in flight at most.
-        queue_bytes: bytes of request bodies waiting at most; a copy that would pass it is
-            dropped (a caller sets the size of each copy, so a count alone bounds nothing).
     """
 
     def __init__(
@@ -58,17 +56,13 @@ class ShadowMirror:
         timeout: float = 2.0,
         queue_size: int = 1000,
         workers: int = 8,
-        queue_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.capture = capture
         self.timeout = timeout
         self.workers = workers
         self._queue: asyncio.Queue[_Copy] = asyncio.Queue(maxsize=queue_size)
-        self.queue_bytes = queue_bytes
-        self._queued_bytes = 0
         self._running = False
         self.stats = {"sent": 0, "answered": 0, "failed": 0, "timed_out": 0, "dropped": 0}
-        self.dropped_bytes = 0
 
     def offer(
         self,
@@ -80,17 +74,14 @@ class ShadowMirror:
         inference_id: str,
     ) -> bool:
         """Queue one copy; False (and counted) when the mirror is full or not running."""
-        if not self._running or self._queued_bytes + len(body) > self.queue_bytes:
+        if not self._running:
             self.stats["dropped"] += 1
-            self.dropped_bytes += len(body)
             return False
         try:
             self._queue.put_nowait(_Copy(model, shadow, experiment, body, headers, inference_id))
         except asyncio.QueueFull:
             self.stats["dropped"] += 1
-            self.dropped_bytes += len(body)
             return False
-        self._queued_bytes += len(body)
         return True
 
     @contextlib.asynccontextmanager
@@ -114,7 +105,6 @@ class ShadowMirror:
     async def _work(self, client: aiohttp.ClientSession) -> None:
         while True:
             copy = await self._queue.get()
-            self._queued_bytes -= len(copy.body)
             try:
                 await self._send(client, copy)
             except asyncio.CancelledError:

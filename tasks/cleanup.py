@@ -19,12 +19,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from adapters.experiments import read_experiment
-from adapters.layout import CAPTURE, MODELS, claim_key, model_names
+from adapters.layout import MODELS, claim_key, model_names
 from adapters.pointer import read_latest
 from adapters.prefect_api import publish_table
 from adapters.registry import Registry
 from adapters.snapshots import list_snapshots, retire_snapshot
-from adapters.store import KeyNotFound, LocalStore, Store
+from adapters.store import KeyNotFound, Store
 from adapters.versions import delete_version, list_versions, read_version_manifest
 from core.cleanup_plan import ORDER, DatasetInventory, Inventory, ModelInventory, PlanItem
 from core.endpoint import EndpointTarget, Resource, Serving
@@ -92,8 +92,7 @@ def take_inventory(
     """List store versions, registry versions and endpoint resources.
 
     With ``datasets`` (dataset -> widest training window in days), also each dataset's
-    snapshots and each complete version's lineage, for the snapshot part of the plan. On a
-    local store, also the captured requests (an S3 bucket's lifecycle rule expires those).
+    snapshots and each complete version's lineage, for the snapshot part of the plan.
     """
     resources = target.resources() if target is not None else []
     names = set(configured)
@@ -122,7 +121,6 @@ def take_inventory(
         resources=resources,
         now=datetime.now(UTC),
         datasets=_datasets(store, datasets) if datasets else [],
-        captures=store.list(CAPTURE) if isinstance(store, LocalStore) else [],
     )
 
 
@@ -139,9 +137,6 @@ def apply_plan(
     done: list[dict[str, Any]] = []
     for kind in ORDER:
         items = [p for p in plan if p.kind == kind and p.action == "delete"]
-        if kind == "capture":
-            done += [_delete_capture(store, item) for item in items]
-            continue
         if kind == "snapshot" and items:
             # Read after the versions' deletions: what the versions left in the store name.
             done += _retire_snapshots(store, items)
@@ -209,18 +204,6 @@ def _apply_one(
         return f"skipped: alias {', '.join(aliases)} now"
     registry.delete_version(item.model, item.name.split("/", 1)[1])
     return "deleted"
-
-
-def _delete_capture(store: Store, item: PlanItem) -> dict[str, Any]:
-    """Delete one expired hour of captured requests (its folder goes with its last file)."""
-    try:
-        keys = store.list(item.name)
-        for key in keys:
-            store.delete(key)
-        outcome = f"deleted {len(keys)} files" if keys else "skipped: already gone"
-    except Exception as exc:  # one failure must not hide what was already done
-        outcome = f"failed: {type(exc).__name__}: {exc}"
-    return {**asdict(item), "outcome": outcome}
 
 
 def _retire_snapshots(store: Store, items: list[PlanItem]) -> list[dict[str, Any]]:

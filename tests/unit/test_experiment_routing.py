@@ -136,7 +136,7 @@ def test_a_bad_experiment_route_is_refused_saying_where(
 def test_capture_writes_sagemaker_data_capture_records_per_variant_and_hour(
     tmp_path: Path,
 ) -> None:
-    route = CaptureRoute(str(tmp_path / "capture" / "m"), "m", columns=("x",))
+    route = CaptureRoute(str(tmp_path / "capture" / "m"), "m")
     writer = CaptureWriter()
     at = 1_796_180_645.0  # 2026-12-02T03:04:05Z
     for variant, arm in (("champ", "champion"), ("chall", "challenger"), ("champ", "champion")):
@@ -158,7 +158,7 @@ def test_capture_writes_sagemaker_data_capture_records_per_variant_and_hour(
     assert record["captureData"]["endpointInput"] == {
         "observedContentType": "application/json",
         "mode": "INPUT",
-        "data": '{"instances":[{"x":1}]}',
+        "data": '{"instances": [{"x": 1}]}',
         "encoding": "JSON",
     }
     assert record["captureData"]["endpointOutput"]["data"] == '{"predictions": [2.0]}'

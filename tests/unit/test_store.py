@@ -216,20 +216,15 @@ def test_the_local_url_names_the_real_file(local: LocalStore) -> None:
     assert Path(local.url("a/b/c.json")).read_bytes() == b'{"x": 1}'
 
 
-def test_files_and_folders_are_their_owners_only_whatever_the_umask(local: LocalStore) -> None:
-    # The store holds source-data snapshots and captured requests: 0644 in 0755 folders let
-    # every local user read them.
+def test_files_follow_the_umask_not_0600(local: LocalStore) -> None:
+    # A serving process running as another user reads the local store.
     old = os.umask(0o022)
     try:
-        local.put_bytes("capture/m/ep/champ/2026/12/02/03/part.jsonl", b"v")
-        local.put_bytes("models/m/latest.json", b"{}", if_match=None)
-        local.put_bytes("models/m/latest.json", b"{}", if_match=local.get_tagged(
-            "models/m/latest.json")[1])  # fmt: skip
+        local.put_bytes("k", b"v")
     finally:
         os.umask(old)
-    for path in Path(local.root).rglob("*"):
-        mode = stat.S_IMODE(path.stat().st_mode)
-        assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+    mode = stat.S_IMODE(Path(local.url("k")).stat().st_mode)
+    assert mode & stat.S_IRUSR and mode & stat.S_IRGRP, oct(mode)
 
 
 def test_delete_removes_key_and_empty_folders(local: LocalStore) -> None:
@@ -342,18 +337,3 @@ def test_store_from_settings_opens_the_configured_store(
     store = store_from_settings(load_settings())
     assert isinstance(store, LocalStore)
     assert store.uri == str((tmp_path / "configured").resolve())
-
-
-def test_the_mlops_command_writes_its_owners_files_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The SQLite databases and logs the command and its processes write follow the umask: the
-    # command sets one that leaves them to their owner, before anything runs.
-    import cli
-
-    monkeypatch.setattr("sys.argv", ["mlops", "--help"])
-    old = os.umask(0o022)
-    try:
-        with pytest.raises(SystemExit):
-            cli.main()
-    finally:
-        during = os.umask(old)
-    assert during == 0o077

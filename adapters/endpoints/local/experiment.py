@@ -14,14 +14,12 @@ callers' sticky hash, and whether callers may name a variant (``allow_target_var
 router never shows the secret (nor does :meth:`LocalExperiments.traffic`).
 
 Both arms' answers are captured under ``{store}/capture/{model}`` (SageMaker's Data Capture
-layout, :mod:`serving.capture`), every one while the experiment runs, the model's declared
-input columns only (:mod:`adapters.endpoints.local.capture_route`). Starting is a deploy of
-the challenger without the swap: download and verify, start the process, smoke-test it on its
-own port (through the router the smoke request would be captured as experiment data), write
-the route, confirm the router serves it. Any failure writes the route back as it was, stops
-the new process and deletes its directory: the champion serves 100 %. Stopping puts the
-champion's variant back alone with the capture it had before (none unless
-``data_capture_percent`` > 0), then drains and stops the challenger's.
+layout, :mod:`serving.capture`). Starting is a deploy of the challenger without the swap:
+download and verify, start the process, smoke-test it on its own port (through the router the
+smoke request would be captured as experiment data), write the route, confirm the router serves
+it. Any failure writes the route back as it was, stops the new process and deletes its
+directory: the champion serves 100 %. Stopping puts the champion's variant back alone (capture
+stays on), then drains and stops the challenger's.
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ import secrets
 import shutil
 from typing import TYPE_CHECKING, Any
 
-from adapters.endpoints.local.capture_route import EXPERIMENT_PERCENT, capture_entry
 from adapters.endpoints.local.processes import http_client
 from adapters.endpoints.local.router_control import extras, routed
 from adapters.endpoints.local.variants import fetch
@@ -111,7 +108,7 @@ class LocalExperiments:
             step = "smoke-test"
             self._smoke(plan, record)
             step = "switch"
-            variants, extra = self._route(plan, current, record, before.get("capture"))
+            variants, extra = self._route(plan, current, record)
             generation = self.router.write(plan.model, variants, extra)
             switched = True
             self.router.confirm(plan.model, generation, [v["name"] for v in variants])
@@ -128,26 +125,17 @@ class LocalExperiments:
             ) from exc
 
     def _route(
-        self,
-        plan: TrafficPlan,
-        current: list[dict[str, Any]],
-        record: dict[str, Any],
-        capture_before: dict[str, Any] | None,
+        self, plan: TrafficPlan, current: list[dict[str, Any]], record: dict[str, Any]
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """The route's variants and extras for ``plan``, with ``record`` as the challenger.
-
-        Every answer is captured while the experiment runs; ``capture_before`` (the capture the
-        model's config turned on, or None) is kept in the experiment for its stop to restore.
-        """
+        """The route's variants and extras for ``plan``, with ``record`` as the challenger."""
         champion = current[0]
         arms = {champion["name"]: "champion"}
-        capture = capture_entry(
-            self.target.capture_prefix(plan.model),
-            plan.challenger,
-            EXPERIMENT_PERCENT,
-            self.target.kms_key_id,
-        )
-        extra: dict[str, Any] = {"capture": capture}
+        capture = {
+            "uri": self.target.capture_prefix(plan.model),
+            "endpoint": plan.model,
+            "kms_key_id": self.target.kms_key_id,
+        }
+        extra: dict[str, Any] = {"capture": {k: v for k, v in capture.items() if v}}
         if plan.mode == "ab":
             arms[record["name"]] = "challenger"
             variants = [
@@ -166,7 +154,6 @@ class LocalExperiments:
             # only: a caller cannot compute which key lands on which arm.
             "secret": secrets.token_hex(32),
             "allow_target_variant": plan.allow_target_variant,
-            "capture_after": capture_before,
         }
         return variants, extra
 
@@ -188,10 +175,7 @@ class LocalExperiments:
             )
 
     def stop(self, model: str, progress: Progress) -> None:
-        """Champion's variant back alone at 100 %; challenger drained and stopped.
-
-        Capture goes back to what it was before the experiment (off unless the model's
-        ``data_capture_percent`` turned it on).
+        """Champion's variant back alone at 100 %; challenger drained and stopped; capture kept.
 
         A no-op when no experiment runs (a promotion's deploy already ended it).
         """
@@ -205,10 +189,7 @@ class LocalExperiments:
             names = {v["name"] for v in keep}
             gone = [v for v in routed(route) if v["name"] not in names]
             variants = [{**v, "weight": 1.0} for v in keep]
-            after = (route.get("experiment") or {}).get("capture_after")
-            generation = self.router.write(
-                model, variants, {"experiment": None, "shadow": None, "capture": after}
-            )
+            generation = self.router.write(model, variants, {"experiment": None, "shadow": None})
             self.router.confirm(model, generation, [v["name"] for v in variants])
             self.target._retire(model, gone, progress)
         experiment_id = (route.get("experiment") or {}).get("id")

@@ -59,11 +59,7 @@ _ALLOWED_ENV = frozenset(
         "COVERAGE_RCFILE",
     }
 )
-# The router's byte caps on capture and the shadow queue (serving/capture_limits.py) are
-# numbers, no secret: set in the deployer's environment, they reach the router it starts.
-_ALLOWED_ENV_PREFIX = re.compile(
-    r"^(LC_|OMP_|MKL_|OPENBLAS_|NUMEXPR_|MLOPS_CAPTURE_|MLOPS_SHADOW_QUEUE_BYTES$)"
-)
+_ALLOWED_ENV_PREFIX = re.compile(r"^(LC_|OMP_|MKL_|OPENBLAS_|NUMEXPR_)")
 # The one exception is the router on an S3 store: it writes the experiment capture there
 # itself, so it gets what boto3's default credential chain reads (keys, profile files, the
 # container and web-identity providers) and the pipeline's endpoint, profile and region.

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapters.endpoints.local.capture_route import deployed_capture
 from adapters.endpoints.local.processes import (
     ServingProcesses,
     aws_env,
@@ -226,9 +225,9 @@ class LocalTarget:
             record = self.variants.start(target, instance, self._ping_timeout(target), progress)
             timings["start"] = time.monotonic() - mark
             step, mark = "switch", time.monotonic()
-            capture = deployed_capture(self.capture_prefix(target.model), target, self.kms_key_id)
-            extra = {"experiment": None, "shadow": None, "capture": capture}
-            generation = self.router.write(target.model, [record], extra)
+            generation = self.router.write(
+                target.model, [record], {"experiment": None, "shadow": None}
+            )
             switched = True
             self.router.confirm(target.model, generation, [record["name"]])
             timings["switch"] = time.monotonic() - mark
